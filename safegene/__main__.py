@@ -1,0 +1,5 @@
+import sys
+
+from safegene.cli import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""The one exception type the user sees: bad input, not a bug. The CLI prints it as one line, exit 2."""
+
+
+class SafeGeneError(Exception):
+    """An error caused by the user's input (paths, files, data, pairings, options).
+
+    Raise it with a message that names the offending thing and, where it helps, how to fix it.
+    Anything else that escapes is a bug and is reported as one.
+    """
