@@ -1,0 +1,1 @@
+"""Evaluation: data loading, generation backends, judges, metrics and reports."""
