@@ -1,0 +1,265 @@
+"""The `compare` recipe: a YAML file naming the family, the task models, the data, the judges and
+the methods with their hyperparameter grids. Validated field by field before any heavy work.
+
+```yaml
+family:
+  aligned: models/aligned          # paths are relative to the recipe file
+  degraded: [models/degraded]      # one or more
+  base: models/base                # needed by SafeLoRA and SafeMERGE
+data:
+  harmful_test: data/harmful_test.jsonl
+  benign_test: data/benign_test.jsonl
+  harmful_shots: data/harmful_shots.jsonl   # calibration and selection prompts
+tasks:
+  - name: howto
+    model: models/task-howto         # a full fine-tune ...
+    adapter: null                    # ... or `model: <aligned>` plus a PEFT LoRA here
+    shots: data/howto/shots.jsonl    # {"prompt", "answer"}: calibration examples
+    test: data/howto/test.jsonl      # {"prompt", "answer"}: task accuracy
+judges: [keyword, prefix]
+methods:                             # every value is a grid: a list of settings to try
+  resta: {beta: [0.25, 0.5, 1.0]}
+  safelora: {threshold: [0.35, 0.5]}
+  safemerge: {threshold: [0.35], task_weight: [0.8]}
+  interpolate: {t: [0.25, 0.5]}
+  safegene: {rank: [16], shots: [16]}
+generation: {max_new_tokens: 48, batch_size: 32}
+seed: 0
+device: cpu
+dtype: float32
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from safegene.errors import SafeGeneError
+
+# Every method's hyperparameters: name → (type, default grid).
+METHOD_PARAMS: dict[str, dict[str, tuple[type, list]]] = {
+    "resta": {"beta": (float, [0.25, 0.5, 1.0]), "dare": (float, [0.0]), "ties": (float, [1.0])},
+    "safelora": {"threshold": (float, [0.35, 0.5]), "number": (int, [])},
+    "safemerge": {"threshold": (float, [0.35, 0.5]), "task_weight": (float, [0.8]),
+                  "dare": (float, [0.0])},
+    "interpolate": {"t": (float, [0.25, 0.5, 0.75])},
+    "safegene": {"rank": (int, [16]), "shots": (int, [16]), "top_k": (int, []),
+                 "ablations": (bool, [True])},
+}
+METHODS_NEEDING_BASE = {"safelora", "safemerge"}
+KNOWN_JUDGES = {"keyword", "prefix", "guard"}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    model: Path
+    adapter: Path | None
+    shots: Path
+    test: Path
+
+
+@dataclass(frozen=True)
+class Recipe:
+    aligned: Path
+    degraded: list[Path]
+    base: Path | None
+    harmful_test: Path
+    benign_test: Path
+    harmful_shots: Path
+    tasks: list[TaskSpec]
+    judges: list[str]
+    methods: dict[str, list[dict[str, Any]]]  # method → the settings of its grid
+    generation: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    source: Path | None = None
+
+
+def grid(params: dict[str, list]) -> list[dict[str, Any]]:
+    """The cartesian product of a method's grids; an empty list drops that parameter."""
+    names = [n for n, values in params.items() if values]
+    return [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))]
+
+
+class _Problems:
+    """Collects field-level problems so the user sees all of them at once."""
+
+    def __init__(self, source: str):
+        self.source, self.items = source, []
+
+    def add(self, where: str, what: str) -> None:
+        self.items.append(f"{where}: {what}")
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            lines = "\n".join(f"  {p}" for p in self.items)
+            raise SafeGeneError(f"invalid recipe {self.source} ({len(self.items)} problem(s)):\n{lines}")
+
+
+def _path(raw: Any, where: str, root: Path, problems: _Problems, *, kind: str) -> Path | None:
+    if not isinstance(raw, str) or not raw:
+        problems.add(where, f"expected a path, got {raw!r}")
+        return None
+    path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+    exists = path.is_dir() if kind == "dir" else path.is_file()
+    if not exists:
+        problems.add(where, f"{'directory' if kind == 'dir' else 'file'} not found: {path}")
+    return path
+
+
+def _task_file_has_answers(path: Path) -> bool:
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                if not isinstance(row, dict) or row.get("answer") in (None, ""):
+                    return False
+    return True
+
+
+def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
+    if raw is None:
+        raw = {name: {} for name in METHOD_PARAMS}
+    if not isinstance(raw, dict):
+        problems.add("methods", "expected a mapping of method name to its grid")
+        return {}
+    methods = {}
+    for name, params in raw.items():
+        where = f"methods.{name}"
+        if name not in METHOD_PARAMS:
+            problems.add(where, f"unknown method; choose from {', '.join(sorted(METHOD_PARAMS))}")
+            continue
+        params = params or {}
+        if not isinstance(params, dict):
+            problems.add(where, "expected a mapping of hyperparameter to a list of values")
+            continue
+        spec = METHOD_PARAMS[name]
+        full = {p: list(default) for p, (_, default) in spec.items()}
+        for p, values in params.items():
+            if p not in spec:
+                problems.add(f"{where}.{p}", f"unknown hyperparameter; choose from {', '.join(spec)}")
+                continue
+            typ = spec[p][0]
+            values = values if isinstance(values, list) else [values]
+            bad = [v for v in values if not _is_type(v, typ)]
+            if bad:
+                problems.add(f"{where}.{p}", f"expected {typ.__name__} values, got {bad[0]!r}")
+                continue
+            full[p] = [typ(v) for v in values]
+        if name == "safelora" and "number" in params and "threshold" not in params:
+            full["threshold"] = []
+        methods[name] = grid(full)
+    return methods
+
+
+def _is_type(value: Any, typ: type) -> bool:
+    if typ is bool:
+        return isinstance(value, bool)
+    if typ is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Parse and validate a recipe; every problem is reported, one line each, in one error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SafeGeneError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise SafeGeneError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise SafeGeneError(f"recipe {path} must be a YAML mapping")
+    root, problems = path.resolve().parent, _Problems(str(path))
+    for key in sorted(set(raw) - {"family", "data", "tasks", "judges", "methods", "generation",
+                                   "seed", "device", "dtype"}):
+        problems.add(key, "unknown field")
+
+    family = raw.get("family") or {}
+    if not isinstance(family, dict):
+        problems.add("family", "expected a mapping with aligned, degraded and base")
+        family = {}
+    aligned = _path(family.get("aligned"), "family.aligned", root, problems, kind="dir")
+    degraded_raw = family.get("degraded")
+    degraded_raw = [degraded_raw] if isinstance(degraded_raw, str) else degraded_raw
+    if not isinstance(degraded_raw, list) or not degraded_raw:
+        problems.add("family.degraded", "expected one or more model paths")
+        degraded_raw = []
+    degraded = [_path(d, f"family.degraded[{i}]", root, problems, kind="dir")
+                for i, d in enumerate(degraded_raw)]
+    base = (_path(family["base"], "family.base", root, problems, kind="dir")
+            if family.get("base") is not None else None)
+
+    data = raw.get("data") or {}
+    if not isinstance(data, dict):
+        problems.add("data", "expected a mapping with harmful_test, benign_test, harmful_shots")
+        data = {}
+    files = {k: _path(data.get(k), f"data.{k}", root, problems, kind="file")
+             for k in ("harmful_test", "benign_test", "harmful_shots")}
+
+    tasks = []
+    raw_tasks = raw.get("tasks")
+    if not isinstance(raw_tasks, list) or not raw_tasks:
+        problems.add("tasks", "expected a list of task models")
+        raw_tasks = []
+    names = set()
+    for i, t in enumerate(raw_tasks):
+        where = f"tasks[{i}]"
+        if not isinstance(t, dict):
+            problems.add(where, "expected a mapping with name, model, shots, test")
+            continue
+        name = t.get("name")
+        if not isinstance(name, str) or not name:
+            problems.add(f"{where}.name", "missing")
+        elif name in names:
+            problems.add(f"{where}.name", f"duplicate task name {name!r}")
+        names.add(name)
+        model = _path(t.get("model"), f"{where}.model", root, problems, kind="dir")
+        adapter = (_path(t["adapter"], f"{where}.adapter", root, problems, kind="dir")
+                   if t.get("adapter") is not None else None)
+        shots = _path(t.get("shots"), f"{where}.shots", root, problems, kind="file")
+        test = _path(t.get("test"), f"{where}.test", root, problems, kind="file")
+        for key, f in (("shots", shots), ("test", test)):
+            if f is not None and f.is_file() and not _task_file_has_answers(f):
+                problems.add(f"{where}.{key}", f"task data must be JSONL rows with an \"answer\": {f}")
+        tasks.append(TaskSpec(str(name), model, adapter, shots, test))
+
+    judges = raw.get("judges", ["keyword"])
+    judges = [judges] if isinstance(judges, str) else judges
+    if not isinstance(judges, list) or not judges:
+        problems.add("judges", "expected a list of judge names")
+        judges = []
+    for j in judges:
+        if j not in KNOWN_JUDGES:
+            problems.add("judges", f"unknown judge {j!r}; choose from {', '.join(sorted(KNOWN_JUDGES))}")
+
+    methods = _methods(raw.get("methods"), problems)
+    if base is None:
+        for m in sorted(METHODS_NEEDING_BASE & set(methods)):
+            problems.add(f"methods.{m}", "needs family.base (the pretrained model before alignment)")
+
+    generation = raw.get("generation") or {}
+    if not isinstance(generation, dict):
+        problems.add("generation", "expected a mapping (max_new_tokens, batch_size)")
+        generation = {}
+    seed = raw.get("seed", 0)
+    if not _is_type(seed, int):
+        problems.add("seed", f"expected an integer, got {seed!r}")
+    problems.raise_if_any()
+    return Recipe(aligned=aligned, degraded=degraded, base=base, tasks=tasks, judges=list(judges),
+                  methods=methods, generation=generation, seed=int(seed),
+                  device=str(raw.get("device", "cpu")), dtype=str(raw.get("dtype", "float32")),
+                  source=path.resolve(), **files)

@@ -1,0 +1,95 @@
+"""Recipe validation: every problem named by its field, before any heavy work."""
+
+import json
+
+import pytest
+
+from safegene.errors import SafeGeneError
+from safegene.recipe import grid, load_recipe
+
+
+@pytest.fixture
+def layout(tmp_path):
+    for d in ("aligned", "degraded", "base", "task"):
+        (tmp_path / d).mkdir()
+    for f in ("harmful_test", "benign_test", "harmful_shots"):
+        (tmp_path / f"{f}.jsonl").write_text(json.dumps({"prompt": "p"}) + "\n")
+    for f in ("shots", "test"):
+        (tmp_path / f"{f}.jsonl").write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n")
+    return tmp_path
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+family: {aligned: aligned, degraded: degraded, base: base}
+data: {harmful_test: harmful_test.jsonl, benign_test: benign_test.jsonl, harmful_shots: harmful_shots.jsonl}
+tasks:
+  - {name: arith, model: task, shots: shots.jsonl, test: test.jsonl}
+judges: [keyword, prefix]
+methods:
+  resta: {beta: [0.5, 1.0]}
+  safelora: {number: [2]}
+  safegene: {}
+seed: 3
+"""
+
+
+def test_good_recipe_resolves_paths_and_grids(layout):
+    r = load_recipe(write(layout, GOOD))
+    assert r.aligned == (layout / "aligned").resolve() and r.degraded == [(layout / "degraded").resolve()]
+    assert r.tasks[0].name == "arith" and r.tasks[0].adapter is None
+    assert r.methods["resta"] == [{"beta": 0.5, "dare": 0.0, "ties": 1.0}, {"beta": 1.0, "dare": 0.0, "ties": 1.0}]
+    assert r.methods["safelora"] == [{"number": 2}]
+    assert r.methods["safegene"] == [{"rank": 16, "shots": 16, "ablations": True}]
+    assert r.seed == 3 and r.judges == ["keyword", "prefix"]
+
+
+def test_grid_is_the_cartesian_product():
+    assert grid({"a": [1, 2], "b": ["x"], "c": []}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
+
+
+@pytest.mark.parametrize("change, message", [
+    (("resta: {beta: [0.5, 1.0]}", "rest: {beta: [0.5]}"), "methods.rest: unknown method"),
+    (("resta: {beta: [0.5, 1.0]}", "resta: {beta: [high]}"), "methods.resta.beta: expected float values"),
+    (("resta: {beta: [0.5, 1.0]}", "resta: {gamma: [1]}"), "methods.resta.gamma: unknown hyperparameter"),
+    (("degraded: degraded", "degraded: missing-model"), "family.degraded[0]: directory not found"),
+    (("judges: [keyword, prefix]", "judges: [keyword, oracle]"), "judges: unknown judge 'oracle'"),
+    ((", base: base", ""), "methods.safelora: needs family.base"),
+    (("seed: 3", "seed: three"), "seed: expected an integer"),
+    (("model: task,", "model: nowhere,"), "tasks[0].model: directory not found"),
+])
+def test_problems_are_named_by_field(layout, change, message):
+    with pytest.raises(SafeGeneError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_recipe(write(layout, GOOD.replace(*change)))
+
+
+def test_task_data_without_answers(layout):
+    (layout / "test.jsonl").write_text(json.dumps({"prompt": "2+2?"}) + "\n")
+    with pytest.raises(SafeGeneError, match=r"tasks\[0\]\.test: task data must be JSONL rows with an \"answer\""):
+        load_recipe(write(layout, GOOD))
+
+
+def test_all_problems_reported_together(layout):
+    text = GOOD.replace("rest", "nope").replace("seed: 3", "seed: x").replace("judges: [keyword, prefix]", "judges: [z]")
+    with pytest.raises(SafeGeneError) as info:
+        load_recipe(write(layout, text))
+    assert "(3 problem(s))" in str(info.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("a: [", "not valid YAML"),
+    ("- 1\n- 2\n", "must be a YAML mapping"),
+])
+def test_not_a_recipe(layout, text, message):
+    with pytest.raises(SafeGeneError, match=message):
+        load_recipe(write(layout, text))
+
+
+def test_missing_recipe(tmp_path):
+    with pytest.raises(SafeGeneError, match="recipe not found"):
+        load_recipe(tmp_path / "none.yaml")
