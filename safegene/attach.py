@@ -1,0 +1,280 @@
+"""A gene attached to a frozen model as trainable per-layer coefficients.
+
+Every Linear the gene targets gets `+ α_g · (x Aᵀ) Bᵀ` added to its output (a forward hook), where
+`δ = B·A` is that module's low-rank gene factor and `α_g` the coefficient of the module's group: one
+group per layer, or per (layer, module kind) — `attn` for `self_attn.*`, `mlp` for `mlp.*`. Because δ
+is low rank this is exact and cheap, and it works the same on a full checkpoint and on a PeftModel
+(aligned + task LoRA, not merged): the hook sits on the outermost module of that name, so the task
+LoRA's own contribution is already in the output it adds to.
+
+The model's own parameters stay frozen; `α` is the only tensor with a gradient. This one mechanism
+serves attribution (∂L/∂α at α=0 equals ⟨∇_W L, δ⟩), exact ablation (α=1 on one group), calibration
+(Adam on α) and evaluation (generate with α fixed).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from safegene.errors import SafeGeneError
+
+KIND_OF = {"self_attn": "attn", "mlp": "mlp"}
+_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<name>(?:.*\.)?layers\.(?P<layer>\d+)\."
+                  r"(?P<block>[A-Za-z_]+)\.(?P<proj>[A-Za-z0-9_]+))\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+@dataclass
+class GeneModule:
+    """One module's gene factors: δ = B @ A (scaling folded into B)."""
+
+    name: str  # module path inside the causal LM, e.g. "model.layers.3.self_attn.q_proj"
+    layer: int
+    kind: str  # "attn" | "mlp" | the block name for anything else
+    A: torch.Tensor  # (r, in_features)
+    B: torch.Tensor  # (out_features, r)
+
+    @property
+    def n_params(self) -> int:
+        return self.A.numel() + self.B.numel()
+
+
+def group_key(layer: int, kind: str, per_module_kind: bool) -> str:
+    """"3" per layer, "3.attn" / "3.mlp" per module kind."""
+    return f"{layer}.{kind}" if per_module_kind else str(layer)
+
+
+def parse_group(key: str) -> tuple[int, str | None]:
+    layer, _, kind = str(key).partition(".")
+    return int(layer), (kind or None)
+
+
+def _scaling(config: dict, name: str, rank: int) -> float:
+    """PEFT's lora scaling for one module (alpha / r, honouring rank_pattern/alpha_pattern)."""
+    alpha = config.get("lora_alpha", rank)
+    for pattern, value in (config.get("alpha_pattern") or {}).items():
+        if re.search(rf"(^|\.){re.escape(pattern)}$", name) or re.fullmatch(pattern, name):
+            alpha = value
+    if config.get("use_rslora"):
+        return float(alpha) / float(rank) ** 0.5
+    return float(alpha) / float(rank)
+
+
+def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
+    """The gene's LoRA factors from its PEFT directory, in float32, sorted by (layer, name)."""
+    from safetensors.torch import load_file
+
+    gene_dir = Path(gene_dir)
+    cfg_path, w_path = gene_dir / "adapter_config.json", gene_dir / "adapter_model.safetensors"
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise SafeGeneError(f"not a gene (no adapter_config.json / adapter_model.safetensors): {gene_dir}")
+    try:
+        config = json.loads(cfg_path.read_text())
+        tensors = load_file(str(w_path))
+    except Exception as exc:  # a truncated or foreign file
+        raise SafeGeneError(f"cannot read the gene in {gene_dir}: {exc}") from exc
+    parts: dict[str, dict] = {}
+    for key, t in tensors.items():
+        m = _KEY.match(key)
+        if not m:
+            continue
+        entry = parts.setdefault(m["name"], {"layer": int(m["layer"]), "block": m["block"]})
+        entry[m["ab"]] = t.float()
+    modules = []
+    for name, e in parts.items():
+        if "A" not in e or "B" not in e:
+            raise SafeGeneError(f"gene {gene_dir}: module {name} lacks lora_A or lora_B")
+        A, B = e["A"], e["B"]
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise SafeGeneError(f"gene {gene_dir}: NaN/Inf in the factors of {name}")
+        B = B * _scaling(config, name, A.shape[0])
+        modules.append(GeneModule(name=name, layer=e["layer"], kind=KIND_OF.get(e["block"], e["block"]),
+                                  A=A, B=B))
+    if not modules:
+        raise SafeGeneError(f"gene {gene_dir} holds no per-layer LoRA factors")
+    modules.sort(key=lambda g: (g.layer, g.name))
+    return modules
+
+
+def _linear_shape(mod) -> tuple[int, int] | None:
+    base = getattr(mod, "base_layer", mod)
+    w = getattr(base, "weight", None)
+    if w is None or w.dim() != 2:
+        return None
+    return tuple(w.shape)  # (out, in)
+
+
+def resolve_modules(model, modules: list[GeneModule]) -> dict[str, torch.nn.Module]:
+    """Each gene module's outermost namesake in `model`, shapes checked; a clear error otherwise."""
+    by_suffix: dict[str, tuple[str, torch.nn.Module]] = {}
+    for full, mod in model.named_modules():
+        i = full.find("layers.")
+        if i < 0 or full.endswith("base_layer") or ".lora_" in full:
+            continue
+        suffix = full[i:]
+        # the outermost module of a name wins (a lora.Linear over its base Linear)
+        if suffix not in by_suffix or len(full) < len(by_suffix[suffix][0]):
+            by_suffix[suffix] = (full, mod)
+    found = {}
+    for g in modules:
+        suffix = g.name[g.name.find("layers."):]
+        if suffix not in by_suffix:
+            raise SafeGeneError(f"the model has no module {g.name} that the gene targets: "
+                                "is it a model of the gene's family?")
+        full, mod = by_suffix[suffix]
+        shape = _linear_shape(mod)
+        want = (g.B.shape[0], g.A.shape[1])
+        if shape != want:
+            raise SafeGeneError(f"family mismatch at {g.name}: the model's weight is {shape}, "
+                                f"the gene's δ is {want}")
+        found[g.name] = mod
+    return found
+
+
+class GeneAttachment:
+    """Hooks that add Σ α_g δ_g to a frozen model; `alpha` is a float32 leaf tensor.
+
+    Use as a context manager (hooks removed on exit). `groups` lists the coefficient groups in the
+    order of `alpha`; modules whose group is not in `groups` are left out (α fixed at 0).
+    """
+
+    def __init__(self, model, modules: list[GeneModule], *, per_module_kind: bool = False,
+                 groups: list[str] | None = None, alpha: torch.Tensor | None = None):
+        self.model = model
+        self.per_module_kind = per_module_kind
+        all_groups = []
+        for g in modules:
+            k = group_key(g.layer, g.kind, per_module_kind)
+            if k not in all_groups:
+                all_groups.append(k)
+        self.groups = list(groups) if groups is not None else all_groups
+        index = {k: i for i, k in enumerate(self.groups)}
+        targets = resolve_modules(model, modules)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.alpha = (torch.zeros(len(self.groups), dtype=torch.float32, device=self.device)
+                      if alpha is None else alpha.detach().to(self.device, torch.float32).clone())
+        self.alpha.requires_grad_(True)
+        self._nonzero = (self.alpha.detach() != 0).tolist()
+        self.n_params = torch.zeros(len(self.groups), dtype=torch.long)
+        self._bound = []
+        for g in modules:
+            gi = index.get(group_key(g.layer, g.kind, per_module_kind))
+            if gi is None:
+                continue
+            self.n_params[gi] += g.n_params
+            mod = targets[g.name]
+            w = getattr(getattr(mod, "base_layer", mod), "weight")
+            self._bound.append((mod, gi, g.A.to(w.device, w.dtype), g.B.to(w.device, w.dtype)))
+        self._handles = []
+
+    def set(self, values) -> None:
+        with torch.no_grad():
+            self.alpha.copy_(torch.as_tensor(values, dtype=torch.float32, device=self.device))
+        self._nonzero = (self.alpha.detach() != 0).tolist()
+
+    def _hook(self, gi, A, B):
+        def hook(_mod, inputs, output):
+            if not self.alpha.requires_grad and not self._nonzero[gi]:
+                return None
+            a = self.alpha[gi]
+            x = inputs[0]
+            delta = torch.nn.functional.linear(torch.nn.functional.linear(x.to(A.dtype), A), B)
+            return output + (a.to(delta.dtype) * delta).to(output.dtype)
+        return hook
+
+    def attach(self):
+        if not self._handles:
+            self._handles = [mod.register_forward_hook(self._hook(gi, A, B)) for mod, gi, A, B in self._bound]
+        return self
+
+    def detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.detach()
+
+    @contextmanager
+    def fixed(self, values=None):
+        """α fixed (no grad) for evaluation or generation, restored afterwards."""
+        saved = self.alpha.detach().clone()
+        if values is not None:
+            self.set(values)
+        self.alpha.requires_grad_(False)
+        try:
+            yield self
+        finally:
+            self.set(saved)
+            self.alpha.requires_grad_(True)
+
+
+# --- losses on (prompt, target) pairs --------------------------------------------------------------
+
+
+def encode_pairs(tokenizer, prompts: list[str], targets: list[str], template: str | None = None):
+    """Token ids of chat(prompt) + target (+ end of turn), and how many leading tokens are prompt."""
+    from safegene.evaluate.generate import chat_texts
+
+    heads = chat_texts(tokenizer, prompts, template)
+    out = []
+    for prompt, head, target in zip(prompts, heads, targets):
+        try:
+            full = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
+                tokenize=False, chat_template=template)
+        except Exception:  # a template without an assistant turn
+            full = None
+        if not full or not full.startswith(head):
+            full = head + target + (tokenizer.eos_token or "")
+        head_ids = tokenizer(head, add_special_tokens=False)["input_ids"]
+        full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        n = len(head_ids)
+        if full_ids[:n] != head_ids:  # a merge across the boundary: fall back to separate pieces
+            full_ids = head_ids + tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+        if len(full_ids) <= n:
+            raise SafeGeneError(f"empty target for prompt {prompt[:60]!r}")
+        out.append((full_ids, n))
+    return out
+
+
+def pairs_loss(model, encoded, *, batch_size: int = 16, pad_id: int = 0, reduce: bool = True,
+               max_length: int | None = None):
+    """Mean over examples of each example's mean NLL on its target tokens (differentiable).
+
+    With reduce=False, the per-example losses (a 1-D tensor).
+    """
+    device = next(model.parameters()).device
+    losses = []
+    for start in range(0, len(encoded), batch_size):
+        chunk = encoded[start:start + batch_size]
+        if max_length:
+            chunk = [(ids[:max_length], min(n, max_length - 1)) for ids, n in chunk]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+        for i, (row, n) in enumerate(chunk):
+            ids[i, :len(row)] = torch.tensor(row)
+            mask[i, :len(row)] = 1
+            labels[i, n:len(row)] = torch.tensor(row[n:])
+        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                ignore_index=-100, reduction="none").view(tgt.shape)
+        valid = (tgt != -100).float()
+        losses.append((nll * valid).sum(1) / valid.sum(1).clamp(min=1))
+    per = torch.cat(losses)
+    return per.mean() if reduce else per

@@ -1,0 +1,206 @@
+"""Few-shot recalibration: one coefficient per selected layer (or per layer and module kind).
+
+For a task model θ_t (a full checkpoint, or aligned + task LoRA left unmerged), learn α in
+`θ = θ_t + Σ_g α_g δ_g` by Adam on α only — the model frozen — minimising
+
+    L_refuse(k harmful prompts → refusals) + w · L_task(k task prompts → answers)
+      [+ L_keep(benign prompts → the target's own responses)] + λ ‖α‖²
+
+full batch, a fixed number of steps with early stopping, seeded. Refusal targets are the data's
+refusals or else the aligned model's own greedy responses (generated once, cached). The result is
+a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were fitted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+from safegene.errors import SafeGeneError
+from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
+                             load_records, read_meta, refusal_targets, take)
+
+DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0)
+
+
+def selected_groups(meta: dict, modules, *, per_module_kind: bool, layers=None) -> tuple[list[str], bool]:
+    """The coefficient groups to fit: the gene's selection (or `layers`: a list, or "all")."""
+    kinds = sorted({g.kind for g in modules})
+    gene_layers = sorted({g.layer for g in modules})
+    if layers is None:
+        sel = meta.get("selection")
+        if not sel or not (sel.get("groups") or sel.get("layers")):
+            raise SafeGeneError("the gene has no layer selection: run `safegene select` on it first "
+                                "(or calibrate every layer with --all-layers)")
+        groups = [str(g) for g in (sel.get("groups") or sel["layers"])]
+        if any("." in g for g in groups):
+            per_module_kind = True
+    elif layers == "all":
+        groups = [str(layer) for layer in gene_layers]
+    else:
+        groups = [str(x) for x in layers]
+    have = {str(g.layer) for g in modules} | {f"{g.layer}.{g.kind}" for g in modules}
+    bad = [g for g in groups if g not in have]
+    if bad:
+        raise SafeGeneError(f"the gene has no layer/module group {bad[0]!r}")
+    if per_module_kind:
+        fine = []
+        for g in groups:
+            fine += [g] if "." in g else [f"{g}.{k}" for k in kinds if f"{g}.{k}" in have]
+        groups = fine
+    return groups, per_module_kind
+
+
+def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tuple[str, str]],
+              task: list[tuple[str, str]] | None = None, keep: list[tuple[str, str]] | None = None,
+              per_module_kind: bool = False, lam: float = DEFAULTS["lam"], steps: int = DEFAULTS["steps"],
+              lr: float = DEFAULTS["lr"], patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
+              task_weight: float = DEFAULTS["task_weight"], seed: int = 0, batch_size: int = 32,
+              progress: bool = False) -> dict:
+    """Adam on α (float32) over `groups`; returns {"alpha": {group: value}, "curve": [...], ...}."""
+    if not harmful:
+        raise SafeGeneError("no harmful examples to calibrate on")
+    torch.manual_seed(seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    enc_h = encode_pairs(tokenizer, [p for p, _ in harmful], [t for _, t in harmful])
+    enc_t = encode_pairs(tokenizer, [p for p, _ in task], [t for _, t in task]) if task else []
+    enc_k = encode_pairs(tokenizer, [p for p, _ in keep], [t for _, t in keep]) if keep else []
+    att = GeneAttachment(model, modules, per_module_kind=per_module_kind, groups=groups,
+                         alpha=torch.full((len(groups),), float(init)))
+    opt = torch.optim.Adam([att.alpha], lr=lr)
+    curve, best, best_alpha, since = [], float("inf"), att.alpha.detach().clone(), 0
+    parts0 = None
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(steps), desc="calibrating", disable=not progress, leave=False)
+    with att:
+        for step in bar:
+            opt.zero_grad(set_to_none=True)
+            l_ref = pairs_loss(model, enc_h, batch_size=batch_size, pad_id=pad_id)
+            l_task = pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id) if enc_t else torch.zeros(())
+            l_keep = pairs_loss(model, enc_k, batch_size=batch_size, pad_id=pad_id) if enc_k else torch.zeros(())
+            reg = lam * (att.alpha ** 2).sum()
+            loss = l_ref + task_weight * l_task + l_keep + reg
+            parts = {"refuse": l_ref.item(), "task": l_task.item(), "keep": l_keep.item(), "total": loss.item()}
+            if parts0 is None:
+                parts0 = parts
+            curve.append(parts["total"])
+            if parts["total"] < best - 1e-5:
+                best, best_alpha, since = parts["total"], att.alpha.detach().clone(), 0
+                best_parts = parts
+            else:
+                since += 1
+                if since >= patience:
+                    break
+            loss.backward()
+            opt.step()
+            bar.set_postfix(loss=f"{parts['total']:.3f}")
+        # the loss of the final α (after the last step) may be the best one too
+        with att.fixed(), torch.no_grad():
+            l_ref = pairs_loss(model, enc_h, batch_size=batch_size, pad_id=pad_id)
+            l_task = pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id) if enc_t else torch.zeros(())
+            l_keep = pairs_loss(model, enc_k, batch_size=batch_size, pad_id=pad_id) if enc_k else torch.zeros(())
+            total = float(l_ref + task_weight * l_task + l_keep + lam * (att.alpha ** 2).sum())
+            if total < best - 1e-5:
+                best, best_alpha = total, att.alpha.detach().clone()
+                best_parts = {"refuse": float(l_ref), "task": float(l_task), "keep": float(l_keep), "total": total}
+    if not torch.isfinite(best_alpha).all():
+        raise SafeGeneError("calibration diverged (NaN/Inf coefficients): lower --lr")
+    return {"alpha": {g: round(float(a), 6) for g, a in zip(groups, best_alpha.tolist())},
+            "steps_run": len(curve), "initial": parts0, "final": best_parts,
+            "curve": [round(c, 5) for c in curve[:: max(1, len(curve) // 20)]]}
+
+
+def coefficients_record(alpha: dict[str, float], per_module_kind: bool, n_layers: int) -> dict:
+    """The stored form: per-layer list(s) with 0 for unselected layers, plus the groups themselves."""
+    rec: dict = {"per_module_kind": per_module_kind, "groups": alpha}
+    if per_module_kind:
+        by_kind: dict[str, list[float]] = {}
+        for g, a in alpha.items():
+            layer, kind = g.split(".")
+            by_kind.setdefault(kind, [0.0] * n_layers)[int(layer)] = a
+        rec["per_layer"] = by_kind
+    else:
+        vals = [0.0] * n_layers
+        for g, a in alpha.items():
+            vals[int(g)] = a
+        rec["per_layer"] = vals
+    return rec
+
+
+def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task: str | Path,
+              out: str | Path | None, shots: int = 16, adapter: str | Path | None = None,
+              aligned: str | Path | None = None, benign: str | Path | None = None,
+              per_module_kind: bool = False, layers=None, lam: float = DEFAULTS["lam"],
+              steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
+              patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
+              task_weight: float = DEFAULTS["task_weight"], seed: int = 0, device: str = "cpu",
+              dtype: str | None = None, batch_size: int = 32, max_new_tokens: int = 48,
+              force: bool = False, progress: bool = False, model=None, tokenizer=None) -> dict:
+    """Fit α for one target and write GENE2 (a copy of the gene with `coefficients`) to `out`.
+
+    `layers`: None → the gene's selection; "all" → every layer; or a list of groups. With `out`
+    None nothing is written (the Python API's dry run). `model`/`tokenizer`: an already loaded
+    target (skips loading). Returns the coefficients record.
+    """
+    t0 = time.perf_counter()
+    gene = Path(gene)
+    if out is not None:
+        _check_out(out, force, inputs=(gene,))
+    modules = read_gene_modules(gene)
+    meta = read_meta(gene)
+    check_family(gene, target, modules)
+    groups, per_module_kind = selected_groups(meta, modules, per_module_kind=per_module_kind, layers=layers)
+    harm = take(load_records(harmful, split="harmful"), shots, seed=seed, name="harmful")
+    tsk = take(load_records(task, split="task"), shots, seed=seed, name="task")
+    ben = take(load_records(benign, split="benign"), shots, seed=seed, name="benign") if benign else []
+    refusals = refusal_targets(harm, gene_dir=gene, aligned=aligned, device=device, dtype=dtype,
+                               max_new_tokens=max_new_tokens, progress=progress)
+    answers = [_answer(r) for r in tsk]
+    if model is None:
+        from safegene.models import load_model
+
+        model, tokenizer = load_model(target, adapter, device=device, dtype=dtype)
+    keep = _own_or_given(ben, target, adapter, model, tokenizer, max_new_tokens, progress) if ben else []
+    t_fit = time.perf_counter()
+    fit = fit_alpha(model, tokenizer, modules, groups,
+                    harmful=[(r["prompt"], t) for r, t in zip(harm, refusals)],
+                    task=[(r["prompt"], a) for r, a in zip(tsk, answers)],
+                    keep=[(r["prompt"], t) for r, t in zip(ben, keep)],
+                    per_module_kind=per_module_kind, lam=lam, steps=steps, lr=lr, patience=patience,
+                    init=init, task_weight=task_weight, seed=seed, batch_size=batch_size,
+                    progress=progress)
+    n_layers = _n_layers(target, modules)
+    record = coefficients_record(fit["alpha"], per_module_kind, n_layers)
+    record.update({
+        "target": {"path": str(target), "adapter": str(adapter) if adapter else None},
+        "data": {"harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm)},
+                 "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)},
+                 "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)} if ben else None,
+                 "refusal_targets_sha256": data_hash([{"t": t} for t in refusals])},
+        "fit": {"shots": shots, "lam": lam, "steps": steps, "lr": lr, "patience": patience, "init": init,
+                "task_weight": task_weight, "seed": seed, "steps_run": fit["steps_run"],
+                "loss_initial": fit["initial"], "loss_final": fit["final"], "loss_curve": fit["curve"],
+                "selection": "all" if layers == "all" else (list(layers) if layers else "gene")},
+        "seconds": {"fit": round(time.perf_counter() - t_fit, 2), "total": round(time.perf_counter() - t0, 2)},
+    })
+    if out is not None:
+        meta = dict(meta)
+        meta["coefficients"] = record
+        copy_gene(gene, Path(out), meta, force)
+    return record
+
+
+def _n_layers(target, modules) -> int:
+    try:
+        cfg = json.loads((Path(target) / "config.json").read_text())
+        n = cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers")
+        if n:
+            return int(n)
+    except (OSError, json.JSONDecodeError):
+        pass
+    return max(g.layer for g in modules) + 1
