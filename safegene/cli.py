@@ -51,7 +51,99 @@ def build_parser() -> argparse.ArgumentParser:
 # function in _COMMANDS, which stays at the end of this section.
 
 
-_COMMANDS: list = []
+def _add_select(sub) -> None:
+    p = _command(sub, "select", "score the gene's layers on data and store a layer selection in it",
+                 "Score every layer (and module kind) of the gene on a degraded or task model: safety "
+                 "gain (how much the layer's delta lowers the refusal loss on harmful prompts) and "
+                 "interference (how much it raises the loss on benign and task data). Keep the best "
+                 "layers by one policy; scores and selection go into the gene's safegene.json (or a "
+                 "copy with --out).")
+    p.add_argument("--gene", required=True, help="the gene directory (from `safegene extract`)")
+    p.add_argument("--model", required=True, help="the model to score on (a degraded or task model)")
+    p.add_argument("--adapter", help="a PEFT LoRA adapter on --model (left unmerged)")
+    p.add_argument("--harmful", required=True, help="harmful prompts (JSONL/CSV/text); refusals are "
+                   "the data's \"response\" or the aligned model's own")
+    p.add_argument("--benign", help="benign prompts (targets: their responses or the model's own)")
+    p.add_argument("--task", help="task examples with answers (adds task loss to interference)")
+    p.add_argument("--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)")
+    pol = p.add_mutually_exclusive_group()
+    pol.add_argument("--top-k", type=int, help="keep the K best layers")
+    pol.add_argument("--threshold", type=float, help="keep layers with score >= T (loss units)")
+    pol.add_argument("--budget", type=float, help="keep the best layers within this fraction of the "
+                     "gene's parameters")
+    p.add_argument("--method", choices=["attribution", "ablation"], default="attribution",
+                   help="attribution: first order, one backward pass per data set (default); "
+                   "ablation: one layer at a time, exact")
+    p.add_argument("--per-module-kind", action="store_true",
+                   help="select (layer, attention|MLP) groups instead of whole layers")
+    p.add_argument("--examples", type=int, default=32, help="at most this many prompts per data set")
+    p.add_argument("--out", help="write a copy of the gene here instead of updating it in place")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32|bf16|fp16 (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_select)
+
+
+def _run_select(args) -> int:
+    from safegene.select import select
+
+    rec = select(args.gene, args.model, harmful=args.harmful, benign=args.benign, task=args.task,
+                 adapter=args.adapter, aligned=args.aligned, top_k=args.top_k, threshold=args.threshold,
+                 budget=args.budget, method=args.method, per_module_kind=args.per_module_kind,
+                 n_examples=args.examples, seed=args.seed, out=args.out, force=args.force,
+                 device=args.device, dtype=args.dtype, progress=True)
+    print(f"selected {', '.join(rec['groups'])} ({rec['param_fraction']:.0%} of the gene's parameters, "
+          f"{rec['method']}, {rec['seconds']} s) -> {args.out or args.gene}")
+    return 0
+
+
+def _add_calibrate(sub) -> None:
+    from safegene.calibrate import DEFAULTS
+
+    p = _command(sub, "calibrate", "learn per-layer coefficients of the gene for one target, few-shot",
+                 "Fit one coefficient per selected layer (optionally per module kind) by gradient "
+                 "descent on the coefficients only, the target frozen: refusal loss on K harmful "
+                 "prompts plus task loss on K task examples plus a penalty on the coefficients. "
+                 "Writes GENE2, a copy of the gene that carries the coefficients.")
+    p.add_argument("--gene", required=True, help="the gene directory, with a selection (`safegene select`)")
+    p.add_argument("--target", required=True, help="the task model (a full checkpoint, or the base of --adapter)")
+    p.add_argument("--adapter", help="the task LoRA on --target (left unmerged)")
+    p.add_argument("--harmful", required=True, help="harmful prompts (refusals: the data's, else the aligned model's)")
+    p.add_argument("--task", required=True, help="task examples with answers")
+    p.add_argument("--benign", help="optional benign prompts whose current responses are kept")
+    p.add_argument("--shots", type=int, default=16, help="K examples of each kind (default 16)")
+    p.add_argument("--out", required=True, help="GENE2: the calibrated copy of the gene")
+    p.add_argument("--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)")
+    p.add_argument("--per-module-kind", action="store_true",
+                   help="one coefficient per (layer, attention|MLP) instead of per layer")
+    p.add_argument("--all-layers", action="store_true", help="ignore the selection, fit every layer")
+    p.add_argument("--lam", type=float, default=DEFAULTS["lam"], help="L2 penalty on the coefficients")
+    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="Adam steps (early stopping)")
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default=None, help="float32|bf16|fp16 (bf16 on GPU; coefficients stay float32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from safegene.calibrate import calibrate
+
+    rec = calibrate(args.gene, args.target, harmful=args.harmful, task=args.task, out=args.out,
+                    shots=args.shots, adapter=args.adapter, aligned=args.aligned, benign=args.benign,
+                    per_module_kind=args.per_module_kind, layers="all" if args.all_layers else None,
+                    lam=args.lam, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
+                    dtype=args.dtype, force=args.force, progress=True)
+    coefs = ", ".join(f"{g}={a:+.3f}" for g, a in rec["groups"].items())
+    print(f"coefficients {coefs} (refusal loss {rec['fit']['loss_initial']['refuse']:.3f} -> "
+          f"{rec['fit']['loss_final']['refuse']:.3f}, task loss {rec['fit']['loss_initial']['task']:.3f} -> "
+          f"{rec['fit']['loss_final']['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}")
+    return 0
+
+
+_COMMANDS: list = [_add_select, _add_calibrate]
 
 
 def main(argv: list[str] | None = None) -> int:
