@@ -1,0 +1,241 @@
+"""Express a gene in a target model: merged checkpoint, PEFT adapter, or task LoRA + gene combined.
+
+    θ = θ_target (+ task LoRA) + Σ α(layer, kind) · δ(layer, module)
+
+α comes from `coefficients` (a number, a per-layer list, a dict — see gene.py's schema), else
+from the gene's calibrated `coefficients`, else 1; layers outside the gene's `selection` get 0.
+
+- merged:   a full checkpoint, streamed tensor by tensor (sharded with a byte budget, float32
+            arithmetic, cast back to each tensor's dtype); the task LoRA, if given, is merged too.
+- adapter:  a PEFT LoRA adapter: the gene's factors with lora_B scaled by α (exact).
+- combined: one PEFT LoRA adapter holding task LoRA and gene by rank concatenation:
+            A = [A_task; A_gene], B = [s_task·B_task, α·B_gene], scaling 1 (exact).
+Every output also carries `safegene_apply.json` (what was applied, with which coefficients).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from safegene.errors import SafeGeneError
+from safegene.family import check_compatible
+from safegene.gene import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Gene, adapter_config,
+                           load_gene, normalize_coefficients)
+from safegene.io import (DEFAULT_SHARD_BYTES, ModelReader, ShardWriter, SpooledWriter,
+                         atomic_output_dir, check_output_path, copy_side_files, hash_model_dir)
+
+FORMS = ("merged", "adapter", "combined")
+APPLY_RECORD = "safegene_apply.json"
+
+
+# --- the task LoRA ---------------------------------------------------------------------------
+
+@dataclass
+class TaskLora:
+    """A stock PEFT LoRA adapter read lazily: {module path: (A key, B key, scaling)}."""
+
+    path: Path
+    config: dict
+    modules: dict[str, tuple[str, str, float]]
+    reader: ModelReader
+
+    def factors(self, module_path: str) -> tuple[torch.Tensor, torch.Tensor, float]:
+        ka, kb, scale = self.modules[module_path]
+        return (self.reader.get(ka, torch.float32), self.reader.get(kb, torch.float32), scale)
+
+    def delta(self, module_path: str) -> torch.Tensor:
+        a, b, s = self.factors(module_path)
+        return (b @ a).mul_(s)
+
+
+def _pattern_value(patterns: dict, key: str, default):
+    """PEFT's rank_pattern/alpha_pattern lookup (peft.utils.other.get_pattern_key)."""
+    for pat in patterns or {}:
+        if re.match(rf"(.*\.)?({pat})$", key):
+            return patterns[pat]
+    return default
+
+
+def load_task_lora(path: str | os.PathLike) -> TaskLora:
+    """Read a PEFT LoRA adapter; refuses what cannot be merged exactly (DoRA, modules_to_save,
+    LoRA biases, fan_in_fan_out, embeddings)."""
+    path = Path(path)
+    if not (path / ADAPTER_CONFIG).is_file():
+        raise SafeGeneError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG}): {path}")
+    try:
+        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
+    except (OSError, ValueError) as exc:
+        raise SafeGeneError(f"unreadable {path / ADAPTER_CONFIG}: {exc}") from exc
+    if cfg.get("peft_type") != "LORA":
+        raise SafeGeneError(f"{path} is a {cfg.get('peft_type')} adapter; only LoRA is supported")
+    for key, what in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save"),
+                      ("lora_bias", "LoRA biases"), ("fan_in_fan_out", "fan_in_fan_out")):
+        if cfg.get(key):
+            raise SafeGeneError(f"the adapter {path} uses {what}, which cannot be combined exactly")
+    reader = ModelReader(path, prefix="adapter_model", need_config=False)
+    modules = {}
+    for name in reader.names():
+        if name.endswith(".lora_A.weight"):
+            mod = name[: -len(".lora_A.weight")]
+            kb = mod + ".lora_B.weight"
+            if kb not in reader:
+                raise SafeGeneError(f"the adapter {path} has {name} but no {kb}")
+            path_in_model = mod.removeprefix(PEFT_PREFIX)
+            r = reader.entry(name).shape[0]
+            rank = _pattern_value(cfg.get("rank_pattern"), path_in_model, cfg.get("r", r))
+            alpha = _pattern_value(cfg.get("alpha_pattern"), path_in_model, cfg.get("lora_alpha", rank))
+            scale = alpha / (rank ** 0.5 if cfg.get("use_rslora") else rank)
+            modules[path_in_model] = (name, kb, float(scale))
+        elif ".lora_B." not in name:
+            raise SafeGeneError(f"the adapter {path} holds {name!r}, which is not a LoRA "
+                                "linear factor (embedding LoRA and extra tensors are unsupported)")
+    return TaskLora(path, cfg, modules, reader)
+
+
+# --- coefficients ----------------------------------------------------------------------------
+
+def read_coefficients_file(path: str | os.PathLike):
+    """JSON file: a number, a per-layer list, or a dict (gene.py schema)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SafeGeneError(f"coefficients file not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise SafeGeneError(f"unreadable coefficients file {path}: {exc}") from exc
+
+
+def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:
+    """{gene tensor: effective α} (selection applied; α == 0 entries dropped)."""
+    coefs = "gene" if coefficients is None else normalize_coefficients(coefficients, gene.num_layers)
+    alphas = {t: gene.coefficient(m.layer, m.kind, coefs) for t, m in gene.modules.items()}
+    return {t: a for t, a in alphas.items() if a != 0.0}
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: str | os.PathLike,
+               *, form: str = "merged", adapter: str | os.PathLike | None = None,
+               coefficients=None, force: bool = False, shard_size: int = DEFAULT_SHARD_BYTES,
+               progress: bool | None = None) -> Path:
+    """Apply `gene` to the model at `target` (plus the task LoRA `adapter`) and write `out`.
+
+    form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
+    own), a number, a per-layer list or a dict. Checks the family before writing anything.
+    """
+    if form not in FORMS:
+        raise SafeGeneError(f"--as must be one of {', '.join(FORMS)}, got {form!r}")
+    if form == "combined" and adapter is None:
+        raise SafeGeneError("--as combined needs the task LoRA (--adapter)")
+    if form == "adapter" and adapter is not None:
+        raise SafeGeneError("--as adapter writes the gene alone; use --as combined with --adapter")
+    gene_path = gene.path if isinstance(gene, Gene) else Path(gene)
+    check_output_path(out, force, inputs=(target, gene_path, adapter))
+    gene = gene if isinstance(gene, Gene) else load_gene(gene)
+    reader = ModelReader(target)
+    task = load_task_lora(adapter) if adapter is not None else None
+    try:
+        _check_family(gene, reader, task)
+        alphas = resolve_coefficients(gene, coefficients)
+        record = {"gene": str(gene_path.absolute()), "target": str(Path(target).absolute()),
+                  "target_hash": hash_model_dir(target), "adapter": str(Path(adapter).absolute())
+                  if adapter else None, "form": form,
+                  "coefficients": normalize_coefficients(coefficients, gene.num_layers)
+                  if coefficients is not None else gene.coefficients,
+                  "selection": gene.selection, "applied": alphas}
+        with atomic_output_dir(out, force) as tmp:
+            if form == "merged":
+                _write_merged(tmp, reader, gene, alphas, task, shard_size, progress)
+            elif form == "adapter":
+                _write_adapter(tmp, gene, alphas, None, str(Path(target).absolute()))
+            else:
+                _write_adapter(tmp, gene, alphas, task, str(Path(target).absolute()))
+            (tmp / APPLY_RECORD).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    finally:
+        reader.close()
+        gene.close()
+        if task is not None:
+            task.reader.close()
+    return Path(out)
+
+
+def _check_family(gene: Gene, reader: ModelReader, task: TaskLora | None) -> None:
+    """Gene and task LoRA must fit the target; the first mismatch is named."""
+    shapes = reader.shapes()
+    check_compatible(gene.fingerprint, reader.config(), shapes,
+                     tensors={t: m.shape for t, m in gene.modules.items()},
+                     what=f"target {reader.path}")
+    for mod in (task.modules if task else {}):
+        weight = mod + ".weight"
+        if weight not in shapes:
+            raise SafeGeneError(f"the adapter {task.path} targets {mod!r}, which the target lacks")
+        ea = task.reader.entry(task.modules[mod][0])
+        eb = task.reader.entry(task.modules[mod][1])
+        if (eb.shape[0], ea.shape[1]) != tuple(shapes[weight]) or ea.shape[0] != eb.shape[1]:
+            raise SafeGeneError(f"the adapter's factors for {mod!r} do not fit its shape "
+                                f"{tuple(shapes[weight])} in the target")
+
+
+# --- the three forms -------------------------------------------------------------------------
+
+def _write_merged(tmp: Path, reader: ModelReader, gene: Gene, alphas: dict, task: TaskLora | None,
+                  shard_size: int, progress) -> None:
+    items = [(n, reader.entry(n).dtype, reader.entry(n).shape) for n in reader.names()]
+    writer = ShardWriter(tmp, items, max_shard_bytes=shard_size)
+    task_mods = task.modules if task else {}
+    for name in tqdm(reader.names(), desc="apply (merged)", unit="tensor",
+                     disable=None if progress is None else not progress):
+        t = reader.get(name)
+        mod = name.removesuffix(".weight")
+        if name in alphas or (name.endswith(".weight") and mod in task_mods):
+            w = t.float()
+            if mod in task_mods and name.endswith(".weight"):
+                w += task.delta(mod)
+            if name in alphas:
+                w.add_(gene.delta(name), alpha=alphas[name])
+            t = w.to(t.dtype)
+            del w
+        elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise SafeGeneError(f"NaN or Inf in the target's tensor {name!r}")
+        writer.write(name, t)
+        del t
+    writer.close()
+    copy_side_files(reader.path, tmp)
+
+
+def _write_adapter(tmp: Path, gene: Gene, alphas: dict, task: TaskLora | None,
+                   base_model: str) -> None:
+    """`adapter` (task None) or `combined` (task given) PEFT output, scaling 1 everywhere."""
+    gene_mods = {gene.modules[t].module_path: (t, a) for t, a in alphas.items()}
+    task_mods = task.modules if task else {}
+    order = list(dict.fromkeys([*task_mods, *gene_mods]))
+    writer = SpooledWriter(tmp / ADAPTER_WEIGHTS)
+    ranks = {}
+    try:
+        for mod in order:
+            parts_a, parts_b = [], []
+            if mod in task_mods:
+                a, b, s = task.factors(mod)
+                parts_a.append(a)
+                parts_b.append(b.mul_(s))
+            if mod in gene_mods:
+                t, alpha = gene_mods[mod]
+                a, b = gene.factors(t)
+                parts_a.append(a)
+                parts_b.append(b.mul_(alpha))
+            a, b = torch.cat(parts_a, 0), torch.cat(parts_b, 1)
+            writer.write(PEFT_PREFIX + mod + ".lora_A.weight", a)
+            writer.write(PEFT_PREFIX + mod + ".lora_B.weight", b)
+            ranks[mod] = a.shape[0]
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    config = adapter_config(ranks, base_model, gene.num_layers)
+    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,129 @@
+"""Atomic output directories, copying of a model's non-weight files, and content hashes.
+
+An output is built in a hidden sibling directory (same filesystem), fsynced, then renamed into
+place, so an interrupted run never leaves a half-written output at the final path. An existing
+output is refused unless `force`; with `force` it is replaced only once the new one is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from safegene.errors import SafeGeneError
+
+# Files a model directory carries besides its weights: config, tokenizer, chat template, ...
+MODEL_SIDE_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "preprocessor_config.json",
+)
+
+
+def check_output_path(out: str | os.PathLike, force: bool = False,
+                      inputs: tuple = ()) -> Path:
+    """Validate an output path before any work: refuses an existing one without force, and
+    any path that is (or contains, or lies inside) an input, since inputs are never modified."""
+    out = Path(out).absolute()
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src).absolute()
+        if out == src or src in out.parents or out in src.parents:
+            raise SafeGeneError(f"output {out} overlaps the input {src}; choose another --out")
+    if out.exists() and not force:
+        raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
+    if out.exists() and not out.is_dir():
+        raise SafeGeneError(f"output exists and is not a directory: {out}")
+    if not out.parent.is_dir():
+        raise SafeGeneError(f"parent directory of the output does not exist: {out.parent}")
+    return out
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a fresh temporary sibling directory; on success rename it to `out`.
+
+    On any exception the temporary directory is removed and `out` is left as it was.
+    """
+    out = check_output_path(out, force)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if out.exists():  # force: swap in the new output, then drop the old one
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike,
+                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
+    """Copy config/tokenizer/generation files that exist in src; returns the names copied."""
+    src, dst = Path(src), Path(dst)
+    copied = []
+    for name in names:
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 16,
+                   sample_bytes: int = 65536) -> str:
+    """A content hash of a model directory's safetensors weights and config, for provenance.
+
+    `full=True`: sha256 over every byte of every weight file (exact, costs one read of the model).
+    Default (cheap): sha256 over config.json, each weight file's name, size and header, and
+    `samples` evenly spaced `sample_bytes` windows of its data — two different fine-tunes differ
+    in practically every window, so this identifies a model for a few MB of reading. Prefixed
+    `sha256:` or `sample-sha256:` so the two are never confused.
+    """
+    from safegene.io.reader import find_weight_files
+
+    path = Path(path)
+    h = hashlib.sha256()
+    if (path / "config.json").is_file():
+        h.update((path / "config.json").read_bytes())
+    for f in find_weight_files(path):
+        size = f.stat().st_size
+        h.update(f.name.encode() + b"\0" + str(size).encode() + b"\0")
+        with open(f, "rb") as fh:
+            if full:
+                for chunk in iter(lambda: fh.read(1 << 24), b""):
+                    h.update(chunk)
+                continue
+            hlen = int.from_bytes(fh.read(8), "little")
+            h.update(fh.read(hlen))
+            for i in range(samples):
+                fh.seek(8 + hlen + (size - 8 - hlen) * i // samples)
+                h.update(fh.read(sample_bytes))
+    return ("sha256:" if full else "sample-sha256:") + h.hexdigest()

@@ -1,0 +1,128 @@
+"""Streaming reader over a Hugging Face model directory: one tensor at a time, no mmap.
+
+Handles a single `model.safetensors`, a sharded checkpoint through `model.safetensors.index.json`,
+and any other `<prefix>.safetensors[.index.json]` (adapters, dense genes). Only headers are
+read up front; `get(name)` preads one tensor into a fresh buffer that is freed with the tensor,
+so holding a reader costs nothing and reading a whole model costs one tensor of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from safegene.errors import SafeGeneError
+from safegene.io.safetensors_format import TensorEntry, read_header, read_tensor
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
+    """The safetensors files of a checkpoint: from `<prefix>.safetensors.index.json` if present,
+    else `<prefix>.safetensors`, else the directory's only `*.safetensors` files."""
+    index = path / f"{prefix}.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
+        files = sorted({path / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise SafeGeneError(f"{index} names a missing shard: {missing[0]}")
+        return files
+    single = path / f"{prefix}.safetensors"
+    if single.is_file():
+        return [single]
+    return sorted(path.glob("*.safetensors"))
+
+
+class ModelReader:
+    """Lazy, mmap-free access to the tensors of a safetensors checkpoint directory.
+
+    `names()` (in file order), `entry(name)` (dtype, shape, bytes), `get(name, dtype=None)`
+    and `iter_tensors()`. Raises SafeGeneError for a missing or non-model directory and, unless
+    `allow_pickle`, for pickle-only checkpoints (see safegene.models.check_model_dir).
+    """
+
+    def __init__(self, path: str | os.PathLike, prefix: str = "model", *, need_config: bool = True):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise SafeGeneError(f"directory not found: {self.path}")
+        if need_config and not (self.path / "config.json").is_file():
+            raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {self.path}")
+        files = find_weight_files(self.path, prefix)
+        if not files:
+            pickles = [p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            hint = (f"; it holds only pickle weights ({pickles[0]}): convert them to safetensors"
+                    if pickles else "")
+            raise SafeGeneError(f"no safetensors weights in {self.path}{hint}")
+        self.files = files
+        self._entries: dict[str, TensorEntry] = {}
+        for f in files:
+            entries, _ = read_header(f)
+            for name, e in entries.items():
+                if name in self._entries:
+                    raise SafeGeneError(f"tensor {name!r} appears twice in {self.path}")
+                self._entries[name] = e
+        self._fds: dict[str, int] = {}
+
+    # --- metadata -------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self._entries)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._entries
+
+    def entry(self, name: str) -> TensorEntry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise SafeGeneError(f"tensor {name!r} not found in {self.path}") from None
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: e.shape for n, e in self._entries.items()}
+
+    def total_bytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def config(self) -> dict:
+        try:
+            return json.loads((self.path / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise SafeGeneError(f"unreadable config.json in {self.path}: {exc}") from exc
+
+    # --- data -----------------------------------------------------------------------------
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, freshly read (optionally cast: `dtype=torch.float32` for arithmetic)."""
+        e = self.entry(name)
+        fd = self._fds.get(e.path)
+        if fd is None:
+            fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)
+        t = read_tensor(e, fd)
+        return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+    def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in names if names is not None else self.names():
+            yield name, self.get(name)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> "ModelReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):  # best effort; explicit close() or `with` is preferred
+        try:
+            self.close()
+        except Exception:
+            pass

@@ -1,0 +1,126 @@
+"""The safetensors file format, read and written by hand so that bytes stream.
+
+A safetensors file is: 8 bytes little-endian header length N, N bytes of JSON header
+(`{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}`), then the
+tensor bytes, offsets relative to the end of the header. Owning this (instead of calling
+`safetensors.safe_open`, which memory-maps the file) lets the reader pread one tensor into a
+fresh buffer and the writer put each tensor on disk as it arrives, so that peak memory is a
+few tensors and never the model (mapped file pages count in RSS).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+
+import torch
+
+from safegene.errors import SafeGeneError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: file, dtype, shape and absolute byte range."""
+
+    name: str
+    path: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # absolute offset in the file
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.begin
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
+    """(entries by name, __metadata__) of one safetensors file; a SafeGeneError if malformed."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ValueError("file shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", raw)
+            if n > _MAX_HEADER:
+                raise ValueError(f"header length {n} is implausible")
+            header = json.loads(f.read(n))
+        size = os.path.getsize(path)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise SafeGeneError(f"not a readable safetensors file: {path} ({exc})") from exc
+    base = 8 + n
+    meta = header.pop("__metadata__", None) or {}
+    entries = {}
+    for name, info in header.items():
+        try:
+            dtype = DTYPES[info["dtype"]]
+            b, e = info["data_offsets"]
+            shape = tuple(int(s) for s in info["shape"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}") from exc
+        if base + e > size or b > e:
+            raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
+        entries[name] = TensorEntry(name, path, dtype, shape, base + b, base + e)
+    return entries, meta
+
+
+def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
+    """The tensor's bytes pread into a fresh CPU buffer (no mmap; freed when the tensor is)."""
+    own = fd is None
+    if own:
+        fd = os.open(entry.path, os.O_RDONLY)
+    try:
+        buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+        view, done = buf.numpy(), 0
+        while done < entry.nbytes:  # preadv may return short counts on large reads
+            got = os.preadv(fd, [view[done:]], entry.begin + done)
+            if got <= 0:
+                raise SafeGeneError(f"unexpected end of file reading {entry.name!r} from {entry.path}")
+            done += got
+    finally:
+        if own:
+            os.close(fd)
+    if entry.dtype == torch.bool:
+        return buf.view(torch.bool).reshape(entry.shape)
+    return buf.view(entry.dtype).reshape(entry.shape)
+
+
+def tensor_bytes(t: torch.Tensor) -> memoryview:
+    """The raw little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
+
+
+def encode_header(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                  metadata: dict | None = None) -> tuple[bytes, list[int]]:
+    """Header bytes (length prefix included, padded to 8) and each tensor's byte size, in order."""
+    header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
+    sizes, offset = [], 0
+    for name, dtype, shape in items:
+        if dtype not in DTYPE_NAMES:
+            raise SafeGeneError(f"cannot store dtype {dtype} in safetensors ({name})")
+        n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + n]}
+        sizes.append(n)
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-(len(raw)) % 8)
+    return struct.pack("<Q", len(raw)) + raw, sizes
