@@ -143,7 +143,72 @@ def _run_calibrate(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_select, _add_calibrate]
+def _add_extract(sub) -> None:
+    p = _command(sub, "extract", "extract the safety gene δ = aligned − mean(degraded) as LoRA factors",
+                 "Extract the safety gene: δ = W_aligned − mean(W_degraded) per module, in float32, "
+                 "streamed one tensor at a time, compressed by truncated SVD into a PEFT LoRA "
+                 "directory (plus safegene.json), or kept dense with --dense.")
+    p.add_argument("--aligned", required=True, metavar="DIR", help="the aligned model (HF dir)")
+    p.add_argument("--degraded", required=True, nargs="+", metavar="DIR",
+                   help="one or more degraded models of the same family (their mean is used)")
+    p.add_argument("--out", required=True, metavar="GENE", help="output gene directory")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--rank", type=int, help="fixed LoRA rank per module (default 64, capped "
+                      "at the matrix size)")
+    size.add_argument("--energy", type=float, help="smallest rank keeping this fraction of Σσ² "
+                      "per module, e.g. 0.9")
+    p.add_argument("--modules", nargs="+", metavar="M", help="module kinds (attn mlp norm embed "
+                   "lm_head) or names (q_proj ...); default: attn mlp")
+    p.add_argument("--dense", action="store_true", help="keep δ uncompressed (float32 safetensors)")
+    p.add_argument("--device", default="cpu", help="device for the SVD (e.g. cuda)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_extract)
+
+
+def _run_extract(args) -> int:
+    from safegene.gene import extract
+
+    out = extract(args.aligned, args.degraded, args.out, rank=args.rank, energy=args.energy,
+                  modules=args.modules, dense=args.dense, force=args.force, device=args.device,
+                  seed=args.seed)
+    print(f"gene written to {out}")
+    return 0
+
+
+def _add_apply(sub) -> None:
+    p = _command(sub, "apply", "apply a gene to a target: merged checkpoint, adapter or combined",
+                 "Apply θ = θ_target (+ task LoRA) + Σ α·δ. Coefficients: --coef, --coefs FILE, "
+                 "else the gene's calibrated ones, else 1; the gene's layer selection is honoured.")
+    p.add_argument("--gene", required=True, metavar="GENE", help="gene directory")
+    p.add_argument("--target", required=True, metavar="DIR", help="target model (HF dir)")
+    p.add_argument("--adapter", metavar="LORA", help="the target's task LoRA (PEFT dir)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--as", dest="form", default="merged", choices=["merged", "adapter", "combined"],
+                   help="merged: full checkpoint; adapter: PEFT LoRA of the gene; combined: task "
+                   "LoRA + gene in one PEFT LoRA (default merged)")
+    coefs = p.add_mutually_exclusive_group()
+    coefs.add_argument("--coef", type=float, help="one coefficient for every selected layer")
+    coefs.add_argument("--coefs", metavar="FILE", help="JSON: a number, a per-layer list, or "
+                       "{layer: α} / {kind: {layer: α}}")
+    p.add_argument("--shard-size", default="5GB", help="max bytes per output shard (merged)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(func=_run_apply)
+
+
+def _run_apply(args) -> int:
+    from safegene.apply import apply_gene, read_coefficients_file
+    from safegene.io import parse_size
+
+    coefs = args.coef if args.coef is not None else (
+        read_coefficients_file(args.coefs) if args.coefs else None)
+    out = apply_gene(args.gene, args.target, args.out, form=args.form, adapter=args.adapter,
+                     coefficients=coefs, force=args.force, shard_size=parse_size(args.shard_size))
+    print(f"{args.form} output written to {out}")
+    return 0
+
+
+_COMMANDS: list = [_add_select, _add_calibrate, _add_extract, _add_apply]
 
 
 def main(argv: list[str] | None = None) -> int:
