@@ -143,6 +143,21 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _add_eval(sub) -> None:
+    from safegene.evaluate.cli import DESCRIPTION, add_eval_arguments
+
+    p = _command(sub, "eval", "evaluate a model: harmful rate, over-refusal, task accuracy, with CIs",
+                 DESCRIPTION)
+    add_eval_arguments(p)
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from safegene.evaluate.cli import run_eval_command
+
+    return run_eval_command(args)
+
+
 def _add_extract(sub) -> None:
     p = _command(sub, "extract", "extract the safety gene δ = aligned − mean(degraded) as LoRA factors",
                  "Extract the safety gene: δ = W_aligned − mean(W_degraded) per module, in float32, "
@@ -208,7 +223,7 @@ def _run_apply(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_select, _add_calibrate, _add_extract, _add_apply]
+_COMMANDS: list = [_add_select, _add_calibrate, _add_eval, _add_extract, _add_apply]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,309 @@
+"""Evaluation data: JSONL, CSV, plain text, the zoo's splits by name, Hugging Face `datasets` ids.
+
+Every loader returns an `EvalSet`: the prompts (and the reference answers of a task split) plus
+where they came from and the sha256 of the bytes read, so a report names its exact inputs.
+Every problem with a file is one SafeGeneError that names the file (and the line, where there is one).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safegene.errors import SafeGeneError
+
+SPLITS = ("harmful", "benign", "task")
+MATCH_METHODS = ("auto", "exact", "normalised", "numeric")
+_ANSWER_KEYS = ("answer", "response")
+
+
+@dataclass
+class EvalSet:
+    """One data set of one split: `harmful` and `benign` are judged, `task` is scored against answers."""
+
+    split: str
+    name: str
+    source: str
+    prompts: list[str]
+    answers: list[str] | None = None
+    sha256: str | None = None
+    match: str | None = None  # task splits: exact | normalised | numeric (auto is resolved on load)
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def describe(self) -> dict:
+        """What the report records about this input (everything but the rows themselves)."""
+        d = {"split": self.split, "name": self.name, "source": self.source, "sha256": self.sha256,
+             "n": len(self.prompts)}
+        if self.split == "task":
+            d["match"] = self.match
+        d.update(self.meta)
+        return d
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def _read_text(path: Path) -> tuple[str, str]:
+    """(text, sha256 of the bytes) of a UTF-8 file, or one clear error."""
+    if not path.is_file():
+        raise SafeGeneError(f"data file not found: {path}")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SafeGeneError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+                            "re-encode it as UTF-8") from None
+    if not text.strip():
+        raise SafeGeneError(f"data file is empty: {path}")
+    return text, digest
+
+
+def _pick_answer(row: dict, answer_column: str | None, where: str):
+    if answer_column is not None:
+        if answer_column not in row:
+            raise SafeGeneError(f"{where}: no column {answer_column!r}")
+        return row[answer_column]
+    for key in _ANSWER_KEYS:
+        if key in row and row[key] not in (None, ""):
+            return row[key]
+    return None
+
+
+def _rows_to_set(rows, path: Path, split: str, prompt_column: str, answer_column: str | None,
+                 digest: str, name: str | None, match: str, kind: str) -> EvalSet:
+    prompts, answers = [], []
+    for where, row in rows:
+        if prompt_column not in row:
+            cols = ", ".join(map(repr, list(row)[:8]))
+            raise SafeGeneError(f"{where}: no {prompt_column!r} column (found {cols}); "
+                                "name the prompt column with --prompt-column")
+        prompt = row[prompt_column]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise SafeGeneError(f"{where}: the {prompt_column!r} value is empty or not text")
+        prompts.append(prompt)
+        ans = _pick_answer(row, answer_column, where)
+        answers.append(None if ans is None else str(ans))
+    if not prompts:
+        raise SafeGeneError(f"data file has no rows: {path}")
+    return _finish(split, name or path.stem, str(path), prompts, answers, digest, match,
+                   {"format": kind})
+
+
+def _read_jsonl(path: Path, text: str):
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SafeGeneError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise SafeGeneError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}:{lineno}", row
+
+
+def _read_json(path: Path, text: str):
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SafeGeneError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise SafeGeneError(f"{path}: expected a JSON list of objects (or use JSONL)")
+    for i, row in enumerate(data):
+        if isinstance(row, str):
+            row = {"prompt": row}
+        if not isinstance(row, dict):
+            raise SafeGeneError(f"{path}: item {i} is not an object")
+        yield f"{path}: item {i}", row
+
+
+def _read_csv(path: Path, text: str, delimiter: str):
+    reader = csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    if not reader.fieldnames:
+        raise SafeGeneError(f"data file has no header row: {path}")
+    try:
+        for row in reader:
+            if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
+                continue
+            yield f"{path}:{reader.line_num}", row
+    except csv.Error as exc:
+        raise SafeGeneError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
+
+
+def load_file(path: str | Path, split: str, *, name: str | None = None, prompt_column: str = "prompt",
+              answer_column: str | None = None, match: str = "auto") -> EvalSet:
+    """Load a JSONL / JSON / CSV / TSV / plain-text file (by suffix; anything else is plain text)."""
+    _check_split(split)
+    path = Path(path)
+    text, digest = _read_text(path)
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows, kind = _read_jsonl(path, text), "jsonl"
+    elif suffix == ".json":
+        rows, kind = _read_json(path, text), "json"
+    elif suffix in (".csv", ".tsv"):
+        rows, kind = _read_csv(path, text, "\t" if suffix == ".tsv" else ","), suffix[1:]
+    else:
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if split == "task":
+            raise SafeGeneError(f"{path}: task data needs answers; a plain-text file has only prompts "
+                                "(use JSONL with \"prompt\" and \"answer\")")
+        return _finish(split, name or path.stem, str(path), prompts, None, digest, match,
+                       {"format": "text"})
+    return _rows_to_set(rows, path, split, prompt_column, answer_column, digest, name, match, kind)
+
+
+# --- the zoo -------------------------------------------------------------------------------------
+
+
+def read_zoo(zoo_dir: str | Path) -> dict:
+    zoo_dir = Path(zoo_dir)
+    index = zoo_dir / "zoo.json"
+    if not index.is_file():
+        raise SafeGeneError(f"not a zoo directory (no zoo.json): {zoo_dir}")
+    try:
+        return json.loads(index.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SafeGeneError(f"{index}: malformed zoo index ({exc})") from None
+
+
+def zoo_split_names(zoo: dict) -> list[str]:
+    data = zoo.get("data", {})
+    names = [k for k, v in data.items() if isinstance(v, str)]
+    names += [f"task:{t}" for t in data.get("tasks", {})]
+    return names
+
+
+def zoo_split_path(zoo_dir: str | Path, key: str) -> Path:
+    """`harmful_test`, `benign_test`, `task:<name>` (that task's test split) → the file's path."""
+    zoo_dir = Path(zoo_dir)
+    zoo = read_zoo(zoo_dir)
+    data = zoo.get("data", {})
+    if key.startswith("task:"):
+        task = key[len("task:"):]
+        tasks = data.get("tasks", {})
+        if task not in tasks:
+            raise SafeGeneError(f"the zoo in {zoo_dir} has no task {task!r} (tasks: {', '.join(tasks) or 'none'})")
+        rel = tasks[task].get("test")
+    elif isinstance(data.get(key), str):
+        rel = data[key]
+    else:
+        raise SafeGeneError(f"the zoo in {zoo_dir} has no split {key!r} "
+                            f"(splits: {', '.join(zoo_split_names(zoo))})")
+    return zoo_dir / rel
+
+
+def zoo_model(zoo_dir: str | Path, name: str) -> dict:
+    """A zoo model's entry with absolute paths: {"path", "adapter", "task"}."""
+    zoo_dir = Path(zoo_dir)
+    models = read_zoo(zoo_dir).get("models", {})
+    if name not in models:
+        raise SafeGeneError(f"the zoo in {zoo_dir} has no model {name!r} (models: {', '.join(models)})")
+    entry = dict(models[name])
+    entry["path"] = str(zoo_dir / entry["path"])
+    if entry.get("adapter"):
+        entry["adapter"] = str(zoo_dir / entry["adapter"])
+    return entry
+
+
+# --- Hugging Face datasets -----------------------------------------------------------------------
+
+
+def load_hf(dataset_id: str, split: str, *, name: str | None = None, prompt_column: str = "prompt",
+            answer_column: str | None = None, match: str = "auto", hf_split: str = "test") -> EvalSet:
+    """`owner/name` or `owner/name:split` through `datasets`, only when the machine is online."""
+    _check_split(split)
+    if ":" in dataset_id:
+        dataset_id, hf_split = dataset_id.rsplit(":", 1)
+    if any(os.environ.get(v, "").lower() in ("1", "true", "yes")
+           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        raise SafeGeneError(f"cannot fetch the Hugging Face dataset {dataset_id!r}: offline mode is set; "
+                            "use a local JSONL/CSV/text file")
+    try:
+        import datasets  # noqa: F401
+    except ImportError:
+        raise SafeGeneError(f"{dataset_id!r} is neither a file nor loadable: the `datasets` package is not "
+                            "installed (pip install datasets), or pass a local JSONL/CSV/text file") from None
+    try:
+        ds = datasets.load_dataset(dataset_id, split=hf_split)
+    except Exception as exc:  # network errors, missing dataset, missing split
+        raise SafeGeneError(f"cannot load the Hugging Face dataset {dataset_id!r} (split {hf_split!r}): "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                            "(offline? use a local file)") from None
+    rows = ((f"{dataset_id}[{i}]", dict(r)) for i, r in enumerate(ds))
+    fingerprint = getattr(ds, "_fingerprint", None)
+    return _rows_to_set(rows, Path(dataset_id), split, prompt_column, answer_column,
+                        fingerprint, name or dataset_id, match, "hf")
+
+
+# --- one entry point -----------------------------------------------------------------------------
+
+
+def load_data(source: str | Path, split: str, *, zoo: str | Path | None = None, name: str | None = None,
+              prompt_column: str | None = None, answer_column: str | None = None,
+              match: str = "auto", limit: int | None = None) -> EvalSet:
+    """A file path, a zoo split name (with `zoo`), or a Hugging Face dataset id (`hf:owner/name[:split]`,
+    or a bare `owner/name` that is not a local path)."""
+    _check_split(split)
+    if match not in MATCH_METHODS:
+        raise SafeGeneError(f"unknown match method {match!r}; choose one of {', '.join(MATCH_METHODS)}")
+    source = str(source)
+    prompt_column = prompt_column or "prompt"
+    kw = dict(name=name, prompt_column=prompt_column, answer_column=answer_column, match=match)
+    if zoo is not None and not Path(source).exists() and (
+            source.startswith("task:") or source in zoo_split_names(read_zoo(zoo))):
+        path = zoo_split_path(zoo, source)
+        kw["name"] = name or source
+        ds = load_file(path, split, **kw)
+        ds.meta["zoo_split"] = source
+    elif source.startswith("hf:"):
+        ds = load_hf(source[3:], split, **kw)
+    elif Path(source).exists() or _looks_like_path(source):
+        ds = load_file(source, split, **kw)
+    else:
+        ds = load_hf(source, split, **kw)
+    if limit is not None:
+        if limit < 1:
+            raise SafeGeneError(f"--limit must be at least 1, got {limit}")
+        ds.prompts = ds.prompts[:limit]
+        if ds.answers is not None:
+            ds.answers = ds.answers[:limit]
+        ds.meta["limit"] = limit
+    return ds
+
+
+def _looks_like_path(source: str) -> bool:
+    p = Path(source)
+    return (source.startswith((".", "/", "~")) or p.suffix.lower() in
+            (".jsonl", ".json", ".csv", ".tsv", ".txt") or source.count("/") != 1)
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise SafeGeneError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+
+
+def _finish(split, name, source, prompts, answers, digest, match, meta) -> EvalSet:
+    if not prompts:
+        raise SafeGeneError(f"no prompts in {source}")
+    if split == "task":
+        missing = [i for i, a in enumerate(answers or []) if a is None or not str(a).strip()]
+        if answers is None or missing:
+            first = missing[0] + 1 if missing else 1
+            raise SafeGeneError(f"{source}: task data needs an \"answer\" for every prompt "
+                                f"(row {first} has none)")
+        from safegene.evaluate.metrics import resolve_match
+
+        match = resolve_match(match, answers)
+        return EvalSet(split, name, source, prompts, answers, digest, match, meta)
+    has = answers is not None and any(a is not None for a in answers)
+    return EvalSet(split, name, source, prompts, answers if has else None, digest, None, meta)
