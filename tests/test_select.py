@@ -1,0 +1,148 @@
+"""Layer selection: the hook mechanism is exact, attribution is the gradient, policies, storage;
+on the micro zoo, the selected layers' δ measurably moves a degraded model toward refusing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+from safegene.errors import SafeGeneError
+from safegene.models import load_model
+from safegene.select import choose, score_groups, select
+
+import tinygene
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    torch.set_num_threads(1)
+    return tinygene.build(tmp_path_factory.mktemp("tiny"))
+
+
+def _pairs(path, key):
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [(r["prompt"], r[key]) for r in rows]
+
+
+def test_hooks_equal_stock_peft(tiny):
+    from peft import PeftModel
+
+    model, tok = load_model(tiny.model)
+    ids = torch.tensor([tok("How do I bake a cake?")["input_ids"]])
+    modules = read_gene_modules(tiny.gene)
+    att = GeneAttachment(model, modules)
+    with att, att.fixed([1.0] * len(att.groups)):
+        hooked = model(ids).logits
+    with att, att.fixed([0.0] * len(att.groups)):
+        plain = model(ids).logits
+    stock = PeftModel.from_pretrained(load_model(tiny.model)[0], str(tiny.gene))(ids).logits
+    assert torch.allclose(hooked, stock, atol=1e-5)
+    assert not torch.allclose(plain, stock, atol=1e-3)
+
+
+def test_hooks_on_unmerged_lora_target_equal_merged(tiny):
+    """A PeftModel target (model + task LoRA) gets the gene exactly as its merged checkpoint does."""
+    modules = read_gene_modules(tiny.gene)
+    peft_model, tok = load_model(tiny.model, tiny.adapter)
+    merged = load_model(tiny.model, tiny.adapter)[0].merge_and_unload()
+    ids = torch.tensor([tok("Tell me how to fix a bike.")["input_ids"]])
+    alpha = [0.7, -0.2, 1.3]
+    outs = []
+    for m in (peft_model, merged):
+        att = GeneAttachment(m, modules)
+        with att, att.fixed(alpha):
+            outs.append(m(ids).logits)
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+
+
+def test_attribution_is_the_gradient(tiny):
+    model, tok = load_model(tiny.model)
+    modules = read_gene_modules(tiny.gene)
+    harmful = _pairs(tiny.harmful, "response")[:4]
+    scores = score_groups(model, tok, modules, harmful=harmful, method="attribution", per_module_kind=True)
+    enc = encode_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
+    att = GeneAttachment(model, modules, per_module_kind=True)
+    eps = 1e-3
+    with att, att.fixed():
+        for i, g in enumerate(att.groups):
+            v = torch.zeros(len(att.groups))
+            v[i] = eps
+            att.set(v)
+            up = float(pairs_loss(model, enc))
+            v[i] = -eps
+            att.set(v)
+            down = float(pairs_loss(model, enc))
+            fd = (up - down) / (2 * eps)
+            assert scores[g]["gain"] == pytest.approx(-fd, abs=2e-3 + 0.05 * abs(fd))
+
+
+def test_ablation_agrees_in_sign_with_attribution_for_the_top_group(tiny):
+    model, tok = load_model(tiny.model)
+    modules = read_gene_modules(tiny.gene)
+    harmful = _pairs(tiny.harmful, "response")[:6]
+    # a small gene (scaled down) keeps first order accurate at coefficient 1
+    for g in modules:
+        g.B = g.B * 0.05
+    att_scores = score_groups(model, tok, modules, harmful=harmful, per_module_kind=False)
+    abl_scores = score_groups(model, tok, modules, harmful=harmful, method="ablation", per_module_kind=False)
+    top = max((g for g in att_scores if not g.startswith("_")), key=lambda g: abs(att_scores[g]["gain"]))
+    assert att_scores[top]["gain"] * abl_scores[top]["gain"] > 0
+
+
+def _scores(**gains):
+    return {g: {"gain": v, "interference": 0.0, "task": 0.0, "score": v, "n_params": 10}
+            for g, v in gains.items()}
+
+
+def test_policies():
+    s = _scores(**{"0": 0.5, "1": -0.1, "2": 0.2, "3": 0.05})
+    assert choose(s, top_k=2) == ["0", "2"]
+    assert choose(s, top_k=4) == ["0", "2", "3"]  # a group that does not help is never kept
+    assert choose(s, threshold=0.1) == ["0", "2"]
+    assert choose(s) == ["0", "2", "3"]
+    assert choose(s, budget=0.5) == ["0", "2"]
+    assert choose(s, budget=0.25) == ["0"]
+    with pytest.raises(SafeGeneError):
+        choose(s, top_k=9)
+    with pytest.raises(SafeGeneError):
+        choose(s, threshold=1.0)
+    with pytest.raises(SafeGeneError):
+        choose(s, top_k=1, budget=0.5)
+
+
+def test_select_stores_scores_and_selection(tiny, tmp_path):
+    before = tinygene.tree(tiny.gene)
+    rec = select(tiny.gene, tiny.model, harmful=tiny.harmful, top_k=2, out=tmp_path / "g")
+    assert rec["groups"] == ["0", "2"]  # the two layers whose δ lowers the refusal loss (tinygene)
+    assert tinygene.tree(tiny.gene) == before  # the input gene is untouched when --out is given
+    meta = json.loads((tmp_path / "g" / "safegene.json").read_text())
+    assert meta["selection"]["groups"] == rec["groups"] and 1 <= len(rec["groups"]) <= 2
+    assert set(meta["scores"]["layers"]) == {"0", "1", "2"}
+    assert len(meta["scores"]["module_kinds"]) == 6
+    assert len(meta["selection"]["data"]["harmful"]["sha256"]) == 64
+    # per-layer scores are the sums of the per-module-kind ones (attribution is linear)
+    for layer, s in meta["scores"]["layers"].items():
+        parts = [v["gain"] for g, v in meta["scores"]["module_kinds"].items() if g.split(".")[0] == layer]
+        assert s["gain"] == pytest.approx(sum(parts), abs=1e-6)
+    # the gene's factors travel unchanged
+    assert (tmp_path / "g" / "adapter_model.safetensors").read_bytes() == \
+        (tiny.gene / "adapter_model.safetensors").read_bytes()
+
+
+def test_select_with_benign_and_task_in_place(tiny, tmp_path):
+    import shutil
+
+    gene = tmp_path / "g"
+    shutil.copytree(tiny.gene, gene)
+    rec = select(gene, tiny.model, harmful=tiny.harmful, benign=tiny.benign, task=tiny.task,
+                 per_module_kind=True, budget=1.0)
+    meta = json.loads((gene / "safegene.json").read_text())
+    assert meta["selection"]["groups"] == rec["groups"] and all("." in g for g in rec["groups"])
+    for kind in ("harmful", "benign", "task"):
+        assert len(meta["selection"]["data"][kind]["sha256"]) == 64
+    s = meta["scores"]["module_kinds"]
+    for g in rec["groups"]:
+        assert s[g]["gain"] > 0 and s[g]["score"] > 0
