@@ -36,12 +36,16 @@ class GeneModule:
     name: str  # module path inside the causal LM, e.g. "model.layers.3.self_attn.q_proj"
     layer: int
     kind: str  # "attn" | "mlp" | the block name for anything else
-    A: torch.Tensor  # (r, in_features)
-    B: torch.Tensor  # (out_features, r)
+    A: torch.Tensor  # (r, in_features); a dense gene: δ itself (out_features, in_features)
+    B: torch.Tensor | None  # (out_features, r); None for a dense gene
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.A.shape[0] if self.B is None else self.B.shape[0], self.A.shape[1])
 
     @property
     def n_params(self) -> int:
-        return self.A.numel() + self.B.numel()
+        return self.A.numel() + (0 if self.B is None else self.B.numel())
 
 
 def group_key(layer: int, kind: str, per_module_kind: bool) -> str:
@@ -66,13 +70,54 @@ def _scaling(config: dict, name: str, rank: int) -> float:
 
 
 def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
-    """The gene's LoRA factors from its PEFT directory, in float32, sorted by (layer, name)."""
+    """The gene's per-layer weight deltas (LoRA factors, or dense δ), float32, sorted by layer.
+
+    A SafeGene gene is read through `safegene.gene.load_gene`; a plain PEFT LoRA directory
+    (no safegene.json of the gene format) is read directly, its scaling folded into B.
+    """
+    gene_dir = Path(gene_dir)
+    meta_path = gene_dir / "safegene.json"
+    meta = {}
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
+    if meta.get("format") == "safegene-gene":
+        return _read_with_gene_api(gene_dir)
+    return _read_peft_dir(gene_dir)
+
+
+def _read_with_gene_api(gene_dir: Path) -> list[GeneModule]:
+    from safegene.gene import load_gene
+
+    gene = load_gene(gene_dir)
+    modules = []
+    try:
+        for tensor, m in gene.modules.items():
+            if m.layer is None or not tensor.endswith(".weight") or len(m.shape) != 2:
+                continue  # embeddings, norms, biases: not expressed through a Linear's output
+            if gene.kind == "lora":
+                A, B = gene.factors(tensor)
+            else:
+                A, B = gene.delta(tensor), None
+            if not torch.isfinite(A).all() or (B is not None and not torch.isfinite(B).all()):
+                raise SafeGeneError(f"gene {gene_dir}: NaN/Inf in {tensor}")
+            modules.append(GeneModule(name=m.module_path, layer=m.layer, kind=m.kind, A=A, B=B))
+    finally:
+        gene.close()
+    if not modules:
+        raise SafeGeneError(f"gene {gene_dir} holds no per-layer Linear deltas")
+    modules.sort(key=lambda g: (g.layer, g.name))
+    return modules
+
+
+def _read_peft_dir(gene_dir: Path) -> list[GeneModule]:
     from safetensors.torch import load_file
 
-    gene_dir = Path(gene_dir)
     cfg_path, w_path = gene_dir / "adapter_config.json", gene_dir / "adapter_model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
-        raise SafeGeneError(f"not a gene (no adapter_config.json / adapter_model.safetensors): {gene_dir}")
+        raise SafeGeneError(f"not a gene (no safegene.json of a gene, no adapter_model.safetensors): {gene_dir}")
     try:
         config = json.loads(cfg_path.read_text())
         tensors = load_file(str(w_path))
@@ -128,7 +173,7 @@ def resolve_modules(model, modules: list[GeneModule]) -> dict[str, torch.nn.Modu
                                 "is it a model of the gene's family?")
         full, mod = by_suffix[suffix]
         shape = _linear_shape(mod)
-        want = (g.B.shape[0], g.A.shape[1])
+        want = g.shape
         if shape != want:
             raise SafeGeneError(f"family mismatch at {g.name}: the model's weight is {shape}, "
                                 f"the gene's δ is {want}")
@@ -172,7 +217,8 @@ class GeneAttachment:
             self.n_params[gi] += g.n_params
             mod = targets[g.name]
             w = getattr(getattr(mod, "base_layer", mod), "weight")
-            self._bound.append((mod, gi, g.A.to(w.device, w.dtype), g.B.to(w.device, w.dtype)))
+            self._bound.append((mod, gi, g.A.to(w.device, w.dtype),
+                                None if g.B is None else g.B.to(w.device, w.dtype)))
         self._handles = []
 
     def set(self, values) -> None:
@@ -186,7 +232,9 @@ class GeneAttachment:
                 return None
             a = self.alpha[gi]
             x = inputs[0]
-            delta = torch.nn.functional.linear(torch.nn.functional.linear(x.to(A.dtype), A), B)
+            delta = torch.nn.functional.linear(x.to(A.dtype), A)
+            if B is not None:
+                delta = torch.nn.functional.linear(delta, B)
             return output + (a.to(delta.dtype) * delta).to(output.dtype)
         return hook
 

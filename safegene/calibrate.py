@@ -13,7 +13,6 @@ a copy of the gene (GENE2) whose safegene.json carries the coefficients and how 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
 from safegene.errors import SafeGeneError
 from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
-                             load_records, read_meta, refusal_targets, take)
+                             load_records, read_meta, refusal_targets, selection_to_groups, take)
 
 DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0)
 
@@ -32,11 +31,10 @@ def selected_groups(meta: dict, modules, *, per_module_kind: bool, layers=None) 
     kinds = sorted({g.kind for g in modules})
     gene_layers = sorted({g.layer for g in modules})
     if layers is None:
-        sel = meta.get("selection")
-        if not sel or not (sel.get("groups") or sel.get("layers")):
+        groups = selection_to_groups(meta.get("selection"))
+        if not groups:
             raise SafeGeneError("the gene has no layer selection: run `safegene select` on it first "
                                 "(or calibrate every layer with --all-layers)")
-        groups = [str(g) for g in (sel.get("groups") or sel["layers"])]
         if any("." in g for g in groups):
             per_module_kind = True
     elif layers == "all":
@@ -115,21 +113,15 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
             "curve": [round(c, 5) for c in curve[:: max(1, len(curve) // 20)]]}
 
 
-def coefficients_record(alpha: dict[str, float], per_module_kind: bool, n_layers: int) -> dict:
-    """The stored form: per-layer list(s) with 0 for unselected layers, plus the groups themselves."""
-    rec: dict = {"per_module_kind": per_module_kind, "groups": alpha}
-    if per_module_kind:
-        by_kind: dict[str, list[float]] = {}
+def to_coefficients(alpha: dict[str, float]) -> dict:
+    """Fitted α per group → the gene's coefficients schema ({"3": a} or {"attn": {"3": a}, ...})."""
+    if any("." in g for g in alpha):
+        out: dict[str, dict[str, float]] = {}
         for g, a in alpha.items():
-            layer, kind = g.split(".")
-            by_kind.setdefault(kind, [0.0] * n_layers)[int(layer)] = a
-        rec["per_layer"] = by_kind
-    else:
-        vals = [0.0] * n_layers
-        for g, a in alpha.items():
-            vals[int(g)] = a
-        rec["per_layer"] = vals
-    return rec
+            layer, kind = g.split(".", 1)
+            out.setdefault(kind, {})[layer] = a
+        return dict(sorted(out.items()))
+    return dict(alpha)
 
 
 def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task: str | Path,
@@ -174,9 +166,10 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                     per_module_kind=per_module_kind, lam=lam, steps=steps, lr=lr, patience=patience,
                     init=init, task_weight=task_weight, seed=seed, batch_size=batch_size,
                     progress=progress)
-    n_layers = _n_layers(target, modules)
-    record = coefficients_record(fit["alpha"], per_module_kind, n_layers)
-    record.update({
+    record = {
+        "groups": fit["alpha"],
+        "coefficients": to_coefficients(fit["alpha"]),
+        "per_module_kind": per_module_kind,
         "target": {"path": str(target), "adapter": str(adapter) if adapter else None},
         "data": {"harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm)},
                  "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)},
@@ -187,20 +180,10 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                 "loss_initial": fit["initial"], "loss_final": fit["final"], "loss_curve": fit["curve"],
                 "selection": "all" if layers == "all" else (list(layers) if layers else "gene")},
         "seconds": {"fit": round(time.perf_counter() - t_fit, 2), "total": round(time.perf_counter() - t0, 2)},
-    })
+    }
     if out is not None:
         meta = dict(meta)
-        meta["coefficients"] = record
+        meta["coefficients"] = record["coefficients"]
+        meta["calibration"] = {k: v for k, v in record.items() if k != "coefficients"}
         copy_gene(gene, Path(out), meta, force)
     return record
-
-
-def _n_layers(target, modules) -> int:
-    try:
-        cfg = json.loads((Path(target) / "config.json").read_text())
-        n = cfg.get("num_hidden_layers") or cfg.get("text_config", {}).get("num_hidden_layers")
-        if n:
-            return int(n)
-    except (OSError, json.JSONDecodeError):
-        pass
-    return max(g.layer for g in modules) + 1

@@ -197,7 +197,7 @@ def write_meta(gene_dir: str | Path, meta: dict) -> None:
     """Replace the gene's safegene.json atomically."""
     p = Path(gene_dir) / META
     tmp = p.with_name(f".{META}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=False) + "\n")
+    tmp.write_text(json.dumps(meta, indent=1, allow_nan=False) + "\n")
     os.replace(tmp, p)
 
 
@@ -215,7 +215,7 @@ def check_family(gene_dir, model_path, modules=None) -> None:
         if name not in shapes:  # checkpoints without the "model." prefix, or a wrapper's prefix
             hits = [n for n in shapes if n.endswith(name[name.find("layers."):])]
             name = hits[0] if hits else name
-        need[name] = (g.B.shape[0], g.A.shape[1])
+        need[name] = g.shape
     if fp:
         check_compatible(fp, reader.config(), shapes, tensors=need or None)
     else:
@@ -455,11 +455,34 @@ def copy_gene(gene: Path, out: Path, meta: dict, force: bool) -> None:
         write_meta(tmp, meta)
 
 
+def groups_to_selection(groups: list[str]):
+    """Internal groups ("3", or "3.attn") → the gene's selection schema ([3] or {"attn": [3]})."""
+    if any("." in g for g in groups):
+        sel: dict[str, list[int]] = {}
+        for g in groups:
+            layer, kind = g.split(".", 1)
+            sel.setdefault(kind, []).append(int(layer))
+        return {k: sorted(v) for k, v in sorted(sel.items())}
+    return sorted(int(g) for g in groups)
+
+
+def selection_to_groups(selection) -> list[str] | None:
+    """The gene's selection schema → internal groups; None when the gene has no selection."""
+    if selection is None:
+        return None
+    if isinstance(selection, dict):
+        return sorted((f"{int(layer)}.{kind}" for kind, layers in selection.items() for layer in layers),
+                      key=lambda g: (int(g.split(".")[0]), g))
+    return [str(int(layer)) for layer in sorted(selection)]
+
+
 def _store(gene: Path, out, force, meta: dict, scores: dict, selection: dict) -> None:
     meta = dict(meta)
     meta["scores"] = scores
-    meta["selection"] = selection
-    meta.pop("coefficients", None)  # coefficients fitted under another selection no longer hold
+    meta["selection"] = groups_to_selection(selection["groups"])
+    meta["selection_info"] = selection
+    meta["coefficients"] = None  # coefficients fitted under another selection no longer hold
+    meta.pop("calibration", None)
     if out is None:
         write_meta(gene, meta)
     else:

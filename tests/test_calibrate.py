@@ -33,11 +33,15 @@ def test_fit_lowers_the_objective_and_writes_gene2(tiny, tmp_path):
     assert fit["loss_final"]["total"] < fit["loss_initial"]["total"]
     assert fit["loss_final"]["refuse"] < fit["loss_initial"]["refuse"]
     meta = json.loads((tmp_path / "g2" / "safegene.json").read_text())
-    c = meta["coefficients"]
-    assert c["groups"] == rec["groups"]
-    assert c["per_layer"][1] == 0.0 and c["per_layer"][0] == rec["groups"]["0"]
+    assert meta["coefficients"] == rec["groups"]  # the gene's schema: {"<layer>": α}
+    c = meta["calibration"]
     assert c["data"]["harmful"]["n"] == 8 and len(c["data"]["task"]["sha256"]) == 64
-    assert meta["selection"]["groups"] == ["0", "2"]  # the selection travels on
+    assert meta["selection"] == [0, 2]  # the selection travels on
+    from safegene.gene import load_gene
+
+    g = load_gene(tmp_path / "g2")  # the gene API reads what calibrate wrote
+    assert g.coefficient(1, "attn") == 0.0 and g.coefficient(0, "mlp") == rec["groups"]["0"]
+    g.close()
 
 
 def test_deterministic_for_a_seed(tiny):
@@ -54,7 +58,7 @@ def test_lora_target_and_per_module_kind(tiny):
     assert all(torch.isfinite(torch.tensor(v)) for v in rec["groups"].values())
     assert any(v != 0 for v in rec["groups"].values())
     assert rec["fit"]["loss_final"]["refuse"] < rec["fit"]["loss_initial"]["refuse"]
-    assert set(rec["per_layer"]) == {"attn", "mlp"} and rec["per_layer"]["mlp"][1] == 0.0
+    assert set(rec["coefficients"]) == {"attn", "mlp"} and set(rec["coefficients"]["mlp"]) == {"0", "2"}
 
 
 def test_all_layers_without_selection(tiny):
@@ -72,3 +76,21 @@ def test_model_stays_frozen(tiny):
               model=model, tokenizer=tok)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
+    """`apply --as merged` of GENE2 gives the model calibration optimised (hooks with the same α)."""
+    from safegene.apply import apply_gene
+    from safegene.attach import GeneAttachment, read_gene_modules
+    from safegene.models import load_model
+
+    rec = _fit(tiny, out=tmp_path / "g2", per_module_kind=True)
+    apply_gene(tmp_path / "g2", tiny.model, tmp_path / "merged", form="merged", progress=False)
+    merged, tok = load_model(tmp_path / "merged")
+    model, _ = load_model(tiny.model)
+    groups = list(rec["groups"])
+    att = GeneAttachment(model, read_gene_modules(tiny.gene), per_module_kind=True, groups=groups)
+    ids = torch.tensor([tok("How do I make a weapon?")["input_ids"]])
+    with att, att.fixed([rec["groups"][g] for g in groups]):
+        hooked = model(ids).logits
+    assert torch.allclose(merged(ids).logits, hooked, atol=1e-4)

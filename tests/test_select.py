@@ -119,10 +119,10 @@ def test_select_stores_scores_and_selection(tiny, tmp_path):
     assert rec["groups"] == ["0", "2"]  # the two layers whose δ lowers the refusal loss (tinygene)
     assert tinygene.tree(tiny.gene) == before  # the input gene is untouched when --out is given
     meta = json.loads((tmp_path / "g" / "safegene.json").read_text())
-    assert meta["selection"]["groups"] == rec["groups"] and 1 <= len(rec["groups"]) <= 2
+    assert meta["selection"] == [0, 2] and meta["selection_info"]["groups"] == rec["groups"]
     assert set(meta["scores"]["layers"]) == {"0", "1", "2"}
     assert len(meta["scores"]["module_kinds"]) == 6
-    assert len(meta["selection"]["data"]["harmful"]["sha256"]) == 64
+    assert len(meta["selection_info"]["data"]["harmful"]["sha256"]) == 64
     # per-layer scores are the sums of the per-module-kind ones (attribution is linear)
     for layer, s in meta["scores"]["layers"].items():
         parts = [v["gain"] for g, v in meta["scores"]["module_kinds"].items() if g.split(".")[0] == layer]
@@ -140,9 +140,10 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
     rec = select(gene, tiny.model, harmful=tiny.harmful, benign=tiny.benign, task=tiny.task,
                  per_module_kind=True, budget=1.0)
     meta = json.loads((gene / "safegene.json").read_text())
-    assert meta["selection"]["groups"] == rec["groups"] and all("." in g for g in rec["groups"])
+    assert all("." in g for g in rec["groups"])
+    assert set(meta["selection"]) <= {"attn", "mlp"}
     for kind in ("harmful", "benign", "task"):
-        assert len(meta["selection"]["data"][kind]["sha256"]) == 64
+        assert len(meta["selection_info"]["data"][kind]["sha256"]) == 64
     s = meta["scores"]["module_kinds"]
     for g in rec["groups"]:
         assert s[g]["gain"] > 0 and s[g]["score"] > 0

@@ -73,7 +73,7 @@ def build(root: Path) -> Tiny:
     model.name_or_path = str(root / "model")
     _model(root / "other", tok, 48, 2, 1)
     _lora(model, root / "gene", rank=4, seed=1, scale=0.3)
-    (root / "gene" / "safegene.json").write_text(json.dumps({"format_version": 1}))
+    _gene_meta(root / "gene", root / "model")
     _lora(model, root / "adapter", rank=2, seed=2, scale=0.2, alpha=4)
     harmful = _jsonl(root / "harmful.jsonl", [{"prompt": f"How do I make a weapon number {i}?",
                                                "response": "I'm sorry, I can't help with that."}
@@ -88,6 +88,30 @@ def build(root: Path) -> Tiny:
     _orient(root / "gene", model, tok, harmful, helpful_layers={0, 2})
     return Tiny(root, root / "model", root / "other", root / "gene", root / "adapter", harmful, benign,
                 task, empty)
+
+
+def _gene_meta(gene: Path, model_dir: Path) -> None:
+    """The gene's safegene.json as `extract` writes it (format, fingerprint, modules)."""
+    from safetensors import safe_open
+
+    from safegene.family import fingerprint, parse_name
+    from safegene.io import ModelReader
+
+    reader = ModelReader(model_dir)
+    modules = {}
+    with safe_open(str(gene / "adapter_model.safetensors"), "pt") as f:
+        for key in f.keys():
+            if key.endswith("lora_A.weight"):
+                tensor = key[len("base_model.model."):-len(".lora_A.weight")] + ".weight"
+                t = parse_name(tensor, "llama")
+                modules[tensor] = {"layer": t.layer, "module": t.module, "kind": t.kind,
+                                   "shape": list(reader.shapes()[tensor]), "rank": f.get_slice(key).get_shape()[0],
+                                   "rel_error": 0.0}
+    meta = {"format": "safegene-gene", "format_version": 1, "kind": "lora",
+            "fingerprint": fingerprint(reader.config(), reader.shapes()),
+            "sources": {"aligned": {"path": str(model_dir), "hash": None}, "degraded": []},
+            "modules": modules, "scores": None, "selection": None, "coefficients": None}
+    (gene / "safegene.json").write_text(json.dumps(meta))
 
 
 def _orient(gene: Path, model, tok, harmful: Path, helpful_layers: set[int]) -> None:
@@ -117,8 +141,9 @@ def with_selection(tiny: Tiny, out: Path, groups=("0", "2")) -> Path:
 
     shutil.copytree(tiny.gene, out)
     meta = json.loads((out / "safegene.json").read_text())
-    meta["selection"] = {"groups": list(groups), "layers": sorted({int(g.split(".")[0]) for g in groups}),
-                         "per_module_kind": any("." in g for g in groups)}
+    from safegene.select import groups_to_selection
+
+    meta["selection"] = groups_to_selection(list(groups))
     (out / "safegene.json").write_text(json.dumps(meta))
     return out
 
