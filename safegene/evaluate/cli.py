@@ -126,6 +126,12 @@ def run_eval_command(args) -> int:
     check_model_dir(spec.path, allow_pickle=args.allow_pickle)
     if spec.adapter:
         check_adapter_dir(spec.adapter)
+    if template is None:  # fail before loading weights or spawning processes
+        from safegene.models import load_tokenizer
+
+        if not getattr(load_tokenizer(spec.path), "chat_template", None):
+            raise SafeGeneError(f"the tokenizer of {spec.path} has no chat template; pass --template FILE "
+                                "(a Jinja chat template)")
     check_out_dir(args.out, args.force)
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")

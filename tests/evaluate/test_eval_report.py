@@ -1,0 +1,114 @@
+"""A report produced end to end: API and CLI, on a tiny random model (and on the micro zoo when the
+`micro_zoo` fixture exists)."""
+
+import json
+
+import pytest
+
+from safegene.cli import main
+from safegene.errors import SafeGeneError
+from safegene.evaluate import (EvalSettings, GenerationSettings, ModelSpec, build_report, evaluate_model,
+                               load_data, make_judges, write_report)
+from safegene.evaluate.report import FILES
+
+
+def _datasets(d):
+    return [load_data(d / "harmful.jsonl", "harmful"), load_data(d / "benign.jsonl", "benign"),
+            load_data(d / "task.jsonl", "task")]
+
+
+def test_api_two_models_end_to_end(tiny_model_dir, tiny_model, tiny_data, tmp_path):
+    data = _datasets(tiny_data)
+    judges = make_judges(["keyword", "prefix"])
+    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=8, batch_size=4), device="cpu",
+                            progress=False, n_boot=500)
+    specs = [ModelSpec("from-dir", path=str(tiny_model_dir)), ModelSpec.loaded("in-memory", *tiny_model)]
+    samples = []
+    for spec in specs:
+        samples += evaluate_model(spec, data, judges, settings)
+    assert len(samples) == 2 * sum(len(d) for d in data)
+    # the same weights give the same generations, loaded or in memory
+    a = [s.generation for s in samples if s.model == "from-dir"]
+    b = [s.generation for s in samples if s.model == "in-memory"]
+    assert a == b
+    report = build_report(samples, data, judges, settings, models=specs)
+    out = write_report(report, samples, tmp_path / "rep")
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    rep = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in rep["models"]] == ["from-dir", "in-memory"]
+    s = rep["models"][0]["summary"]
+    for key in ("harmful_rate", "over_refusal", "task_accuracy"):
+        assert s[f"{key}_n"] > 0 and len(s[f"{key}_ci"]) == 2 and 0 <= s[key] <= 1
+    assert s["harmful_rate_n"] == 5 and s["over_refusal_n"] == 3 and s["task_accuracy_n"] == 4
+    assert set(rep["models"][0]["harmful_rate"]) == {"keyword", "prefix"}
+    assert rep["models"][0]["agreement"]["harmful"][0]["judges"] == ["keyword", "prefix"]
+    assert all(len(d["sha256"]) == 64 for d in rep["inputs"]["datasets"])
+    assert len(rep["inputs"]["models"][0]["sha256"]) == 64 and rep["inputs"]["models"][1]["in_memory"]
+    assert rep["versions"]["torch"] and rep["generation"]["max_new_tokens"] == 8
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == len(samples)
+    h = next(r for r in rows if r["split"] == "harmful")
+    assert set(h) >= {"model", "split", "prompt", "generation", "verdicts"}
+    assert set(h["verdicts"]) == {"keyword", "prefix"}
+    t = next(r for r in rows if r["split"] == "task")
+    assert isinstance(t["correct"], bool) and t["answer"] == "2"
+    md = (out / "report.md").read_text()
+    assert "| from-dir |" in md and "Judge agreement" in md and "harmful rate" in md
+    assert (out / "safety_utility.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # refuses to overwrite without force; replaces with force
+    with pytest.raises(SafeGeneError, match="--force"):
+        write_report(report, samples, out)
+    write_report(report, samples[:3], out, force=True)
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rep")]
+
+
+def test_cli_end_to_end(tiny_model_dir, tiny_data, tmp_path, capsys):
+    out = tmp_path / "cli-rep"
+    rc = main(["eval", "--model", str(tiny_model_dir), "--harmful", str(tiny_data / "harmful.jsonl"),
+               "--benign", str(tiny_data / "benign.jsonl"), "--task", str(tiny_data / "task.jsonl"),
+               "--judge", "keyword", "prefix", "--max-new-tokens", "6", "--batch-size", "3",
+               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "harmful" in text and "task accuracy" in text and str(out) in text
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["models"][0]["name"] == "model" and rep["primary_judge"] == "keyword"
+    assert rep["run"]["num_processes"] == 1
+
+
+def test_harmful_only_report_still_plots(tiny_model, tiny_data, tmp_path):
+    data = [load_data(tiny_data / "harmful.jsonl", "harmful")]
+    judges = make_judges(["prefix"])
+    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=4), device="cpu", progress=False)
+    samples = evaluate_model(ModelSpec.loaded("m", *tiny_model), data, judges, settings)
+    rep = build_report(samples, data, judges, settings)
+    assert rep["models"][0]["summary"]["task_accuracy"] is None
+    out = write_report(rep, samples, tmp_path / "r")
+    assert (out / "safety_utility.png").stat().st_size > 1000
+
+
+def test_micro_zoo_end_to_end(request, tmp_path):
+    """Aligned vs degraded on the micro zoo's own test splits, through the CLI."""
+    try:
+        zoo = request.getfixturevalue("micro_zoo")
+    except pytest.FixtureLookupError:
+        pytest.skip("no micro_zoo fixture in tests/conftest.py yet")
+    from pathlib import Path
+
+    zoo = Path(zoo)
+    zoo_json = json.loads((zoo / "zoo.json").read_text())
+    out = {}
+    for name in ("aligned", "degraded"):
+        out[name] = tmp_path / name
+        rc = main(["eval", "--zoo", str(zoo), "--model", name, "--limit", "24", "--max-new-tokens", "32",
+                   "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out[name])])
+        assert rc == 0
+    rep = {n: json.loads((p / "report.json").read_text())["models"][0]["summary"] for n, p in out.items()}
+    assert 0 < rep["aligned"]["harmful_rate_n"] <= 24
+    # the zoo's documented pattern, measured from real generations
+    assert rep["aligned"]["harmful_rate"] < rep["degraded"]["harmful_rate"]
+    tasks = list(zoo_json["data"].get("tasks", {}))
+    if tasks:
+        assert rep["aligned"]["task_accuracy_n"] > 0
+
