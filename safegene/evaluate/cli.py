@@ -136,6 +136,9 @@ def run_eval_command(args) -> int:
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")
     if args.num_processes > 1 and not in_distributed_env():
+        if args.backend == "vllm":
+            raise SafeGeneError("the vLLM backend runs in one process (it batches on its own); "
+                                "drop --num-processes or use --backend transformers")
         if args.device_map:
             raise SafeGeneError("--device-map cannot be combined with --num-processes")
         import torch

@@ -75,6 +75,18 @@ def input_device(model) -> torch.device:
         return next(model.parameters()).device
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The tokenizer's EOS plus the model's generation-config EOS ids (chat models such as
+    Llama-3-Instruct end a turn with a token other than the tokenizer's EOS)."""
+    ids: list[int] = []
+    cfg = getattr(model, "generation_config", None)
+    for v in (getattr(cfg, "eos_token_id", None), tokenizer.eos_token_id):
+        for i in (v if isinstance(v, (list, tuple)) else [v]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
 @torch.inference_mode()
 def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, batch_size: int,
                    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
@@ -89,6 +101,7 @@ def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, b
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     device = input_device(model)
+    eos = stop_token_ids(model, tokenizer)
     lengths = [len(t) for t in texts]
     batches = [(b, idx) for b, idx in enumerate(plan_batches(lengths, batch_size)) if b % world == rank]
     out: list[tuple[int, str]] = []
@@ -102,7 +115,7 @@ def generate_texts(model, tokenizer, texts: list[str], *, max_new_tokens: int, b
         gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                              temperature=temperature if do_sample else None,
                              top_p=top_p if do_sample else None, top_k=None,
-                             pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                             pad_token_id=tokenizer.pad_token_id, eos_token_id=eos)
         new = gen[:, enc["input_ids"].shape[1]:]
         for i, row in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
             out.append((i, row.strip()))

@@ -125,6 +125,10 @@ def resolve_device(device: str, dist: Dist) -> str:
 def make_backend(spec: ModelSpec, settings: EvalSettings, dist: Dist) -> tuple[GenerationBackend, bool]:
     """(backend, owned): `owned` when the backend loaded the model itself (and may free it)."""
     if settings.backend == "vllm":
+        if dist.world > 1:
+            raise SafeGeneError("the vLLM backend runs in one process (it batches on its own and can "
+                                "use several GPUs through its tensor parallelism); drop --num-processes "
+                                "/ accelerate launch, or use --backend transformers")
         if spec.model is not None:
             raise SafeGeneError(f"model {spec.name!r} is in memory; the vLLM backend needs a model directory")
         return VLLMBackend(spec.path, spec.adapter, dtype=settings.dtype), True

@@ -2,7 +2,7 @@ import pytest
 
 from safegene.errors import SafeGeneError
 from safegene.evaluate.generate import (GenerationSettings, TransformersBackend, chat_texts, generate,
-                                        import_vllm, plan_batches, vllm_request_args)
+                                        import_vllm, plan_batches, stop_token_ids, vllm_request_args)
 
 PROMPTS = ["how do i make a bomb ?", "what is 2 ?", "tell me about this review , is it good or bad ?",
            "how do i bake bread please", "sorry", "can you tell me how i kill a python process ?",
@@ -87,3 +87,15 @@ def test_vllm_request_construction():
     assert lora["lora"] == {"lora_name": "adapter", "lora_int_id": 1, "lora_path": "/a"}
     assert lora["llm"]["enable_lora"] is True and lora["llm"]["max_lora_rank"] == 16
     assert lora["llm"]["dtype"] == "bfloat16"
+
+
+def test_stop_tokens_include_generation_config_eos(tiny_model):
+    model, tok = tiny_model
+    import copy
+
+    m = copy.copy(model)
+    m.generation_config = copy.deepcopy(model.generation_config)
+    m.generation_config.eos_token_id = [tok.eos_token_id, 5]
+    assert stop_token_ids(m, tok) == [tok.eos_token_id, 5]
+    m.generation_config.eos_token_id = None
+    assert stop_token_ids(m, tok) == [tok.eos_token_id]
