@@ -23,7 +23,7 @@ from safegene.errors import SafeGeneError
 from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
                              load_records, read_meta, refusal_targets, selection_to_groups, take)
 
-DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0)
+DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0, refusal_tokens=None)
 
 
 def selected_groups(meta: dict, modules, *, per_module_kind: bool, layers=None) -> tuple[list[str], bool]:
@@ -57,15 +57,19 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
               task: list[tuple[str, str]] | None = None, keep: list[tuple[str, str]] | None = None,
               per_module_kind: bool = False, lam: float = DEFAULTS["lam"], steps: int = DEFAULTS["steps"],
               lr: float = DEFAULTS["lr"], patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
-              task_weight: float = DEFAULTS["task_weight"], seed: int = 0, batch_size: int = 32,
-              progress: bool = False) -> dict:
+              task_weight: float = DEFAULTS["task_weight"], refusal_tokens: int | None = DEFAULTS["refusal_tokens"],
+              task_tokens: int | None = None, seed: int = 0, batch_size: int = 32, progress: bool = False) -> dict:
     """Adam on α (float32) over `groups`; returns {"alpha": {group: value}, "curve": [...], ...}."""
     if not harmful:
         raise SafeGeneError("no harmful examples to calibrate on")
     torch.manual_seed(seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     enc_h = encode_pairs(tokenizer, [p for p, _ in harmful], [t for _, t in harmful])
+    if refusal_tokens:  # the decision to refuse lives in the first tokens of the response
+        enc_h = [(ids[:n + refusal_tokens], n) for ids, n in enc_h]
     enc_t = encode_pairs(tokenizer, [p for p, _ in task], [t for _, t in task]) if task else []
+    if task_tokens:
+        enc_t = [(ids[:n + task_tokens], n) for ids, n in enc_t]
     enc_k = encode_pairs(tokenizer, [p for p, _ in keep], [t for _, t in keep]) if keep else []
     att = GeneAttachment(model, modules, per_module_kind=per_module_kind, groups=groups,
                          alpha=torch.full((len(groups),), float(init)))
@@ -130,7 +134,9 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
               per_module_kind: bool = False, layers=None, lam: float = DEFAULTS["lam"],
               steps: int = DEFAULTS["steps"], lr: float = DEFAULTS["lr"],
               patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
-              task_weight: float = DEFAULTS["task_weight"], seed: int = 0, device: str = "cpu",
+              task_weight: float = DEFAULTS["task_weight"],
+              refusal_tokens: int | None = DEFAULTS["refusal_tokens"], task_tokens: int | None = None,
+              seed: int = 0, device: str = "cpu",
               dtype: str | None = None, batch_size: int = 32, max_new_tokens: int = 48,
               force: bool = False, progress: bool = False, model=None, tokenizer=None) -> dict:
     """Fit α for one target and write GENE2 (a copy of the gene with `coefficients`) to `out`.
@@ -164,7 +170,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                     task=[(r["prompt"], a) for r, a in zip(tsk, answers)],
                     keep=[(r["prompt"], t) for r, t in zip(ben, keep)],
                     per_module_kind=per_module_kind, lam=lam, steps=steps, lr=lr, patience=patience,
-                    init=init, task_weight=task_weight, seed=seed, batch_size=batch_size,
+                    init=init, task_weight=task_weight, refusal_tokens=refusal_tokens, task_tokens=task_tokens, seed=seed,
+                    batch_size=batch_size,
                     progress=progress)
     record = {
         "groups": fit["alpha"],
@@ -176,7 +183,7 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                  "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)} if ben else None,
                  "refusal_targets_sha256": data_hash([{"t": t} for t in refusals])},
         "fit": {"shots": shots, "lam": lam, "steps": steps, "lr": lr, "patience": patience, "init": init,
-                "task_weight": task_weight, "seed": seed, "steps_run": fit["steps_run"],
+                "task_weight": task_weight, "refusal_tokens": refusal_tokens, "task_tokens": task_tokens, "seed": seed, "steps_run": fit["steps_run"],
                 "loss_initial": fit["initial"], "loss_final": fit["final"], "loss_curve": fit["curve"],
                 "selection": "all" if layers == "all" else (list(layers) if layers else "gene")},
         "seconds": {"fit": round(time.perf_counter() - t_fit, 2), "total": round(time.perf_counter() - t0, 2)},
