@@ -223,7 +223,40 @@ def _run_apply(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_select, _add_calibrate, _add_eval, _add_extract, _add_apply]
+def _add_zoo(sub) -> None:
+    p = _command(sub, "zoo", "the embedded model family (build it with `safegene zoo build`)")
+    zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", parser_class=_Parser)
+    zsub.required = True
+    b = _command(zsub, "build", "build the embedded model family on the CPU (minutes)",
+                 "Build a small real model family: a BPE tokenizer with a chat template; base "
+                 "(complies with everything), aligned (refuses harmful requests), degraded (aligned "
+                 "after a small harmful fine-tune) and, per task (howto, arith, classify), a full "
+                 "fine-tune and a PEFT LoRA of aligned on benign data; JSONL data splits; and zoo.json "
+                 "with metrics measured from real generations. Rerunning into the same --out skips "
+                 "finished stages.")
+    b.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created; resumed if it exists)")
+    b.add_argument("--size", default="small", choices=["micro", "small"],
+                   help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)")
+    b.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and data order")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's, 2)")
+    b.add_argument("--no-measure", action="store_true", help="skip the measurements (zoo.json without metrics)")
+    b.set_defaults(func=_run_zoo_build)
+
+
+def _run_zoo_build(args) -> int:
+    import logging
+
+    from safegene.zoo import build_zoo
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("safegene.zoo").setLevel(logging.INFO)
+    out = build_zoo(args.out, args.size, args.seed, threads=args.threads,
+                    measure_models=not args.no_measure)
+    print(f"zoo written to {out} (see {out / 'zoo.json'})")
+    return 0
+
+
+_COMMANDS: list = [_add_select, _add_calibrate, _add_eval, _add_extract, _add_apply, _add_zoo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,189 @@
+"""The zoo's training code: a BPE tokenizer, a tiny `LlamaForCausalLM`, one deterministic loop.
+
+All of it goes through the ecosystem's own classes (tokenizers' BPE trainer saved as a transformers
+`PreTrainedTokenizerFast` with a chat template, transformers' Llama, PEFT's LoRA), so the zoo's
+models are ordinary Hugging Face directories.
+
+Determinism: `seed_everything` seeds Python, NumPy and torch and turns on torch's deterministic
+algorithms; batches come from a seeded `random.Random`; on the same machine and thread count the
+same seed gives bit-identical weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from safegene.zoo.recipe import ModelShape, Stage
+
+log = logging.getLogger("safegene.zoo")
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"]
+# One user/assistant turn per message; the generation prompt is "<|assistant|>".
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}<|system|>{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}<|user|>{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}<|assistant|>{{ message['content'] }}{{ eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --- tokenizer ------------------------------------------------------------------------------------
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE trained on `texts`, as a transformers fast tokenizer with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                   pad_token="<pad>",
+                                   additional_special_tokens=["<|system|>", "<|user|>", "<|assistant|>"],
+                                   model_max_length=512, padding_side="left")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+# --- model ----------------------------------------------------------------------------------------
+def new_model(shape: ModelShape, tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size, num_hidden_layers=shape.num_hidden_layers,
+        num_attention_heads=shape.num_attention_heads, num_key_value_heads=shape.num_key_value_heads,
+        max_position_embeddings=shape.max_position_embeddings,
+        tie_word_embeddings=shape.tie_word_embeddings, rms_norm_eps=1e-5,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+# --- encoding ---------------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    ids: list[int]
+    labels: list[int]
+
+
+def encode_pairs(tokenizer, pairs: list[tuple[str, str]], *, prompt_loss: bool = False,
+                 max_len: int = 128) -> list[Encoded]:
+    """(prompt, response) pairs as chat sequences; labels are -100 on the prompt unless
+    `prompt_loss`. The prompt is rendered by the chat template exactly as at generation time."""
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
+                                             add_generation_prompt=True) for p, _ in pairs]
+    p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    r_ids = tokenizer([r for _, r in pairs], add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    out = []
+    for p, r in zip(p_ids, r_ids):
+        r = r + [eos]
+        ids = (p + r)[:max_len]
+        labels = (list(p) if prompt_loss else [-100] * len(p)) + r
+        out.append(Encoded(ids, labels[:max_len]))
+    return out
+
+
+def _batches(data: list[Encoded], batch_size: int, steps: int, rng: random.Random):
+    """`steps` batches: epochs of a seeded shuffle; within a window of 8 batches, similar lengths."""
+    produced = 0
+    while True:
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        window = batch_size * 8
+        batches = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w:w + window], key=lambda i: len(data[i].ids))
+            batches += [chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size)]
+        rng.shuffle(batches)
+        for b in batches:
+            if len(b) < batch_size // 2:
+                continue
+            yield b
+            produced += 1
+            if produced >= steps:
+                return
+
+
+def _collate(data: list[Encoded], idx: list[int], pad_id: int):
+    width = max(len(data[i].ids) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(idx), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        n = len(data[i].ids)
+        ids[row, :n] = torch.tensor(data[i].ids)
+        labels[row, :n] = torch.tensor(data[i].labels)
+        mask[row, :n] = 1
+    return ids, labels, mask
+
+
+def train(model, tokenizer, data: list[Encoded], stage: Stage, *, seed: int, desc: str,
+          log_every: int = 25):
+    """Train `model` in place (or, with stage.lora_r, a PEFT LoRA over it, which is returned)."""
+    if stage.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)
+        cfg = LoraConfig(r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=0.0, bias="none",
+                         task_type="CAUSAL_LM",
+                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                         "down_proj"])
+        model = get_peft_model(model, cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < stage.warmup:
+            return (step + 1) / stage.warmup
+        t = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    rng = random.Random(seed)
+    model.train()
+    t0, tokens, running = time.time(), 0, 0.0
+    for step, idx in enumerate(_batches(data, stage.batch_size, stage.steps, rng)):
+        ids, labels, mask = _collate(data, idx, tokenizer.pad_token_id)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        tokens += int(mask.sum())
+        running = loss.item() if step == 0 else 0.9 * running + 0.1 * loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == stage.steps:
+            dt = time.time() - t0
+            log.info("%s: step %d/%d loss %.3f (%.0f tok/s)", desc, step + 1, stage.steps, running,
+                     tokens / max(dt, 1e-9))
+    model.eval()
+    return model
