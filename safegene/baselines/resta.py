@@ -8,9 +8,14 @@ with optional DARE or TIES sparsification of the safety vector (the paper uses D
 
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
 import torch
 
-from safegene.baselines.sparsify import dare, ties_trim
+from safegene.baselines.sparsify import dare, tensor_generator, ties_trim
+from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
 
 
 def resta_tensor(task: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tensor, beta: float, *,
@@ -23,3 +28,28 @@ def resta_tensor(task: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tens
     if dare_rate > 0.0:
         safety = dare(safety, dare_rate, generator or torch.Generator().manual_seed(0))
     return (task.float() + beta * safety).to(task.dtype)
+
+
+def resta(task_model: str | os.PathLike, aligned: str | os.PathLike,
+          degraded: list[str | os.PathLike], out: str | os.PathLike, *, beta: float,
+          adapter: str | os.PathLike | None = None, dare_rate: float = 0.0,
+          ties_density: float = 1.0, seed: int = 0, force: bool = False,
+          progress: bool | None = None) -> Path:
+    """Write the RESTA model of a task model (full, or `aligned` + `adapter`) to `out`.
+
+    With several degraded models the safety vector is taken against their mean, as the gene is.
+    DARE masks are seeded per tensor (sparsify.tensor_generator): reruns give the same bytes.
+    """
+    with ExitStack() as stack:
+        task = open_task_model(stack, task_model, adapter)
+        ref = open_same_family(stack, task, aligned, "aligned")
+        degs = [open_same_family(stack, task, d, "degraded") for d in degraded]
+
+        def transform(name: str, w: torch.Tensor) -> torch.Tensor:
+            mean_degraded = sum(d.get(name, torch.float32) for d in degs) / len(degs)
+            return resta_tensor(w, ref.get(name, torch.float32), mean_degraded, beta,
+                                dare_rate=dare_rate, ties_density=ties_density,
+                                generator=tensor_generator(seed, name))
+
+        return write_transformed(task, out, transform, force=force, desc="RESTA", progress=progress)
+

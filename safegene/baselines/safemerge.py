@@ -9,9 +9,15 @@ the task update DARE-sparsified first; other modules keep the task weights.
 
 from __future__ import annotations
 
+import os
+from contextlib import ExitStack
+from pathlib import Path
+
 import torch
 
-from safegene.baselines.sparsify import dare
+from safegene.baselines.safelora import module_similarities
+from safegene.baselines.sparsify import dare, tensor_generator
+from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
 
 
 def safemerge_tensor(task: torch.Tensor, aligned: torch.Tensor, task_weight: float, *,
@@ -21,3 +27,26 @@ def safemerge_tensor(task: torch.Tensor, aligned: torch.Tensor, task_weight: flo
     if dare_rate > 0.0:
         update = dare(update, dare_rate, generator or torch.Generator().manual_seed(0))
     return (aligned.float() + task_weight * update).to(task.dtype)
+
+
+def safemerge(task_model: str | os.PathLike, aligned: str | os.PathLike, base: str | os.PathLike,
+              out: str | os.PathLike, *, threshold: float, task_weight: float = 0.8,
+              dare_rate: float = 0.0, adapter: str | os.PathLike | None = None, seed: int = 0,
+              force: bool = False, progress: bool | None = None) -> Path:
+    """Merge the drifted modules of a task model (full, or `aligned` + `adapter`) with the
+    aligned weights; write the full checkpoint to `out`."""
+    with ExitStack() as stack:
+        task = open_task_model(stack, task_model, adapter)
+        ref = open_same_family(stack, task, aligned, "aligned")
+        pre = open_same_family(stack, task, base, "base")
+        sims = module_similarities(task, ref, pre, progress=progress)
+        drifted = {name for name, s in sims.items() if s < threshold}
+
+        def transform(name: str, w: torch.Tensor) -> torch.Tensor | None:
+            if name not in drifted:
+                return None
+            return safemerge_tensor(w, ref.get(name, torch.float32), task_weight,
+                                    dare_rate=dare_rate, generator=tensor_generator(seed, name))
+
+        return write_transformed(task, out, transform, force=force, desc="SafeMERGE",
+                                 progress=progress)

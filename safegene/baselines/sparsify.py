@@ -7,7 +7,16 @@ TIES trim step (Yadav et al. 2023, "TIES-Merging"): keep the top-k fraction of e
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
+
+
+def tensor_generator(seed: int, name: str) -> torch.Generator:
+    """A generator for one tensor's random mask, seeded by (seed, tensor name): reruns match and
+    masks do not depend on the order in which tensors are streamed."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
 
 def dare(delta: torch.Tensor, drop_rate: float, generator: torch.Generator) -> torch.Tensor:
