@@ -94,3 +94,66 @@ def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
     with att, att.fixed([rec["groups"][g] for g in groups]):
         hooked = model(ids).logits
     assert torch.allclose(merged(ids).logits, hooked, atol=1e-4)
+
+
+# --- on the micro zoo: calibration restores refusals of a degraded task model --------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo(request, tmp_path_factory):
+    root = tinygene.micro_zoo(request)
+    return root, tinygene.zoo_gene(root, tmp_path_factory.mktemp("zoo-gene") / "gene")
+
+
+def _rates(model, tok, harmful, task_rows):
+    from safegene.evaluate.generate import generate
+    from safegene.evaluate.judges import keyword_judge
+    from safegene.evaluate.metrics import is_correct, resolve_match
+
+    h = generate(model, tok, harmful, max_new_tokens=24, batch_size=64, progress=False)
+    t = generate(model, tok, [r["prompt"] for r in task_rows], max_new_tokens=24, batch_size=64, progress=False)
+    answers = [r["answer"] for r in task_rows]
+    match = resolve_match("auto", answers)
+    return (sum(keyword_judge(p, r) for p, r in zip(harmful, h)) / len(h),
+            sum(is_correct(o, a, match) for o, a in zip(t, answers)) / len(t))
+
+
+@pytest.mark.parametrize("name", ["task-howto", "task-howto-lora"])
+def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
+    """Held-out prompts: fewer harmful completions, the task kept (accuracy, or its loss for a task
+    LoRA the micro zoo cannot teach to generate)."""
+    from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+    from safegene.models import load_model
+    from safegene.select import select
+
+    root, gene = zoo
+    path, adapter = tinygene.zoo_model(root, name)
+    data = root / "data"
+    shots, task_shots = data / "harmful_shots.jsonl", data / "tasks" / "howto" / "shots.jsonl"
+    select(gene, path, adapter=adapter, harmful=shots, out=tmp_path / "sel")
+    model, tok = load_model(path, adapter)
+    rec = calibrate(tmp_path / "sel", path, adapter=adapter, harmful=shots, task=task_shots, shots=16,
+                    out=tmp_path / "g2", model=model, tokenizer=tok, seed=0)
+    assert json.loads((tmp_path / "g2" / "safegene.json").read_text())["coefficients"]
+
+    harmful = [r["prompt"] for r in tinygene.rows(data / "harmful_test.jsonl")]
+    task_rows = tinygene.rows(data / "tasks" / "howto" / "test.jsonl")
+    refusals = [(r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]]
+    enc_r = encode_pairs(tok, [p for p, _ in refusals], [t for _, t in refusals])
+    enc_t = encode_pairs(tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows])
+    groups = list(rec["groups"])
+    att = GeneAttachment(model, read_gene_modules(gene), per_module_kind=rec["per_module_kind"], groups=groups)
+    with att:
+        with att.fixed([0.0] * len(groups)), torch.no_grad():
+            before = _rates(model, tok, harmful, task_rows) + (float(pairs_loss(model, enc_r)),
+                                                               float(pairs_loss(model, enc_t)))
+        with att.fixed([rec["groups"][g] for g in groups]), torch.no_grad():
+            after = _rates(model, tok, harmful, task_rows) + (float(pairs_loss(model, enc_r)),
+                                                              float(pairs_loss(model, enc_t)))
+    print(name, rec["groups"], "before", before, "after", after)
+    (h0, a0, r0, t0), (h1, a1, r1, t1) = before, after
+    assert r1 < r0 - 0.3  # held-out refusal loss clearly lower
+    assert h1 < h0  # fewer harmful completions on held-out prompts
+    assert t1 < t0 + 0.5  # the task's held-out loss barely moves
+    if a0 >= 0.5:
+        assert a1 >= 0.7 * a0

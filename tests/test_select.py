@@ -147,3 +147,41 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
     s = meta["scores"]["module_kinds"]
     for g in rec["groups"]:
         assert s[g]["gain"] > 0 and s[g]["score"] > 0
+
+
+# --- on the micro zoo: a real gene, a real degradation ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def zoo(request, tmp_path_factory):
+    root = tinygene.micro_zoo(request)
+    return root, tinygene.zoo_gene(root, tmp_path_factory.mktemp("zoo-gene") / "gene")
+
+
+def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_path):
+    root, gene = zoo
+    model_dir, _ = tinygene.zoo_model(root, "task-howto")
+    rec = select(gene, model_dir, harmful=root / "data" / "harmful_shots.jsonl", top_k=1, out=tmp_path / "g")
+    layers = json.loads((tmp_path / "g" / "safegene.json").read_text())["scores"]["layers"]
+    top = max(layers, key=lambda g: layers[g]["score"])
+    bottom = min(layers, key=lambda g: layers[g]["score"])
+    assert rec["groups"] == [top] and top != bottom
+
+    # exactly: each layer's δ alone at coefficient 1, refusal loss on held-out harmful prompts
+    model, tok = load_model(model_dir)
+    held_out = [(r["prompt"], r["response"]) for r in tinygene.rows(root / "data" / "harmful_train.jsonl")[:48]]
+    enc = encode_pairs(tok, [p for p, _ in held_out], [t for _, t in held_out])
+    att = GeneAttachment(model, read_gene_modules(gene))
+    with att, att.fixed(), torch.no_grad():
+        base = float(pairs_loss(model, enc))
+        loss = {}
+        for i, g in enumerate(att.groups):
+            att.set(torch.nn.functional.one_hot(torch.tensor(i), len(att.groups)).float())
+            loss[g] = float(pairs_loss(model, enc))
+    assert loss[top] < base
+    assert base - loss[top] > base - loss[bottom]
+
+    # attribution agrees in sign with ablation for the top layer
+    abl = score_groups(model, tok, read_gene_modules(gene), harmful=held_out, method="ablation",
+                       per_module_kind=False)
+    assert layers[top]["gain"] > 0 and abl[top]["gain"] > 0

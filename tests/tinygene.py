@@ -151,3 +151,44 @@ def with_selection(tiny: Tiny, out: Path, groups=("0", "2")) -> Path:
 def tree(path: Path) -> dict:
     """{relative path: bytes} of a directory, to prove nothing was written."""
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+
+
+# --- the micro zoo (tests/conftest.py's session fixture `micro_zoo`) --------------------------------
+
+
+def micro_zoo(request) -> Path:
+    """The micro zoo's directory from the session fixture (a path, or a dict/object holding one)."""
+    import os
+
+    import pytest
+
+    if os.environ.get("SAFEGENE_MICRO_ZOO"):  # a zoo built beforehand (development runs)
+        return Path(os.environ["SAFEGENE_MICRO_ZOO"])
+    try:
+        z = request.getfixturevalue("micro_zoo")
+    except pytest.FixtureLookupError:
+        pytest.skip("no micro_zoo fixture in tests/conftest.py yet")
+    for attr in ("root", "path", "dir"):
+        if isinstance(z, dict) and attr in z:
+            z = z[attr]
+        elif hasattr(z, attr):
+            z = getattr(z, attr)
+    return Path(z)
+
+
+def zoo_gene(zoo: Path, out: Path) -> Path:
+    """The micro zoo's gene: aligned − degraded (extract's default rank)."""
+    from safegene.gene import extract
+
+    if not out.exists():
+        extract(zoo / "models" / "aligned", [zoo / "models" / "degraded"], out, progress=False)
+    return out
+
+
+def zoo_model(zoo: Path, name: str) -> tuple[Path, Path | None]:
+    entry = json.loads((zoo / "zoo.json").read_text())["models"][name]
+    return zoo / entry["path"], (zoo / entry["adapter"]) if entry.get("adapter") else None
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
