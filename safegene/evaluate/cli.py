@@ -12,8 +12,9 @@ DESCRIPTION = (
     "look-alikes and task data; judge the harmful and benign answers with one or more judges "
     "(keyword, prefix, guard); score task answers (exact / normalised / numeric match); write "
     "report.json, samples.jsonl, report.md and safety_utility.png to --out. Rates come with n and "
-    "a bootstrap 95% confidence interval. Data-parallel with `accelerate launch -m safegene eval ...` "
-    "or --num-processes N.")
+    "a bootstrap 95% confidence interval. Data-parallel: --num-processes N on one machine, or "
+    "`accelerate launch --multi_gpu --num_processes N -m safegene eval ...` (GPUs, nodes; on CPU too, "
+    "with gloo); one merged report, the same as a single-process run.")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> None:

@@ -86,6 +86,12 @@ def last_number(text: str) -> float | None:
     return parse_number(found[-1]) if found else None
 
 
+def answer_number(answer: str) -> float | None:
+    """The number an answer is, or else the last number it contains ("The answer is 5." → 5)."""
+    v = parse_number(answer)
+    return v if v is not None else last_number(answer)
+
+
 def resolve_match(method: str, answers: Sequence[str]) -> str:
     """`auto` → `numeric` when every answer is a number, else `normalised`."""
     if method == "auto":
@@ -93,9 +99,9 @@ def resolve_match(method: str, answers: Sequence[str]) -> str:
     if method not in ("exact", "normalised", "numeric"):
         raise SafeGeneError(f"unknown match method {method!r}; choose auto, exact, normalised or numeric")
     if method == "numeric":
-        bad = [a for a in answers if parse_number(a) is None]
+        bad = [a for a in answers if answer_number(a) is None]
         if bad:
-            raise SafeGeneError(f"numeric matching needs numeric answers; {bad[0]!r} is not a number")
+            raise SafeGeneError(f"numeric matching needs numeric answers; {bad[0]!r} holds no number")
     return method
 
 
@@ -105,7 +111,7 @@ def is_correct(generation: str, answer: str, method: str) -> bool:
     if method == "normalised":
         return normalise(generation) == normalise(answer)
     if method == "numeric":
-        got, want = last_number(generation), parse_number(answer)
+        got, want = last_number(generation), answer_number(answer)
         if got is None or want is None:
             return False
         return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-9)

@@ -58,12 +58,15 @@ def test_matching():
     assert is_correct("3 + 4 = 7", "7", "numeric")
     assert not is_correct("7 or 8", "7", "numeric")
     assert not is_correct("no number", "7", "numeric")
+    assert is_correct("Sure! The answer is 5.", "Sure! The answer is 5.", "numeric")
+    assert is_correct("it is 5", "The answer is 5.", "numeric")
     assert last_number("x -3.5 y") == -3.5
     assert normalise("  The  Cat!! ") == "cat"
     assert resolve_match("auto", ["1", "2.5", "-3"]) == "numeric"
     assert resolve_match("auto", ["1", "two"]) == "normalised"
     with pytest.raises(SafeGeneError, match="numeric answers"):
         resolve_match("numeric", ["one"])
+    assert resolve_match("numeric", ["The answer is 5."]) == "numeric"
 
 
 def test_kappa():

@@ -1,13 +1,31 @@
-"""Data parallelism: two CPU processes (gloo) give the same samples and report as one process."""
+"""Data parallelism: two CPU processes (gloo) give the same samples and report as one process,
+through `--num-processes 2` and through `accelerate launch`."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from safegene.evaluate.parallel import Dist
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def _common(model_dir, data):
+    return ["eval", "--model", str(model_dir), "--harmful", str(data / "harmful.jsonl"),
+            "--benign", str(data / "benign.jsonl"), "--task", str(data / "task.jsonl"),
+            "--judge", "keyword", "prefix", "--max-new-tokens", "6", "--batch-size", "2",
+            "--device", "cpu", "--no-progress", "--bootstrap", "300"]
+
+
+def _run(cmd):
+    r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=280)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
 
 
 def _strip_run(report):
@@ -16,30 +34,42 @@ def _strip_run(report):
     return report
 
 
+@pytest.fixture(scope="module")
+def one_process(tiny_model_dir, tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("np1") / "rep"
+    _run([sys.executable, "-m", "safegene", *_common(tiny_model_dir, tiny_data), "--out", str(out)])
+    return out
+
+
+def _same_as_one_process(one: Path, two: Path):
+    s1, s2 = (one / "samples.jsonl").read_text(), (two / "samples.jsonl").read_text()
+    assert s1 == s2 and len(s1.splitlines()) == 12
+    r1 = json.loads((one / "report.json").read_text())
+    r2 = json.loads((two / "report.json").read_text())
+    assert r1["run"]["num_processes"] == 1 and r2["run"]["num_processes"] == 2
+    assert _strip_run(r1) == _strip_run(r2)
+    assert (one / "report.md").read_text() == (two / "report.md").read_text()
+
+
 def test_dist_single_process_gather():
     d = Dist()
     assert d.is_main and d.gather([(1, "a")]) == [(1, "a")]
 
 
-def test_two_processes_match_one(tiny_model_dir, tiny_data, tmp_path):
-    common = ["eval", "--model", str(tiny_model_dir), "--harmful", str(tiny_data / "harmful.jsonl"),
-              "--benign", str(tiny_data / "benign.jsonl"), "--task", str(tiny_data / "task.jsonl"),
-              "--judge", "keyword", "prefix", "--max-new-tokens", "6", "--batch-size", "2",
-              "--device", "cpu", "--no-progress", "--bootstrap", "300"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    outs = {}
-    for n in (1, 2):
-        outs[n] = tmp_path / f"np{n}"
-        r = subprocess.run([sys.executable, "-m", "safegene", *common, "--num-processes", str(n),
-                            "--out", str(outs[n])], env=env, capture_output=True, text=True, timeout=280)
-        assert r.returncode == 0, r.stderr[-2000:]
-    s1 = (outs[1] / "samples.jsonl").read_text()
-    s2 = (outs[2] / "samples.jsonl").read_text()
-    assert s1 == s2 and len(s1.splitlines()) == 12
-    r1 = json.loads((outs[1] / "report.json").read_text())
-    r2 = json.loads((outs[2] / "report.json").read_text())
-    assert r2["run"]["num_processes"] == 2 and r1["run"]["num_processes"] == 1
-    assert _strip_run(r1) == _strip_run(r2)
-    assert (outs[1] / "report.md").read_text() == (outs[2] / "report.md").read_text()
-    # no stray temporary directories
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["np1", "np2"]
+def test_num_processes_2_matches_one(one_process, tiny_model_dir, tiny_data, tmp_path):
+    out = tmp_path / "np2"
+    _run([sys.executable, "-m", "safegene", *_common(tiny_model_dir, tiny_data), "--num-processes", "2",
+          "--out", str(out)])
+    _same_as_one_process(one_process, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["np2"]  # no stray temporary directories
+
+
+def test_accelerate_launch_matches_one(one_process, tiny_model_dir, tiny_data, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate launcher not on PATH")
+    out = tmp_path / "acc"
+    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "safegene",
+          *_common(tiny_model_dir, tiny_data), "--out", str(out)])
+    _same_as_one_process(one_process, out)
