@@ -157,3 +157,23 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     assert t1 < t0 + 0.5  # the task's held-out loss barely moves
     if a0 >= 0.5:
         assert a1 >= 0.7 * a0
+
+
+def test_refusals_from_the_aligned_model_are_generated_once_and_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("SAFEGENE_CACHE", str(tmp_path / "cache"))
+    prompts = tmp_path / "harmful.txt"  # prompts only: refusals come from the gene's aligned model
+    prompts.write_text("".join(json.loads(line)["prompt"] + "\n" for line in tiny.harmful.read_text().splitlines()))
+    a = calibrate(tiny.selected, tiny.model, harmful=prompts, task=tiny.task, out=None, shots=4, steps=5)
+    cached = list((tmp_path / "cache").rglob("*.json"))
+    assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == 4
+    b = calibrate(tiny.selected, tiny.model, harmful=prompts, task=tiny.task, out=None, shots=4, steps=5,
+                  aligned=tiny.model)
+    assert a["groups"] == b["groups"] and len(list((tmp_path / "cache").rglob("*.json"))) == 1
+    assert a["data"]["refusal_targets_sha256"] == b["data"]["refusal_targets_sha256"]
+
+
+def test_bf16_model_float32_alpha(tiny):
+    rec = calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4,
+                    steps=5, dtype="bf16")
+    assert all(isinstance(v, float) for v in rec["groups"].values())
+    assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
