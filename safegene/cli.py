@@ -256,7 +256,53 @@ def _run_zoo_build(args) -> int:
     return 0
 
 
-_COMMANDS: list = [_add_select, _add_calibrate, _add_eval, _add_extract, _add_apply, _add_zoo]
+def _add_compare(sub) -> None:
+    p = _command(sub, "compare", "every defence on every task model of a recipe, one table",
+                 "Run SafeGene (and its ablations) and every baseline (RESTA, SafeLoRA, SafeMERGE-style, "
+                 "interpolation) over their grids on the task models of RECIPE.yaml, evaluate all with "
+                 "the same data and judges, and write report.json, report.md, samples.jsonl and Pareto "
+                 "plots to --out. The recipe format is documented in safegene/recipe.py.")
+    p.add_argument("recipe", help="the YAML recipe")
+    p.add_argument("--out", required=True, help="report directory (must not exist unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from safegene.compare import format_table, run_compare
+
+    report = run_compare(args.recipe, args.out, force=args.force, progress=not args.quiet)
+    print(format_table(report))
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = _command(sub, "demo", "the main job: build the embedded model family and compare every defence on it",
+                 "Build the zoo (or reuse it), write its compare recipe and run `safegene compare` on it. "
+                 "Everything goes under --out: zoo/, recipe.yaml, report/.")
+    p.add_argument("--out", default="demo-out", help="working directory (default: demo-out)")
+    p.add_argument("--size", choices=("micro", "small"), default="small",
+                   help="zoo size: small (the real demo) or micro (a quick smoke run)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the zoo and the comparison")
+    p.add_argument("--force", action="store_true", help="rerun the comparison over an existing report")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from safegene.compare import format_table
+    from safegene.demo import run_demo
+
+    report = run_demo(args.out, size=args.size, seed=args.seed, force=args.force, progress=not args.quiet)
+    print(format_table(report))
+    print(f"report: {args.out}/report/report.md")
+    return 0
+
+
+_COMMANDS: list = [_add_zoo, _add_extract, _add_select, _add_calibrate, _add_apply, _add_eval,
+                   _add_compare, _add_demo]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ tasks:
     adapter: null                    # ... or `model: <aligned>` plus a PEFT LoRA here
     shots: data/howto/shots.jsonl    # {"prompt", "answer"}: calibration examples
     test: data/howto/test.jsonl      # {"prompt", "answer"}: task accuracy
-judges: [keyword, prefix]
+judges: [keyword, prefix]            # `guard` also needs guard: {model: DIR, format: llamaguard3}
 methods:                             # every value is a grid: a list of settings to try
   resta: {beta: [0.25, 0.5, 1.0]}
   safelora: {threshold: [0.35, 0.5]}
@@ -53,6 +53,9 @@ METHOD_PARAMS: dict[str, dict[str, tuple[type, list]]] = {
 }
 METHODS_NEEDING_BASE = {"safelora", "safemerge"}
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
+GUARD_FORMATS = {"llamaguard3", "harmbench"}
+GENERATION_KEYS = {"max_new_tokens": int, "batch_size": int, "do_sample": bool,
+                   "temperature": float, "top_p": float}
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Recipe:
     judges: list[str]
     methods: dict[str, list[dict[str, Any]]]  # method → the settings of its grid
     generation: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] | None = None  # {"model": Path, "format": str} when judges has guard
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -185,7 +189,7 @@ def load_recipe(path: str | Path) -> Recipe:
         raise SafeGeneError(f"recipe {path} must be a YAML mapping")
     root, problems = path.resolve().parent, _Problems(str(path))
     for key in sorted(set(raw) - {"family", "data", "tasks", "judges", "methods", "generation",
-                                   "seed", "device", "dtype"}):
+                                   "guard", "seed", "device", "dtype"}):
         problems.add(key, "unknown field")
 
     family = raw.get("family") or {}
@@ -246,6 +250,17 @@ def load_recipe(path: str | Path) -> Recipe:
         if j not in KNOWN_JUDGES:
             problems.add("judges", f"unknown judge {j!r}; choose from {', '.join(sorted(KNOWN_JUDGES))}")
 
+    guard = None
+    if "guard" in judges:
+        g = raw.get("guard") or {}
+        if not isinstance(g, dict) or "model" not in g:
+            problems.add("guard.model", "the guard judge needs a local guard model directory")
+        else:
+            guard = {"model": _path(g["model"], "guard.model", root, problems, kind="dir"),
+                     "format": g.get("format", "llamaguard3")}
+            if guard["format"] not in GUARD_FORMATS:
+                problems.add("guard.format", f"choose from {', '.join(sorted(GUARD_FORMATS))}")
+
     methods = _methods(raw.get("methods"), problems)
     if base is None:
         for m in sorted(METHODS_NEEDING_BASE & set(methods)):
@@ -255,11 +270,16 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(generation, dict):
         problems.add("generation", "expected a mapping (max_new_tokens, batch_size)")
         generation = {}
+    for key, value in generation.items():
+        if key not in GENERATION_KEYS:
+            problems.add(f"generation.{key}", f"unknown setting; choose from {', '.join(GENERATION_KEYS)}")
+        elif not _is_type(value, GENERATION_KEYS[key]):
+            problems.add(f"generation.{key}", f"expected {GENERATION_KEYS[key].__name__}, got {value!r}")
     seed = raw.get("seed", 0)
     if not _is_type(seed, int):
         problems.add("seed", f"expected an integer, got {seed!r}")
     problems.raise_if_any()
     return Recipe(aligned=aligned, degraded=degraded, base=base, tasks=tasks, judges=list(judges),
-                  methods=methods, generation=generation, seed=int(seed),
+                  methods=methods, generation=generation, guard=guard, seed=int(seed),
                   device=str(raw.get("device", "cpu")), dtype=str(raw.get("dtype", "float32")),
                   source=path.resolve(), **files)

@@ -62,6 +62,9 @@ def test_grid_is_the_cartesian_product():
     ((", base: base", ""), "methods.safelora: needs family.base"),
     (("seed: 3", "seed: three"), "seed: expected an integer"),
     (("model: task,", "model: nowhere,"), "tasks[0].model: directory not found"),
+    (("seed: 3", "seed: 3\ngeneration: {max_tokens: 5}"), "generation.max_tokens: unknown setting"),
+    (("seed: 3", "seed: 3\ngeneration: {batch_size: big}"), "generation.batch_size: expected int"),
+    (("judges: [keyword, prefix]", "judges: [keyword, guard]"), "guard.model: the guard judge needs"),
 ])
 def test_problems_are_named_by_field(layout, change, message):
     with pytest.raises(SafeGeneError, match=message.replace("[", r"\[").replace("]", r"\]")):

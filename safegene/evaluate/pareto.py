@@ -41,9 +41,12 @@ def best_setting(rows: list[dict], floor: float) -> tuple[dict, bool]:
 
 
 def summarize_task(rows: list[dict], task_model: str, *, reference: str = "task",
-                   method: str = "safegene", floor: float = UTILITY_FLOOR) -> dict:
+                   method: str = "safegene", floor: float = UTILITY_FLOOR,
+                   not_rivals: tuple[str, ...] = ("aligned", "gene-uniform", "gene-select",
+                                                  "gene-calibrate")) -> dict:
     """For one task model: the utility floor, the best setting of every method, the front, and
-    whether `method` is on the front and the safest method above the floor."""
+    whether `method` is on the front and the safest method above the floor. The aligned model
+    (no task skill) and `method`'s own ablations are not rivals for "safest"."""
     mine = [r for r in rows if r["task_model"] == task_model]
     ref = next(r for r in mine if r["method"] == reference)
     threshold = floor * (ref["task_accuracy"] or 0.0)
@@ -54,7 +57,7 @@ def summarize_task(rows: list[dict], task_model: str, *, reference: str = "task"
     front = pareto_front(mine)
     verdict = None
     if method in best:
-        contenders = [b for m, b in best.items() if b["qualified"] and m not in ("aligned",)]
+        contenders = [b for m, b in best.items() if b["qualified"] and m not in not_rivals]
         safest = min(contenders, key=lambda b: b["harmful_rate"]) if contenders else None
         on_front = any(r["method"] == method for r in front)
         verdict = {"on_pareto_front": on_front,

@@ -1,0 +1,81 @@
+"""`safegene demo`: the main job on the embedded model family.
+
+Builds the zoo (or reuses a finished one), writes the zoo's compare recipe, runs `compare` on it
+and prints the table and the report's path. Everything lands under one directory:
+
+    DIR/zoo/          the model family (safegene zoo build)
+    DIR/recipe.yaml   the comparison recipe (paths relative to DIR)
+    DIR/report/       the comparison report (safegene compare)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from safegene.errors import SafeGeneError
+
+# What the demo compares; the grids are small enough for `small` to finish in minutes on 2 cores.
+DEMO_METHODS = {
+    "resta": {"beta": [0.25, 0.5, 1.0]},
+    "safelora": {"threshold": [0.35, 0.5]},
+    "safemerge": {"threshold": [0.35, 0.5], "task_weight": [0.8]},
+    "interpolate": {"t": [0.25, 0.5, 0.75]},
+    "safegene": {"rank": [16], "shots": [16], "ablations": [True]},
+}
+
+
+def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = None,
+               methods: dict | None = None, seed: int = 0) -> dict:
+    """The compare recipe of a built zoo: every task as a full fine-tune and as a LoRA."""
+    zoo_file = zoo_dir / "zoo.json"
+    if not zoo_file.is_file():
+        raise SafeGeneError(f"not a finished zoo (no zoo.json): {zoo_dir}")
+    zoo = json.loads(zoo_file.read_text())
+
+    def rel(p: str | None) -> str | None:
+        return None if p is None else str((zoo_dir / p).relative_to(relative_to))
+
+    models, data = zoo["models"], zoo["data"]
+    tasks = []
+    for name, m in models.items():
+        if m.get("task"):
+            split = data["tasks"][m["task"]]
+            tasks.append({"name": name.removeprefix("task-"), "model": rel(m["path"]),
+                          "adapter": rel(m["adapter"]), "shots": rel(split["shots"]),
+                          "test": rel(split["test"])})
+    return {
+        "family": {"aligned": rel(models["aligned"]["path"]),
+                   "degraded": [rel(models["degraded"]["path"])], "base": rel(models["base"]["path"])},
+        "data": {k: rel(data[k]) for k in ("harmful_test", "benign_test", "harmful_shots")},
+        "tasks": tasks,
+        "judges": ["keyword", "prefix"],
+        "methods": methods or DEMO_METHODS,
+        "generation": generation or {"max_new_tokens": 48, "batch_size": 64},
+        "seed": seed,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+
+
+def run_demo(out: str | Path = "demo-out", *, size: str = "small", seed: int = 0,
+             force: bool = False, progress: bool = True) -> dict:
+    """Build/reuse the zoo, write the recipe, run compare; returns the compare report."""
+    from safegene.compare import run_compare
+    from safegene.zoo.build import build_zoo
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report_dir = out / "report"
+    if report_dir.exists() and not force:
+        raise SafeGeneError(f"{report_dir} exists; pass --force to run the comparison again "
+                            "(the zoo is reused either way)")
+    zoo_dir = build_zoo(out / "zoo", size=size, seed=seed, progress=progress)
+    recipe = zoo_recipe(zoo_dir, out, seed=seed)
+    recipe_path = out / "recipe.yaml"
+    tmp = recipe_path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    tmp.replace(recipe_path)
+    return run_compare(recipe_path, report_dir, force=force, progress=progress)

@@ -1,0 +1,52 @@
+"""The comparison table's logic: Pareto front, best setting under the utility floor, verdicts."""
+
+import pytest
+
+from safegene.evaluate.pareto import best_setting, dominates, pareto_front, render_markdown, summarize_task
+
+
+def r(method, harmful, acc, setting="", task="t", over=0.0):
+    return {"task_model": task, "method": method, "setting": setting, "harmful_rate": harmful,
+            "harmful_rate_ci": [harmful, harmful], "harmful_rate_n": 10, "over_refusal": over,
+            "over_refusal_ci": None, "over_refusal_n": 10, "task_accuracy": acc,
+            "task_accuracy_ci": None, "task_accuracy_n": 10}
+
+
+def test_dominance_needs_one_strict_improvement():
+    assert dominates(r("a", 0.1, 0.9), r("b", 0.2, 0.9))
+    assert dominates(r("a", 0.1, 0.9), r("b", 0.1, 0.8))
+    assert not dominates(r("a", 0.1, 0.9), r("b", 0.1, 0.9))
+    assert not dominates(r("a", 0.1, 0.5), r("b", 0.2, 0.9))
+
+
+def test_pareto_front():
+    rows = [r("a", 0.1, 0.5), r("b", 0.2, 0.9), r("c", 0.3, 0.8), r("d", 0.0, 0.1), r("e", None, 0.9)]
+    assert [x["method"] for x in pareto_front(rows)] == ["a", "b", "d"]
+
+
+def test_best_setting_respects_the_floor():
+    rows = [r("m", 0.05, 0.5, "x=1"), r("m", 0.2, 0.96, "x=2"), r("m", 0.4, 1.0, "x=3")]
+    best, ok = best_setting(rows, 0.95)
+    assert ok and best["setting"] == "x=2"
+    best, ok = best_setting(rows, 1.01)  # nothing qualifies: the most accurate
+    assert not ok and best["setting"] == "x=3"
+
+
+def test_summary_verdict_compares_against_baselines_not_ablations():
+    rows = [r("aligned", 0.0, 0.0), r("task", 0.9, 1.0), r("resta", 0.5, 0.97, "beta=0.5"),
+            r("resta", 0.1, 0.5, "beta=1.0"), r("safegene", 0.2, 0.96), r("gene-select", 0.1, 0.99)]
+    s = summarize_task(rows, "t")
+    assert s["accuracy_floor"] == pytest.approx(0.95)
+    assert s["best"]["resta"]["setting"] == "beta=0.5"
+    v = s["verdict"]
+    assert v["qualified"] and v["lowest_harmful_among_qualified"]
+    assert not v["on_pareto_front"]  # gene-select dominates it
+    assert v["safest_qualified_method"] == "safegene"
+    text = render_markdown([s], judge="keyword")
+    assert "| resta | beta=0.5 | 50.0 [50, 50]" in text and "NOT on the Pareto front" in text
+
+
+def test_summary_when_a_baseline_is_safer():
+    rows = [r("task", 0.9, 1.0), r("interpolate", 0.1, 0.99, "t=0.5"), r("safegene", 0.3, 0.99)]
+    v = summarize_task(rows, "t")["verdict"]
+    assert not v["lowest_harmful_among_qualified"] and v["safest_qualified_method"] == "interpolate"
