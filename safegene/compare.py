@@ -98,7 +98,8 @@ def safegene_variants(recipe: Recipe, task: TaskSpec, genes: dict[int, Path],
         shown = {k: v for k, v in s.items() if k != "ablations"}
         tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
         shots = dict(harmful=recipe.harmful_shots, task=task.shots, adapter=task.adapter,
-                     aligned=recipe.aligned, seed=recipe.seed, device=recipe.device)
+                     aligned=recipe.aligned, seed=recipe.seed, device=recipe.device,
+                     dtype=recipe.dtype)
 
         def selected(tag=tag, gene=gene, s=s) -> Path:
             out = keep / f"{tag}-selected"
