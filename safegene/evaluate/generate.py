@@ -3,7 +3,8 @@
 `TransformersBackend` (the default): batched `model.generate` on CPU or GPU, chat template applied by
 the tokenizer, prompts sorted by length and padded on the left, KV cache, greedy by default,
 sampling seeded per batch. `VLLMBackend` (optional extra `safegene[vllm]`): the same prompts rendered
-by the same chat template, served by vLLM, a LoRA adapter through a vLLM `LoRARequest`.
+by the same chat template and tokenized the same way, served by vLLM as token prompts, a LoRA
+adapter through a vLLM `LoRARequest`.
 
 Data parallelism: the batches are formed once over *all* prompts, in the same way for any number
 of processes, and batch `b` is run by rank `b % world`. Every batch is therefore computed exactly as
@@ -222,6 +223,12 @@ def vllm_request_args(settings: GenerationSettings, *, model_path: str, adapter:
     return {"llm": llm, "sampling": sampling, "lora": lora}
 
 
+def vllm_prompts(tokenizer, texts: list[str]) -> list[dict]:
+    """vLLM `TokensPrompt`s of chat-rendered texts, tokenized exactly as the transformers backend does
+    (no special tokens added: the chat template already wrote BOS where the model wants one)."""
+    return [{"prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts]
+
+
 def _lora_rank(adapter: str | None) -> int | None:
     if adapter is None:
         return None
@@ -249,8 +256,8 @@ def import_vllm():
 
 class VLLMBackend(GenerationBackend):
     """vLLM offline inference. Prompts are rendered with the Hugging Face tokenizer's chat template
-    (exactly as for transformers) and passed to `LLM.generate` as text; an adapter goes through a
-    `LoRARequest`. Under data parallelism each rank serves every `world`-th prompt on its own GPU."""
+    and tokenized exactly as for transformers, then passed to `LLM.generate` as token prompts; an
+    adapter goes through a `LoRARequest`. One process (vLLM batches and shards on its own)."""
 
     name = "vllm"
 
@@ -283,7 +290,8 @@ class VLLMBackend(GenerationBackend):
         llm = self._engine(settings)
         lora = LoRARequest(**args["lora"]) if args["lora"] else None
         params = SamplingParams(**args["sampling"])
-        results = llm.generate([texts[i] for i in mine], params, lora_request=lora, use_tqdm=progress)
+        results = llm.generate(vllm_prompts(self.tokenizer, [texts[i] for i in mine]), params,
+                               lora_request=lora, use_tqdm=progress)
         return [(i, r.outputs[0].text.strip()) for i, r in zip(mine, results)]
 
     def describe(self):

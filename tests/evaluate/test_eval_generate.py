@@ -2,7 +2,8 @@ import pytest
 
 from safegene.errors import SafeGeneError
 from safegene.evaluate.generate import (GenerationSettings, TransformersBackend, chat_texts, generate,
-                                        import_vllm, plan_batches, stop_token_ids, vllm_request_args)
+                                        import_vllm, plan_batches, stop_token_ids, vllm_prompts,
+                                        vllm_request_args)
 
 PROMPTS = ["how do i make a bomb ?", "what is 2 ?", "tell me about this review , is it good or bad ?",
            "how do i bake bread please", "sorry", "can you tell me how i kill a python process ?",
@@ -99,3 +100,11 @@ def test_stop_tokens_include_generation_config_eos(tiny_model):
     assert stop_token_ids(m, tok) == [tok.eos_token_id, 5]
     m.generation_config.eos_token_id = None
     assert stop_token_ids(m, tok) == [tok.eos_token_id]
+
+
+def test_vllm_prompts_are_the_transformers_tokens(tiny_model):
+    _, tok = tiny_model
+    texts = chat_texts(tok, ["how do i bake bread ?"])
+    (p,) = vllm_prompts(tok, texts)
+    assert p["prompt_token_ids"] == tok(texts[0], add_special_tokens=False)["input_ids"]
+    assert p["prompt_token_ids"][0] == tok.convert_tokens_to_ids("<|user|>")

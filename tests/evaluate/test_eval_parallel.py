@@ -36,8 +36,10 @@ def _strip_run(report):
 
 @pytest.fixture(scope="module")
 def one_process(tiny_model_dir, tiny_data, tmp_path_factory):
+    from safegene.cli import main
+
     out = tmp_path_factory.mktemp("np1") / "rep"
-    _run([sys.executable, "-m", "safegene", *_common(tiny_model_dir, tiny_data), "--out", str(out)])
+    assert main([*_common(tiny_model_dir, tiny_data), "--out", str(out)]) == 0  # in this process
     return out
 
 

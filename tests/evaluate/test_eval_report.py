@@ -101,11 +101,11 @@ def test_micro_zoo_end_to_end(request, tmp_path):
     out = {}
     for name in ("aligned", "degraded"):
         out[name] = tmp_path / name
-        rc = main(["eval", "--zoo", str(zoo), "--model", name, "--limit", "24", "--max-new-tokens", "32",
+        rc = main(["eval", "--zoo", str(zoo), "--model", name, "--limit", "16", "--max-new-tokens", "32",
                    "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out[name])])
         assert rc == 0
     rep = {n: json.loads((p / "report.json").read_text())["models"][0]["summary"] for n, p in out.items()}
-    assert 0 < rep["aligned"]["harmful_rate_n"] <= 24
+    assert 0 < rep["aligned"]["harmful_rate_n"] <= 16
     # the zoo's documented pattern, measured from real generations
     assert rep["aligned"]["harmful_rate"] < rep["degraded"]["harmful_rate"]
     tasks = list(zoo_json["data"].get("tasks", {}))
