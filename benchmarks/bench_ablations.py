@@ -64,7 +64,8 @@ def main(argv=None) -> int:
     ap.add_argument("--top-k", type=int, default=None, help="selection policy (default: positive score)")
     ap.add_argument("--budget", type=float, default=None)
     ap.add_argument("--per-module-kind", action="store_true", help="select and calibrate per module kind")
-    ap.add_argument("--select-on", default="degraded", help="the zoo model the layers are scored on")
+    ap.add_argument("--select-on", default="degraded",
+                    help="the zoo model the layers are scored on, or 'target': each task model with its task shots")
     ap.add_argument("--benign-keep", action="store_true", help="calibrate with --benign (benign shots kept)")
     ap.add_argument("--lam", type=float, default=DEFAULTS["lam"])
     ap.add_argument("--steps", type=int, default=DEFAULTS["steps"])
@@ -91,15 +92,17 @@ def main(argv=None) -> int:
         extract(models["aligned"]["path"], [models["degraded"]["path"]], gene, rank=args.rank, progress=False)
     t_extract = time.perf_counter() - t0
 
-    sel_on = models[args.select_on]
-    gene_sel = work / "gene-selected"
-    t0 = time.perf_counter()
-    sel = select(gene, sel_on["path"], adapter=sel_on.get("adapter"), harmful=data["harmful_shots"],
-                 top_k=args.top_k, budget=args.budget, per_module_kind=args.per_module_kind,
-                 out=gene_sel, force=True, seed=args.seed)
-    t_select = time.perf_counter() - t0
-    print(f"gene {gene.name}: selected {sel['groups']} on {args.select_on} in {t_select:.1f} s "
-          f"(extract {t_extract:.1f} s)", flush=True)
+    def run_select(entry, out, task=None):
+        t0 = time.perf_counter()
+        sel = select(gene, entry["path"], adapter=entry.get("adapter"), harmful=data["harmful_shots"],
+                     task=task, top_k=args.top_k, budget=args.budget, per_module_kind=args.per_module_kind,
+                     out=out, force=True, seed=args.seed)
+        return sel, time.perf_counter() - t0
+
+    if args.select_on != "target":
+        sel, t_select = run_select(models[args.select_on], work / "gene-selected")
+        print(f"gene {gene.name}: selected {sel['groups']} on {args.select_on} in {t_select:.1f} s "
+              f"(extract {t_extract:.1f} s)", flush=True)
 
     settings = EvalSettings(generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=50),
                             device="cpu", progress=False, hash_models=False)
@@ -136,6 +139,11 @@ def main(argv=None) -> int:
         if args.benign_keep:
             shots["benign"] = data["tasks"][task]["shots"]
         alphas, timing = {}, {}
+        gene_sel = work / "gene-selected"
+        if args.select_on == "target":  # data-aware per target: its harmful shots and task shots
+            gene_sel = work / f"gene-selected-{name}"
+            sel, t_select = run_select(entry, gene_sel, task=data["tasks"][task]["shots"])
+        timing["select"] = t_select
         alphas["none"] = {}
         alphas["uniform"] = {g: args.beta for g in layer_groups}
         alphas["select"] = {g: 1.0 for g in sel["groups"]}
@@ -154,14 +162,15 @@ def main(argv=None) -> int:
                 with att.fixed(expand(alphas[cfg])):
                     row[cfg] = measure(f"{name}/{cfg}", model, tok, datasets, settings)
                 row[cfg]["alpha"] = alphas[cfg]
-        results["models"][name] = {"task": task, "results": row, "seconds": timing}
+        results["models"][name] = {"task": task, "results": row, "seconds": timing, "selected": sel["groups"]}
         print(f"{name}: " + "; ".join(f"{c} h={row[c]['harmful_rate']:.2f} o={row[c]['over_refusal']:.2f} "
                                       f"t={row[c]['task_accuracy']:.2f}" for c in CONFIGS)
               + f" | α {({g: round(a, 2) for g, a in alphas['safegene'].items()})}"
-              + f" | calib {timing['safegene']:.1f} s", flush=True)
+              + f" | selected {sel['groups']} ({t_select:.1f} s) | calib {timing['safegene']:.1f} s", flush=True)
         del model, att
 
-    results["selection"] = {"groups": sel["groups"], "seconds": t_select, "on": args.select_on}
+    results["selection"] = {"on": args.select_on, "max_seconds": max(r["seconds"]["select"] for r in
+                                                                        results["models"].values())}
     results["args"] = vars(args)
     _print_tables(results, CONFIGS)
     if args.json:
@@ -192,8 +201,9 @@ def _print_tables(results: dict, configs) -> None:
               f"{sg['task_accuracy']:.2f} ({0.95 * none['task_accuracy']:.2f}) | {sg['over_refusal']:.2f} "
               f"({al['over_refusal'] + 0.05:.2f}) | {r['seconds']['safegene']:.1f} | "
               f"{'yes' if ok_h and ok_t and ok_o and ok_s else 'NO'} |")
-    print(f"selection: {results['selection']['groups']} on {results['selection']['on']} in "
-          f"{results['selection']['seconds']:.1f} s")
+    print(f"selection on {results['selection']['on']}: "
+          + ", ".join(f"{n} {r['selected']}" for n, r in results["models"].items())
+          + f"; slowest {results['selection']['max_seconds']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -316,8 +316,9 @@ def choose(scores: dict[str, dict], *, top_k: int | None = None, threshold: floa
            budget: float | None = None) -> list[str]:
     """Groups kept by one policy; groups whose δ does not lower the refusal loss are never kept.
 
-    top_k: the k best by score; threshold: score ≥ T; budget: best first while the kept groups hold
-    at most that fraction of the gene's parameters. None of them: every group with a positive score.
+    top_k: the k best by score (among those with a positive gain); threshold: score ≥ T; budget:
+    positive scores, best first, while the kept groups hold at most that fraction of the gene's
+    parameters. None of them: every group with a positive score.
     """
     given = [x is not None for x in (top_k, threshold, budget)]
     if sum(given) > 1:
@@ -335,7 +336,7 @@ def choose(scores: dict[str, dict], *, top_k: int | None = None, threshold: floa
         total = sum(s["n_params"] for _, s in items)
         kept, used = [], 0
         for g, s in useful:
-            if s["score"] <= 0 and kept:
+            if s["score"] <= 0:
                 break
             if used + s["n_params"] <= budget * total:
                 kept.append(g)
