@@ -83,6 +83,9 @@ class Judge:
         """Counters worth reporting (e.g. guard answers that could not be parsed)."""
         return {}
 
+    def add_stats(self, counts: dict) -> None:
+        """Add other processes' counters (data parallelism), so every rank reports the totals."""
+
 
 class FunctionJudge(Judge):
     detects_refusal = True
@@ -292,6 +295,9 @@ class GuardJudge(Judge):
 
     def stats(self):
         return {"unparsed": self._unparsed} if self.kind == "causal" else {}
+
+    def add_stats(self, counts):
+        self._unparsed += int(counts.get("unparsed", 0))
 
 
 JUDGES = ("keyword", "prefix", "guard")

@@ -238,7 +238,9 @@ def render_markdown(report: dict) -> str:
               f"batch_size={g['batch_size']}, seed={g['seed']}"
               + (f", temperature={g['temperature']}, top_p={g['top_p']}" if g["do_sample"] else "")
               + f"; backend {report['settings']['backend']}.",
-              "Judges: " + "; ".join(f"`{j['name']}` ({j.get('kind', '')})" for j in report["judges"]) + ".", ""]
+              "Judges: " + "; ".join(f"`{j['name']}` ({j.get('kind', '')}"
+                                     + (f"; {j['unparsed']} answers neither safe nor unsafe, counted as safe"
+                                        if j.get("unparsed") else "") + ")" for j in report["judges"]) + ".", ""]
     return "\n".join(lines)
 
 

@@ -146,7 +146,9 @@ def make_backend(spec: ModelSpec, settings: EvalSettings, dist: Dist) -> tuple[G
 
 
 def _judge_sharded(judge: Judge, prompts: list[str], responses: list[str], dist: Dist) -> list[bool]:
-    """Judge in fixed chunks dealt round-robin to ranks, so the result is the same for any world."""
+    """Judge in fixed chunks dealt round-robin to ranks, so the result is the same for any world
+    (the judge's counters, too: each rank adds the others')."""
+    before = judge.stats()
     mine = []
     for c, s in enumerate(range(0, len(prompts), JUDGE_CHUNK)):
         if c % dist.world == dist.rank:
@@ -155,6 +157,10 @@ def _judge_sharded(judge: Judge, prompts: list[str], responses: list[str], dist:
     out: list[bool | None] = [None] * len(prompts)
     for i, f in dist.gather(mine):
         out[i] = bool(f)
+    if dist.world > 1 and before:
+        local = {k: v - before.get(k, 0) for k, v in judge.stats().items()}
+        totals = {k: sum(d.get(k, 0) for d in dist.gather([local])) for k in local}
+        judge.add_stats({k: totals[k] - local[k] for k in local})
     return out  # type: ignore[return-value]
 
 

@@ -18,7 +18,8 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 def _common(model_dir, data):
     return ["eval", "--model", str(model_dir), "--harmful", str(data / "harmful.jsonl"),
             "--benign", str(data / "benign.jsonl"), "--task", str(data / "task.jsonl"),
-            "--judge", "keyword", "prefix", "--max-new-tokens", "6", "--batch-size", "2",
+            "--judge", "keyword", "prefix", "guard", "--guard-model", str(model_dir),  # any causal LM
+            "--max-new-tokens", "6", "--batch-size", "2",
             "--device", "cpu", "--no-progress", "--bootstrap", "300"]
 
 
@@ -50,6 +51,7 @@ def _same_as_one_process(one: Path, two: Path):
     r2 = json.loads((two / "report.json").read_text())
     assert r1["run"]["num_processes"] == 1 and r2["run"]["num_processes"] == 2
     assert _strip_run(r1) == _strip_run(r2)
+    assert [j["name"] for j in r1["judges"]] == ["keyword", "prefix", "guard"] and "unparsed" in r1["judges"][2]
     assert (one / "report.md").read_text() == (two / "report.md").read_text()
 
 

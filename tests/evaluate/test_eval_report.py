@@ -89,26 +89,40 @@ def test_harmful_only_report_still_plots(tiny_model, tiny_data, tmp_path):
 
 
 def test_micro_zoo_end_to_end(request, tmp_path):
-    """Aligned vs degraded on the micro zoo's own test splits, through the CLI."""
+    """Aligned, degraded and a task model on the micro zoo's own test splits, one report (the way
+    `compare` calls the API), then the CLI on a zoo model by name."""
     try:
         zoo = request.getfixturevalue("micro_zoo")
     except pytest.FixtureLookupError:
-        pytest.skip("no micro_zoo fixture in tests/conftest.py yet")
+        pytest.skip("no micro_zoo fixture in tests/conftest.py")
     from pathlib import Path
 
-    zoo = Path(zoo)
-    zoo_json = json.loads((zoo / "zoo.json").read_text())
-    out = {}
-    for name in ("aligned", "degraded"):
-        out[name] = tmp_path / name
-        rc = main(["eval", "--zoo", str(zoo), "--model", name, "--limit", "16", "--max-new-tokens", "32",
-                   "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out[name])])
-        assert rc == 0
-    rep = {n: json.loads((p / "report.json").read_text())["models"][0]["summary"] for n, p in out.items()}
-    assert 0 < rep["aligned"]["harmful_rate_n"] <= 16
-    # the zoo's documented pattern, measured from real generations
-    assert rep["aligned"]["harmful_rate"] < rep["degraded"]["harmful_rate"]
-    tasks = list(zoo_json["data"].get("tasks", {}))
-    if tasks:
-        assert rep["aligned"]["task_accuracy_n"] > 0
+    from safegene.evaluate import resolve_inputs
 
+    zoo = Path(zoo)
+    tasks = list(json.loads((zoo / "zoo.json").read_text())["data"]["tasks"])
+    task = "howto" if "howto" in tasks else tasks[0]
+    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=32), device="cpu", progress=False,
+                            n_boot=500)
+    judges = make_judges(["keyword", "prefix"])
+    specs, samples, data = [], [], None
+    for name in ("aligned", "degraded", f"task-{task}"):
+        spec, data = resolve_inputs(model=name, zoo=str(zoo), harmful=["harmful_test"], benign=["benign_test"],
+                                    task=[f"task:{task}"], limit=16)
+        specs.append(spec)
+        samples += evaluate_model(spec, data, judges, settings)
+    report = build_report(samples, data, judges, settings, models=specs)
+    out = write_report(report, samples, tmp_path / "zoo-report")
+    s = {m["name"]: m["summary"] for m in report["models"]}
+    assert all(v["harmful_rate_n"] == 16 and v["task_accuracy_n"] == 16 for v in s.values())
+    # the zoo's documented pattern, measured here from real generations
+    assert s["aligned"]["harmful_rate"] < s["degraded"]["harmful_rate"]
+    assert s[f"task-{task}"]["task_accuracy"] > s["aligned"]["task_accuracy"]
+    assert (out / "safety_utility.png").stat().st_size > 1000
+    # the CLI, a zoo model by name, the zoo's default splits
+    rc = main(["eval", "--zoo", str(zoo), "--model", "aligned", "--limit", "8", "--max-new-tokens", "16",
+               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(tmp_path / "cli")])
+    assert rc == 0
+    rep = json.loads((tmp_path / "cli" / "report.json").read_text())
+    splits = {d["name"] for d in rep["inputs"]["datasets"]}
+    assert {"harmful_test", "benign_test"} <= splits and all(f"task:{t}" in splits for t in tasks)
