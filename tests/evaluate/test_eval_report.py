@@ -126,3 +126,44 @@ def test_micro_zoo_end_to_end(request, tmp_path):
     rep = json.loads((tmp_path / "cli" / "report.json").read_text())
     splits = {d["name"] for d in rep["inputs"]["datasets"]}
     assert {"harmful_test", "benign_test"} <= splits and all(f"task:{t}" in splits for t in tasks)
+
+
+def test_fake_zoo_names_and_adapter(tiny_model_dir, tiny_data, tmp_path, capsys):
+    """Zoo model names resolve to (path, adapter); no data arguments means the zoo's test splits
+    (the model's own task); a PEFT adapter is evaluated unmerged and hashed into the report."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    zoo = tmp_path / "zoo"
+    (zoo / "data").mkdir(parents=True)
+    (zoo / "models").mkdir()
+    (zoo / "models" / "base").symlink_to(tiny_model_dir, target_is_directory=True)
+    torch.manual_seed(1)
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(zoo / "models" / "lora")
+    for name in ("harmful", "benign", "task"):
+        (zoo / "data" / f"{name}.jsonl").write_text((tiny_data / f"{name}.jsonl").read_text())
+    (zoo / "zoo.json").write_text(json.dumps({
+        "models": {"base": {"path": "models/base", "adapter": None, "task": None},
+                   "task-arith-lora": {"path": "models/base", "adapter": "models/lora", "task": "arith"}},
+        "data": {"harmful_test": "data/harmful.jsonl", "benign_test": "data/benign.jsonl",
+                 "tasks": {"arith": {"test": "data/task.jsonl"}, "other": {"test": "data/task.jsonl"}}}}))
+    out = tmp_path / "rep"
+    rc = main(["eval", "--zoo", str(zoo), "--model", "task-arith-lora", "--max-new-tokens", "4",
+               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    rep = json.loads((out / "report.json").read_text())
+    assert [d["name"] for d in rep["inputs"]["datasets"]] == ["harmful_test", "benign_test", "task:arith"]
+    m = rep["inputs"]["models"][0]
+    assert m["name"] == "task-arith-lora" and m["adapter"].endswith("models/lora")
+    assert len(m["adapter_sha256"]) == 64
+    # the adapter changes the generations (it is applied)
+    base = tmp_path / "base"
+    assert main(["eval", "--zoo", str(zoo), "--model", "base", "--max-new-tokens", "4", "--device", "cpu",
+                 "--no-progress", "--bootstrap", "200", "--out", str(base)]) == 0
+    base_rep = json.loads((base / "report.json").read_text())
+    assert [d["name"] for d in base_rep["inputs"]["datasets"]][-2:] == ["task:arith", "task:other"]
+    gens = lambda p: [json.loads(line)["generation"] for line in (p / "samples.jsonl").read_text().splitlines()]
+    assert gens(out)[:8] != gens(base)[:8]
