@@ -7,12 +7,17 @@ task rows. This is the API `safegene eval` and `safegene compare` call.
             load_data("task.jsonl", "task")]
     judges = make_judges(["keyword", "prefix"])
     settings = EvalSettings()
+    specs = [ModelSpec("aligned", path="zoo/models/aligned"),
+             ModelSpec("task-lora", path="zoo/models/aligned", adapter="zoo/models/task-howto-lora"),
+             ModelSpec.loaded("merged", model, tokenizer)]     # in-memory models work too
     samples = []
-    for spec in [ModelSpec("aligned", path="zoo/aligned"),
-                 ModelSpec.loaded("merged", model, tokenizer)]:     # in-memory models work too
+    for spec in specs:
         samples += evaluate_model(spec, data, judges, settings)
-    report = build_report(samples, data, judges, settings)
+    report = build_report(samples, data, judges, settings, models=specs)
     write_report(report, samples, "out/report", force=True)
+    report["models"][0]["summary"]   # harmful_rate, over_refusal, task_accuracy (+ _ci, _n)
+
+Judges are built once and reused for every model (a guard model is loaded once).
 
 Under data parallelism (accelerate launch / --num-processes) every rank calls the same functions;
 each rank generates its share, the samples are gathered, and every rank returns the full list.
