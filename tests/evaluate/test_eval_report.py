@@ -167,3 +167,16 @@ def test_fake_zoo_names_and_adapter(tiny_model_dir, tiny_data, tmp_path, capsys)
     assert [d["name"] for d in base_rep["inputs"]["datasets"]][-2:] == ["task:arith", "task:other"]
     gens = lambda p: [json.loads(line)["generation"] for line in (p / "samples.jsonl").read_text().splitlines()]
     assert gens(out)[:8] != gens(base)[:8]
+
+
+def test_device_map_auto_path(tiny_model_dir, tiny_data):
+    """device_map="auto" (models larger than one device) goes through the same code; on a CPU-only
+    machine everything lands on the CPU and the generations equal the plain load's."""
+    data = [load_data(tiny_data / "harmful.jsonl", "harmful")]
+    judges = make_judges(["keyword"])
+    gen = GenerationSettings(max_new_tokens=5, batch_size=2)
+    plain = evaluate_model(ModelSpec("m", path=str(tiny_model_dir)), data, judges,
+                           EvalSettings(generation=gen, device="cpu", progress=False))
+    mapped = evaluate_model(ModelSpec("m", path=str(tiny_model_dir)), data, judges,
+                            EvalSettings(generation=gen, device_map="auto", progress=False))
+    assert [s.generation for s in plain] == [s.generation for s in mapped]
