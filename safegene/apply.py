@@ -29,7 +29,7 @@ from safegene.family import check_compatible
 from safegene.gene import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Gene, adapter_config,
                            load_gene, normalize_coefficients)
 from safegene.io import (DEFAULT_SHARD_BYTES, ModelReader, ShardWriter, SpooledWriter,
-                         atomic_output_dir, check_output_path, copy_side_files, hash_model_dir)
+                         all_finite, atomic_output_dir, check_output_path, copy_side_files, hash_model_dir)
 
 FORMS = ("merged", "adapter", "combined")
 APPLY_RECORD = "safegene_apply.json"
@@ -187,22 +187,27 @@ def _check_family(gene: Gene, reader: ModelReader, task: TaskLora | None) -> Non
 def _write_merged(tmp: Path, reader: ModelReader, gene: Gene, alphas: dict, task: TaskLora | None,
                   shard_size: int, progress) -> None:
     items = [(n, reader.entry(n).dtype, reader.entry(n).shape) for n in reader.names()]
-    writer = ShardWriter(tmp, items, max_shard_bytes=shard_size)
+    writer = ShardWriter(tmp, items, max_shard_bytes=shard_size, check_finite=False)
     task_mods = task.modules if task else {}
+    ws = reader.workspace
     for name in tqdm(reader.names(), desc="apply (merged)", unit="tensor",
                      disable=None if progress is None else not progress):
-        t = reader.get(name)
-        mod = name.removesuffix(".weight")
-        if name in alphas or (name.endswith(".weight") and mod in task_mods):
-            w = t.float()
-            if mod in task_mods and name.endswith(".weight"):
-                w += task.delta(mod)
-            if name in alphas:
-                w.add_(gene.delta(name), alpha=alphas[name])
-            t = w.to(t.dtype)
-            del w
-        elif t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        t = reader.get_temp(name, slot="target")  # scratch slots: see safegene.io.workspace
+        if not all_finite(t):
             raise SafeGeneError(f"NaN or Inf in the target's tensor {name!r}")
+        mod = name.removesuffix(".weight")
+        task_here = name.endswith(".weight") and mod in task_mods
+        if name in alphas or task_here:
+            w = ws.tensor("work", t.shape, torch.float32).copy_(t)
+            if task_here:
+                a, b, s = task.factors(mod)
+                w.addmm_(b, a, alpha=s)
+            if name in alphas:
+                gene.add_to(w, name, alphas[name])
+            t = ws.tensor("merged", t.shape, t.dtype).copy_(w)
+            if not all_finite(t):
+                raise SafeGeneError(f"NaN or Inf in the merged tensor {name!r} (from the gene, "
+                                    "the adapter or the coefficients)")
         writer.write(name, t)
         del t
     writer.close()

@@ -40,6 +40,7 @@ coefficients=..., scores=...)`, `normalize_coefficients(value)`, `normalize_sele
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from collections import Counter
@@ -51,7 +52,7 @@ from tqdm.auto import tqdm
 
 from safegene.errors import SafeGeneError
 from safegene.family import DEFAULT_KINDS, KINDS, TensorName, check_compatible, fingerprint, parse_name
-from safegene.io import (ModelReader, ShardWriter, SpooledWriter, atomic_output_dir,
+from safegene.io import (ModelReader, ShardWriter, SpooledWriter, all_finite, atomic_output_dir,
                          check_output_path, hash_model_dir)
 
 FORMAT = "safegene-gene"
@@ -225,6 +226,13 @@ class Gene:
         a, b = self.factors(tensor)
         return b @ a
 
+    def add_to(self, weight: torch.Tensor, tensor: str, alpha: float = 1.0) -> torch.Tensor:
+        """weight += alpha · δ in place (float32 weight), without materialising δ twice."""
+        if self.kind == "dense":
+            return weight.add_(self._reader.get_temp(tensor, slot="gene"), alpha=alpha)
+        a, b = self.factors(tensor)
+        return weight.addmm_(b, a, alpha=alpha)
+
     def close(self) -> None:
         self._reader.close()
 
@@ -287,17 +295,20 @@ def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> int:
 
 
 def compress(delta: torch.Tensor, rank: int | None = DEFAULT_RANK, energy: float | None = None,
-             seed: int = 0) -> Compressed:
+             seed: int = 0, norm: float | None = None) -> Compressed:
     """Truncated SVD of a float32 δ into LoRA factors (B = U√S, A = √S Vᵀ, so δ ≈ B @ A).
 
     Exact SVD (torch.linalg.svd) for small matrices, for `energy` (it needs the full spectrum)
     and for ranks above a quarter of the smaller side; otherwise randomized SVD
-    (torch.svd_lowrank, oversampled, 4 power iterations, seeded). The reported rel_error is
-    measured on the factors themselves, so it is the truth whichever SVD ran.
+    (torch.svd_lowrank: oversampled by max(10, r/2), 2 power iterations, seeded).
+
+    rel_error = ‖δ − B·A‖_F / ‖δ‖_F. Both SVDs make B·A an orthogonal projection of δ, so
+    ‖δ − B·A‖² = ‖δ‖² − Σ_{i≤r} σᵢ² — computed that way (float64) when the error is large, and
+    from the explicit residual when it is small (< 3 %, where the subtraction would cancel).
     """
     m, n = delta.shape
     k = min(m, n)
-    norm = float(torch.linalg.matrix_norm(delta))
+    norm = float(torch.linalg.matrix_norm(delta)) if norm is None else norm
     if norm == 0.0:
         z = delta.new_zeros
         return Compressed(z((1, n)), z((m, 1)), 0.0, "zero")
@@ -307,14 +318,19 @@ def compress(delta: torch.Tensor, rank: int | None = DEFAULT_RANK, energy: float
         method = "svd"
     else:
         torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(delta, q=min(k, rank + max(10, rank // 2)), niter=4)
+        u, s, v = torch.svd_lowrank(delta, q=min(k, rank + max(10, rank // 2)), niter=2)
         vh, method = v.T, "randomized_svd"
     r = choose_rank(s, rank, energy)
     root = s[:r].sqrt()
     b = (u[:, :r] * root).contiguous()
     a = (root[:, None] * vh[:r]).contiguous()
-    err = float(torch.linalg.matrix_norm(delta - b @ a)) / norm
-    return Compressed(a, b, err, method)
+    kept = float(s[:r].double().square().sum())
+    rel2 = max(0.0, 1.0 - kept / norm**2)
+    if rel2 < 1e-3:
+        rel = float(torch.linalg.matrix_norm(torch.addmm(delta, b, a, alpha=-1.0))) / norm
+    else:
+        rel = rel2 ** 0.5
+    return Compressed(a, b, rel, method)
 
 
 # --- extraction ------------------------------------------------------------------------------
@@ -345,17 +361,34 @@ def gene_tensors(names: list[str], shapes: dict, model_type: str | None,
     return chosen
 
 
-def _delta(tensor: str, aligned: ModelReader, degraded: list[ModelReader], device) -> torch.Tensor:
-    """δ = aligned − mean(degraded) in float32; SafeGeneError on NaN/Inf in any input."""
-    acc = None
-    for r in degraded:
-        d = r.get(tensor, torch.float32).to(device)
-        acc = d if acc is None else acc.add_(d)
-        del d
-    delta = aligned.get(tensor, torch.float32).to(device).sub_(acc.div_(len(degraded)))
-    if not bool(torch.isfinite(delta).all()):
+def _delta(tensor: str, aligned: ModelReader, degraded: list[ModelReader],
+           device) -> tuple[torch.Tensor, float]:
+    """(δ, ‖δ‖_F) with δ = aligned − mean(degraded) in float32; SafeGeneError on NaN/Inf.
+
+    On CPU δ lives in the aligned reader's scratch slot: valid until the next call. The degraded
+    operand is cast to float32 first (measured faster than the mixed-dtype in-place op).
+    """
+    delta = _f32(aligned, tensor, "aligned", device)
+    if len(degraded) == 1:
+        delta.sub_(_f32(degraded[0], tensor, "degraded", device))
+    else:
+        acc = degraded[0].workspace.tensor("acc", delta.shape, torch.float32).to(device)
+        acc.copy_(_f32(degraded[0], tensor, "degraded", device))
+        for r in degraded[1:]:
+            acc.add_(_f32(r, tensor, "degraded", device))
+        delta.sub_(acc.div_(len(degraded)))
+        del acc
+    norm = float(torch.linalg.vector_norm(delta))
+    if not math.isfinite(norm) and not all_finite(delta):
         raise SafeGeneError(f"NaN or Inf in {tensor!r} of the aligned or degraded models")
-    return delta
+    return delta, norm
+
+
+def _f32(reader: ModelReader, tensor: str, slot: str, device) -> torch.Tensor:
+    """A float32 tensor on `device`; on CPU it lives in the reader's scratch slot `slot`."""
+    if str(device) == "cpu":
+        return reader.get_temp(tensor, torch.float32, slot=slot)
+    return reader.get_temp(tensor, slot=slot).to(device, torch.float32)
 
 
 def _open_family(aligned: str, degraded: list[str]) -> tuple[ModelReader, list[ModelReader], dict]:
@@ -363,7 +396,7 @@ def _open_family(aligned: str, degraded: list[str]) -> tuple[ModelReader, list[M
     fp = fingerprint(a.config(), a.shapes())
     ds = []
     for path in degraded:
-        d = ModelReader(path)
+        d = ModelReader(path, workspace=ds[0].workspace if ds else None)
         check_compatible(fp, d.config(), d.shapes(), what=f"degraded model {path}")
         ds.append(d)
     return a, ds, fp
@@ -419,10 +452,10 @@ def _module_meta(p: TensorName, shape, rank, rel_error, norm) -> dict:
 
 def _write_dense(tmp: Path, targets, a, ds, meta, *, device, progress, **_) -> None:
     items = [(p.name, torch.float32, a.entry(p.name).shape) for p in targets]
-    writer = ShardWriter(tmp, items, prefix=DENSE_PREFIX)
+    writer = ShardWriter(tmp, items, prefix=DENSE_PREFIX, check_finite=False)  # _delta checked
     for p in tqdm(targets, desc="extract (dense)", unit="tensor", disable=_quiet(progress)):
-        delta = _delta(p.name, a, ds, device)
-        meta["modules"][p.name] = _module_meta(p, delta.shape, None, 0.0, float(delta.norm()))
+        delta, norm = _delta(p.name, a, ds, device)
+        meta["modules"][p.name] = _module_meta(p, delta.shape, None, 0.0, norm)
         writer.write(p.name, delta.cpu())
         del delta
     writer.close()
@@ -435,15 +468,14 @@ def _write_lora(tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, 
     try:
         for i, p in enumerate(tqdm(targets, desc="extract (svd)", unit="tensor",
                                    disable=_quiet(progress))):
-            delta = _delta(p.name, a, ds, device)
-            c = compress(delta, rank, energy, seed=seed + i)
+            delta, norm = _delta(p.name, a, ds, device)
+            c = compress(delta, rank, energy, seed=seed + i, norm=norm)
             key = PEFT_PREFIX + p.module_path
             writer.write(key + ".lora_A.weight", c.a.cpu())
             writer.write(key + ".lora_B.weight", c.b.cpu())
             ranks[p.module_path] = c.a.shape[0]
             methods[c.method] += 1
-            meta["modules"][p.name] = _module_meta(p, delta.shape, c.a.shape[0], c.rel_error,
-                                                   float(delta.norm()))
+            meta["modules"][p.name] = _module_meta(p, delta.shape, c.a.shape[0], c.rel_error, norm)
             del delta, c
         writer.close()
     except BaseException:

@@ -17,6 +17,7 @@ import torch
 
 from safegene.errors import SafeGeneError
 from safegene.io.safetensors_format import TensorEntry, read_header, read_tensor
+from safegene.io.workspace import Workspace
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
@@ -45,12 +46,16 @@ class ModelReader:
     """Lazy, mmap-free access to the tensors of a safetensors checkpoint directory.
 
     `names()` (in file order), `entry(name)` (dtype, shape, bytes), `get(name, dtype=None)`
-    and `iter_tensors()`. Raises SafeGeneError for a missing or non-model directory and, unless
+    (a fresh tensor, safe to keep), `get_temp(name, dtype, slot)` (a view into a reusable
+    scratch slot of `workspace`, valid until that slot is used again: for the hot loops) and
+    `iter_tensors()`. Raises SafeGeneError for a missing or non-model directory and, unless
     `allow_pickle`, for pickle-only checkpoints (see safegene.models.check_model_dir).
     """
 
-    def __init__(self, path: str | os.PathLike, prefix: str = "model", *, need_config: bool = True):
+    def __init__(self, path: str | os.PathLike, prefix: str = "model", *, need_config: bool = True,
+                 workspace: Workspace | None = None):
         self.path = Path(path)
+        self.workspace = workspace if workspace is not None else Workspace()
         if not self.path.is_dir():
             raise SafeGeneError(f"directory not found: {self.path}")
         if need_config and not (self.path / "config.json").is_file():
@@ -105,6 +110,18 @@ class ModelReader:
             fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)
         t = read_tensor(e, fd)
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
+
+    def get_temp(self, name: str, dtype: torch.dtype | None = None, slot: str = "tmp") -> torch.Tensor:
+        """One tensor read into scratch slot `slot` (cast into slot `slot + ".cast"` when `dtype`
+        differs). Valid until the slot's next use; no allocation once the slots have grown."""
+        e = self.entry(name)
+        fd = self._fds.get(e.path)
+        if fd is None:
+            fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)
+        raw = read_tensor(e, fd, out=self.workspace.tensor(slot, (e.nbytes,), torch.uint8))
+        if dtype is None or dtype == e.dtype:
+            return raw
+        return self.workspace.tensor(slot + ".cast", e.shape, dtype).copy_(raw)
 
     def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         for name in names if names is not None else self.names():

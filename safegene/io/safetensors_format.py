@@ -81,13 +81,15 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
     return entries, meta
 
 
-def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
-    """The tensor's bytes pread into a fresh CPU buffer (no mmap; freed when the tensor is)."""
+def read_tensor(entry: TensorEntry, fd: int | None = None,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """The tensor's bytes pread into a fresh CPU buffer (no mmap; freed when the tensor is), or
+    into `out` (a uint8 tensor of exactly entry.nbytes) when given."""
     own = fd is None
     if own:
         fd = os.open(entry.path, os.O_RDONLY)
     try:
-        buf = torch.empty(entry.nbytes, dtype=torch.uint8)
+        buf = torch.empty(entry.nbytes, dtype=torch.uint8) if out is None else out
         view, done = buf.numpy(), 0
         while done < entry.nbytes:  # preadv may return short counts on large reads
             got = os.preadv(fd, [view[done:]], entry.begin + done)
@@ -97,9 +99,18 @@ def read_tensor(entry: TensorEntry, fd: int | None = None) -> torch.Tensor:
     finally:
         if own:
             os.close(fd)
-    if entry.dtype == torch.bool:
-        return buf.view(torch.bool).reshape(entry.shape)
     return buf.view(entry.dtype).reshape(entry.shape)
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """True when no element is NaN or ±Inf. A float32 sum propagates NaN/Inf and is a fast
+    vectorized reduction, so a finite sum proves the tensor finite; only when the sum is not
+    finite (NaN/Inf inside, or finite values overflowing) is the exact element check run."""
+    if not t.is_floating_point() or t.numel() == 0:
+        return True
+    if bool(torch.isfinite(torch.sum(t, dtype=torch.float32))):
+        return True
+    return bool(torch.isfinite(t).all())
 
 
 def tensor_bytes(t: torch.Tensor) -> memoryview:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from safegene.errors import SafeGeneError
-from safegene.io.safetensors_format import encode_header, tensor_bytes
+from safegene.io.safetensors_format import all_finite, encode_header, tensor_bytes
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3  # transformers' own default max_shard_size is 5GB-ish
 
@@ -111,7 +111,7 @@ class ShardWriter:
         if name != pname or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
             raise RuntimeError(f"write of {name!r} {tensor.dtype} {tuple(tensor.shape)} does not "
                                f"match the plan's {pname!r} {dtype} {tuple(shape)}")
-        if self.check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if self.check_finite and not all_finite(tensor):
             raise SafeGeneError(f"NaN or Inf in output tensor {name!r}; nothing was written")
         if index != self._shard:
             self._open_shard(index)
@@ -164,7 +164,7 @@ class SpooledWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         if name in self._names:
             raise RuntimeError(f"tensor {name!r} written twice")
-        if self.check_finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if self.check_finite and not all_finite(tensor):
             raise SafeGeneError(f"NaN or Inf in output tensor {name!r}; nothing was written")
         self._spool.write(tensor_bytes(tensor))
         self._items.append((name, tensor.dtype, tuple(tensor.shape)))

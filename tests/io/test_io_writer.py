@@ -81,3 +81,13 @@ def test_parse_size():
     assert parse_size("1.5GiB") == int(1.5 * 1024**3) and parse_size(123) == 123
     with pytest.raises(SafeGeneError):
         parse_size("lots")
+
+
+def test_all_finite_fast_path_and_fallback():
+    from safegene.io import all_finite
+
+    assert all_finite(torch.ones(10, dtype=torch.bfloat16)) and all_finite(torch.arange(3))
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), float("-inf")]))  # sum is NaN
+    assert not all_finite(torch.tensor([1.0, float("-inf")], dtype=torch.float16))
+    assert all_finite(torch.full((4,), 3e38))  # the sum overflows, the values do not
