@@ -236,6 +236,12 @@ class Gene:
     def close(self) -> None:
         self._reader.close()
 
+    def __enter__(self) -> "Gene":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def load_gene(path: str | os.PathLike) -> Gene:
     """Open a gene directory (LoRA or dense); raises SafeGeneError if it is not one."""

@@ -148,3 +148,17 @@ def test_nan_target_and_bad_options_write_nothing(setup, tmp_path):
     with pytest.raises(SafeGeneError, match="overlaps"):
         apply_gene(setup["gene"], setup["degraded"], setup["degraded"], force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad"]
+
+
+def test_lm_head_gene_through_peft(tmp_path):
+    """Outside the decoder layers: lm_head δ as LoRA (regex target_modules), same logits."""
+    aligned, degraded = em.family_pair(tmp_path, "qwen2")
+    gene = extract(aligned, [degraded], tmp_path / "gene", modules=["lm_head", "q_proj"],
+                   progress=False)
+    with load_gene(gene) as g:
+        assert {m.module for m in g.modules.values()} == {"lm_head", "q_proj"}
+    assert isinstance(json.loads((gene / "adapter_config.json").read_text())["target_modules"], str)
+    merged = apply_gene(gene, degraded, tmp_path / "m", progress=False)
+    torch.testing.assert_close(em.state(merged)["lm_head.weight"], em.state(aligned)["lm_head.weight"],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(_logits(degraded, adapter=gene), _logits(merged), atol=1e-4, rtol=1e-4)
