@@ -323,8 +323,10 @@ def compress(delta: torch.Tensor, rank: int | None = DEFAULT_RANK, energy: float
         u, s, vh = torch.linalg.svd(delta, full_matrices=False)
         method = "svd"
     else:
-        torch.manual_seed(seed)
-        u, s, v = torch.svd_lowrank(delta, q=min(k, rank + max(10, rank // 2)), niter=2)
+        devices = [delta.device] if delta.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # seeded, without touching global RNG state
+            torch.manual_seed(seed)
+            u, s, v = torch.svd_lowrank(delta, q=min(k, rank + max(10, rank // 2)), niter=2)
         vh, method = v.T, "randomized_svd"
     r = choose_rank(s, rank, energy)
     root = s[:r].sqrt()

@@ -67,6 +67,11 @@ def test_randomized_svd_is_accurate():
     assert c.rel_error == pytest.approx(residual, rel=1e-3)  # the spectrum shortcut is honest
     assert c.rel_error == pytest.approx(exact, rel=0.02)
     assert c.a.shape == (16, 700) and c.b.shape == (600, 16)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    again = compress(delta, rank=16, seed=1)
+    assert torch.equal(again.a, c.a) and torch.equal(again.b, c.b)  # seeded: reproducible
+    assert torch.equal(torch.get_rng_state(), state)  # and the global RNG is left alone
 
 
 def test_energy_picks_the_smallest_rank_and_zero_delta():
