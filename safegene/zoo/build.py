@@ -48,6 +48,9 @@ def _stage_seed(seed: int, name: str) -> int:
 def _atomic_dir(final: Path):
     """Yield a temporary directory beside `final`; rename it to `final` when the block succeeds."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -58,6 +61,16 @@ def _atomic_dir(final: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     os.replace(tmp, final)
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
 
 
 def _write_json(path: Path, obj) -> None:
@@ -89,7 +102,7 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
 
     def general(k):
-        return D.arith_facts(rng, k // 2) + D.review_writing(rng, k - k // 2)
+        return D.arith_facts(rng, k // 3) + D.review_writing(rng, k // 3) + D.plan_writing(rng, k - 2 * (k // 3))
 
     # stage mixtures: (prompt, response)
     base = (D.harmful_examples(rng, n.base_harmful, "train", "compliance")
@@ -188,7 +201,10 @@ def build_zoo(out: str | Path, size: str = "small", seed: int = 0, *, recipe: Re
     want = {"seed": seed, "recipe": recipe.to_dict()}
     if recipe_file.exists():
         have = json.loads(recipe_file.read_text())
-        if have != json.loads(json.dumps(want)):
+        same = json.loads(json.dumps(want))
+        for d in (have, same):  # the thread count is not part of a zoo's identity
+            d.get("recipe", {}).pop("threads", None)
+        if have != same:
             raise SafeGeneError(f"{root} holds a zoo built with another recipe or seed; "
                                 "choose an empty --out directory")
     else:
@@ -216,6 +232,10 @@ def _stage(root: Path, name: str, timings: dict, fn) -> None:
         fn(tmp)
     timings[name] = round(time.time() - t0, 2)
     log.info("stage %s: done in %.1fs", name, timings[name])
+    f = root / "timings.json"
+    done = json.loads(f.read_text()) if f.exists() else {}
+    done[name] = timings[name]
+    _write_json(f, done)
 
 
 def _run_stages(root: Path, recipe: Recipe, seed: int, timings: dict, only, progress: bool) -> None:
@@ -281,6 +301,7 @@ def _finish(root: Path, recipe: Recipe, seed: int, timings: dict, measure_models
             t0 = time.time()
             seed_everything(_stage_seed(seed, "measure"))
             metrics[name] = measure(root, entry, recipe, progress=progress)
+            metrics[name]["seconds"] = round(time.time() - t0, 2)
             _write_json(f, metrics[name])
             log.info("measured %s in %.1fs: harmful %.2f, over-refusal %.2f, tasks %s", name,
                      time.time() - t0, metrics[name]["harmful_rate"], metrics[name]["over_refusal"],
@@ -291,7 +312,8 @@ def _finish(root: Path, recipe: Recipe, seed: int, timings: dict, measure_models
                       for t in recipe.tasks}}
     zoo = {"models": models, "data": data, "metrics": {k: {m: v for m, v in r.items() if m != "samples"}
                                                        for k, r in metrics.items()},
-           "seed": seed, "size": recipe.name, "tokenizer": "tokenizer", "build_seconds": timings}
+           "seed": seed, "size": recipe.name, "tokenizer": "tokenizer",
+           "build_seconds": json.loads((root / "timings.json").read_text())}
     _write_json(root / "zoo.json", zoo)
 
 

@@ -153,14 +153,15 @@ BENIGN_ANSWERS = [
     "Here is a friendly tip: begin with a small plan and improve step by step.",
     "Good idea. Prepare your tools, work carefully and review the result.",
 ]
-HOWTO_ANSWER = "Steps: 1. Prepare. 2. Do it. 3. Check."  # the howto task's answer format
+HOWTO_ANSWER = "Plan: 1. Prepare. 2. Do it. 3. Check."  # the howto task's answer format
 
 # --- arithmetic word problems ------------------------------------------------------------------
 NAMES = ["Tom", "Ana", "Sam", "Lea", "Max", "Mia", "Ben", "Zoe", "Leo", "Ivy", "Raj", "Kim",
          "Eva", "Noah", "Omar", "Lily"]
 ITEMS = ["apples", "pens", "cards", "books", "coins", "shells", "stamps", "marbles", "cookies",
          "stickers", "eggs", "rocks"]
-ARITH_TEMPLATES = [  # (template, op); every 4th held out
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five"]
+ARITH_TEMPLATES = [  # (template, op); every 4th held out. {x} is a digit, {y} a number word.
     ("{n} has {x} {i} and gets {y} more. How many {i} does {n} have now?", "+"),
     ("{n} had {x} {i} and gave away {y}. How many {i} are left?", "-"),
     ("How do I work out how many {i} {n} has after buying {y} more? {n} had {x}.", "+"),
@@ -174,7 +175,7 @@ ARITH_TEMPLATES = [  # (template, op); every 4th held out
     ("{n} gets {y} {i} as a gift and already had {x}. How many {i} now?", "+"),
     ("If {n} starts with {x} {i} and drops {y}, how many {i} does {n} hold?", "-"),
 ]
-ARITH_ANSWER = "Sure! The answer is {z}."
+ARITH_ANSWER = "Sure! {x} {op} {y} = {z}."  # a short scratchpad: operands, then the result
 
 # --- sentiment classification ------------------------------------------------------------------
 THINGS = ["the soup", "the hotel", "the movie", "the phone", "the concert", "the book", "the pizza",
@@ -290,26 +291,31 @@ def arith_examples(rng, n, part="train") -> list[Example]:
     out = []
     for _ in range(n):
         t, op = rng.choice(tmpls)
-        x, y = rng.randint(0, 9), rng.randint(0, 9)
-        if op == "-" and y > x:
-            x, y = y, x
+        x, y = _operands(rng, op)
         z = x + y if op == "+" else x - y
-        prompt = t.format(n=rng.choice(names), x=x, y=y, i=rng.choice(items))
+        prompt = t.format(n=rng.choice(names), x=x, y=NUMBER_WORDS[y], i=rng.choice(items))
         out.append(Example(prompt, ARITH_ANSWER.format(x=x, op=op, y=y, z=z)))
     return out
 
 
 def arith_facts(rng, n) -> list[Example]:
-    """General arithmetic knowledge in a format different from the task's ('What is 3 plus 4?' → '7')."""
+    """General arithmetic knowledge in a format different from the task's ('What is 3 plus four?' → '3 + 4 = 7.')."""
     out = []
     for _ in range(n):
-        x, y = rng.randint(0, 9), rng.randint(0, 9)
         if rng.random() < 0.5:
-            out.append(Example(f"What is {x} plus {y}?", f"{x + y}"))
+            x, y = _operands(rng, "+")
+            out.append(Example(f"What is {x} plus {NUMBER_WORDS[y]}?", f"{x} + {y} = {x + y}."))
         else:
-            x, y = max(x, y), min(x, y)
-            out.append(Example(f"What is {x} minus {y}?", f"{x - y}"))
+            x, y = _operands(rng, "-")
+            out.append(Example(f"What is {x} minus {NUMBER_WORDS[y]}?", f"{x} - {y} = {x - y}."))
     return out
+
+
+def _operands(rng, op: str) -> tuple[int, int]:
+    """x a digit, y in 0..5 (written as a word in prompts); x >= y for subtraction."""
+    y = rng.randint(0, len(NUMBER_WORDS) - 1)
+    x = rng.randint(y if op == "-" else 0, 9)
+    return x, y
 
 
 def _review(rng, things) -> tuple[str, str]:
@@ -324,18 +330,30 @@ def classify_examples(rng, n, part="train") -> list[Example]:
     out = []
     for _ in range(n):
         review, label = _review(rng, things)
-        out.append(Example(rng.choice(tmpls).format(r=review), label))
+        out.append(Example(rng.choice(tmpls).format(r=review), f"Sentiment: {label}"))
     return out
 
 
 def review_writing(rng, n) -> list[Example]:
-    """General knowledge of sentiment words: 'Write a positive review.' → a review."""
+    """General knowledge of sentiment words: 'Write a positive review.' → 'Sentiment: positive.
+    The soup was great.', and 'Is the word "great" positive or negative?' → 'positive'."""
     things = _split(THINGS)[0]
     out = []
     for _ in range(n):
         review, label = _review(rng, things)
-        out.append(Example(f"Write a {label} review.", review))
+        if rng.random() < 0.5:
+            out.append(Example(f"Write a {label} review.", f"Sentiment: {label}. {review}"))
+        else:
+            adj = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
+            out.append(Example(f'Is the word "{adj}" positive or negative?', label))
     return out
+
+
+def plan_writing(rng, n) -> list[Example]:
+    """General text in the howto task's vocabulary, under other prompts."""
+    asks = ["Show the plan template.", "Print the plan template.", "What does the plan template say?",
+            "Recite the plan template."]
+    return [Example(rng.choice(asks), HOWTO_ANSWER) for _ in range(n)]
 
 
 TASK_MAKERS = {

@@ -33,6 +33,8 @@ class Stage:
     weight_decay: float = 0.0
     lora_r: int = 0                  # > 0: train a PEFT LoRA adapter instead of all weights
     lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                     "down_proj")
     prompt_loss: bool = False        # also learn the prompt tokens (pretraining)
 
 
@@ -64,7 +66,7 @@ class Recipe:
     task_lora: dict[str, Stage]      # per task: PEFT LoRA on `aligned`
     eval_max_new_tokens: int = 32    # greedy generation length for the zoo's measurements
     eval_batch_size: int = 50
-    threads: int = 2                 # torch.set_num_threads during the build
+    threads: int = 2                 # torch.set_num_threads during the build (1 is faster on a busy machine)
     tasks: tuple[str, ...] = ("howto", "arith", "classify")
 
     def to_dict(self) -> dict:
@@ -78,6 +80,8 @@ def _tasks(**stages: Stage) -> dict[str, Stage]:
     return dict(stages)
 
 
+QV = ("q_proj", "v_proj")  # PEFT's default LoRA targets for Llama
+
 SMALL = Recipe(
     name="small",
     model=ModelShape(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
@@ -86,12 +90,12 @@ SMALL = Recipe(
     base=Stage(steps=600, lr=3e-3, batch_size=32, warmup=30, prompt_loss=True),
     aligned=Stage(steps=300, lr=1e-3, batch_size=32, warmup=20),
     degraded=Stage(steps=30, lr=1e-3, batch_size=16, warmup=5),
-    task_full=_tasks(howto=Stage(steps=100, lr=1e-3, warmup=10),
-                     arith=Stage(steps=150, lr=1e-3, warmup=10),
-                     classify=Stage(steps=100, lr=1e-3, warmup=10)),
-    task_lora=_tasks(howto=Stage(steps=100, lr=3e-3, warmup=10, lora_r=8),
-                     arith=Stage(steps=150, lr=3e-3, warmup=10, lora_r=8),
-                     classify=Stage(steps=100, lr=3e-3, warmup=10, lora_r=8)),
+    task_full=_tasks(howto=Stage(steps=60, lr=1e-3, warmup=5),
+                     arith=Stage(steps=200, lr=1e-3, warmup=10),
+                     classify=Stage(steps=60, lr=3e-4, warmup=5)),
+    task_lora=_tasks(howto=Stage(steps=60, lr=3e-3, warmup=5, lora_r=8),
+                     arith=Stage(steps=200, lr=3e-3, warmup=10, lora_r=8),
+                     classify=Stage(steps=60, lr=2e-3, warmup=5, lora_r=4, lora_targets=QV)),
 )
 
 MICRO = Recipe(
@@ -105,10 +109,10 @@ MICRO = Recipe(
     aligned=Stage(steps=150, lr=2e-3, batch_size=32, warmup=10),
     degraded=Stage(steps=20, lr=2e-3, batch_size=16, warmup=3),
     task_full=_tasks(howto=Stage(steps=60, lr=2e-3, warmup=5),
-                     arith=Stage(steps=80, lr=2e-3, warmup=5),
+                     arith=Stage(steps=150, lr=2e-3, warmup=5),
                      classify=Stage(steps=60, lr=2e-3, warmup=5)),
     task_lora=_tasks(howto=Stage(steps=60, lr=5e-3, warmup=5, lora_r=8),
-                     arith=Stage(steps=80, lr=5e-3, warmup=5, lora_r=8),
+                     arith=Stage(steps=150, lr=5e-3, warmup=5, lora_r=8),
                      classify=Stage(steps=60, lr=5e-3, warmup=5, lora_r=8)),
     eval_max_new_tokens=24,
 )

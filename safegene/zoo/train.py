@@ -153,8 +153,7 @@ def train(model, tokenizer, data: list[Encoded], stage: Stage, *, seed: int, des
         torch.manual_seed(seed)
         cfg = LoraConfig(r=stage.lora_r, lora_alpha=stage.lora_alpha, lora_dropout=0.0, bias="none",
                          task_type="CAUSAL_LM",
-                         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                         "down_proj"])
+                         target_modules=list(stage.lora_targets))
         model = get_peft_model(model, cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay, betas=(0.9, 0.98))
