@@ -286,6 +286,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--size", choices=("micro", "small"), default="small",
                    help="zoo size: small (the real demo) or micro (a quick smoke run)")
     p.add_argument("--seed", type=int, default=0, help="seed for the zoo and the comparison")
+    p.add_argument("--zoo", metavar="DIR", help="use this already built zoo instead of building DIR/zoo")
     p.add_argument("--force", action="store_true", help="rerun the comparison over an existing report")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run_demo)
@@ -295,7 +296,8 @@ def _run_demo(args) -> int:
     from safegene.compare import format_table
     from safegene.demo import run_demo
 
-    report = run_demo(args.out, size=args.size, seed=args.seed, force=args.force, progress=not args.quiet)
+    report = run_demo(args.out, size=args.size, seed=args.seed, zoo=args.zoo, force=args.force,
+                      progress=not args.quiet)
     print(format_table(report))
     print(f"report: {args.out}/report/report.md")
     return 0

@@ -11,6 +11,7 @@ and prints the table and the report's path. Everything lands under one directory
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import yaml
@@ -36,7 +37,7 @@ def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = No
     zoo = json.loads(zoo_file.read_text())
 
     def rel(p: str | None) -> str | None:
-        return None if p is None else str((zoo_dir / p).relative_to(relative_to))
+        return None if p is None else os.path.relpath(zoo_dir / p, relative_to)
 
     models, data = zoo["models"], zoo["data"]
     tasks = []
@@ -61,19 +62,29 @@ def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = No
 
 
 def run_demo(out: str | Path = "demo-out", *, size: str = "small", seed: int = 0,
-             force: bool = False, progress: bool = True) -> dict:
-    """Build/reuse the zoo, write the recipe, run compare; returns the compare report."""
+             zoo: str | Path | None = None, methods: dict | None = None,
+             tasks: list[str] | None = None, force: bool = False, progress: bool = True) -> dict:
+    """Build/reuse the zoo, write the recipe, run compare; returns the compare report.
+
+    `zoo`: an already built zoo to use instead of DIR/zoo. `methods`, `tasks`: a smaller grid or
+    a subset of the task models (names as in the recipe, e.g. "howto", "howto-lora")."""
     from safegene.compare import run_compare
     from safegene.zoo.build import build_zoo
 
-    out = Path(out)
+    out = Path(out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     report_dir = out / "report"
     if report_dir.exists() and not force:
         raise SafeGeneError(f"{report_dir} exists; pass --force to run the comparison again "
                             "(the zoo is reused either way)")
-    zoo_dir = build_zoo(out / "zoo", size=size, seed=seed, progress=progress)
-    recipe = zoo_recipe(zoo_dir, out, seed=seed)
+    zoo_dir = Path(zoo).absolute() if zoo else build_zoo(out / "zoo", size=size, seed=seed,
+                                                         progress=progress)
+    recipe = zoo_recipe(zoo_dir, out, seed=seed, methods=methods)
+    if tasks is not None:
+        unknown = set(tasks) - {t["name"] for t in recipe["tasks"]}
+        if unknown:
+            raise SafeGeneError(f"no task model {sorted(unknown)[0]!r} in the zoo")
+        recipe["tasks"] = [t for t in recipe["tasks"] if t["name"] in tasks]
     recipe_path = out / "recipe.yaml"
     tmp = recipe_path.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
