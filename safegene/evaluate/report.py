@@ -258,14 +258,20 @@ def plot_safety_utility(report: dict, path: str | Path) -> None:
     def err(value, ci):
         return [[value - ci[0]], [ci[1] - value]] if ci else None
 
+    markers = "osD^vP*Xh<>p"
     if both:
-        for m in both:
+        seen: dict = {}
+        for k, m in enumerate(both):
             s = m["summary"]
             x, y = 100 * s["task_accuracy"], 100 * s["harmful_rate"]
             ci_x = [100 * c for c in s["task_accuracy_ci"]] if s["task_accuracy_ci"] else None
             ci_y = [100 * c for c in s["harmful_rate_ci"]] if s["harmful_rate_ci"] else None
-            ax.errorbar([x], [y], xerr=err(x, ci_x), yerr=err(y, ci_y), fmt="o", capsize=3, label=m["name"])
-            ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+            ax.errorbar([x], [y], xerr=err(x, ci_x), yerr=err(y, ci_y), fmt=markers[k % len(markers)],
+                        capsize=3, label=m["name"], alpha=0.85)
+            at = (round(x, 1), round(y, 1))  # models on the same point: stack their labels
+            ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(6, 4 - 10 * seen.get(at, 0)),
+                        fontsize=8)
+            seen[at] = seen.get(at, 0) + 1
         ax.set_xlabel("task accuracy (%) →")
         ax.set_xlim(-5, 105)
         ax.legend(fontsize=7, loc="best")
