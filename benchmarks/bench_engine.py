@@ -2,11 +2,13 @@
 
 Generates a Llama-shaped bf16 sharded pair (aligned, degraded = aligned + noise) of >= 1.5 GB
 each, and a pair twice as deep, then measures side by side, each as a fresh child process
-(peak RSS = the child's ru_maxrss from wait4, which counts mapped file pages; wall time):
+(peak RSS = the child's ru_maxrss from wait4, which counts mapped file pages; wall time; CPU
+time = user + system, the robust number on a shared machine):
 
   read floor       a plain loop reading every tensor of both inputs with safetensors
   read+write floor reading every tensor of the target and writing its bytes to one file (fsynced)
   naive            load_file both models + subtract + save_file (the reference script)
+  (the two genes apply uses are extracted once, untimed, before the measured rounds)
   extract --dense  / extract --rank 16 / apply --as merged (rank-16 gene, and dense gene)
   mergekit         task_arithmetic on the same pair (optional: --mergekit-python PY)
 
@@ -138,30 +140,19 @@ t0 = time.perf_counter()
 p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
 _, status, usage = os.wait4(p.pid, 0)
 print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_counter() - t0,
-                  "maxrss_kib": usage.ru_maxrss}))
+                  "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}))
 """
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS GB) of one fresh child process (ru_maxrss: mapped pages count)."""
+def measure(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall s, CPU s, peak RSS GB) of one fresh child process (ru_maxrss: mapped pages count)."""
     p = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True)
     if p.returncode != 0 or not p.stdout.strip():
         raise RuntimeError(f"wrapper failed: {p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
     if r["rc"] != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r['rc']}):\n{p.stderr[-3000:]}")
-    return r["wall"], r["maxrss_kib"] / 1024**2
-
-
-def measure_best(cmd: list[str], repeat: int, cleanup) -> tuple[float, float]:
-    """Min wall time (the machine is shared: noise only ever adds) and max peak RSS of `repeat` runs."""
-    walls, peaks = [], []
-    for _ in range(repeat):
-        cleanup()
-        w, r = measure(cmd)
-        walls.append(w)
-        peaks.append(r)
-    return min(walls), max(peaks)
+    return r["wall"], r["cpu"], r["maxrss_kib"] / 1024**2
 
 
 def mergekit_cmd(py: str, base: Path, model: Path, out: Path, cfg_path: Path) -> list[str]:
@@ -178,52 +169,61 @@ def mergekit_cmd(py: str, base: Path, model: Path, out: Path, cfg_path: Path) ->
 
 
 def run_size(root: Path, layers: int, mergekit_python: str | None, repeat: int) -> list[dict]:
+    """Every task `repeat` times, round robin (so load swings on a shared machine hit all tasks
+    alike); per task the min wall and CPU time and the max peak RSS."""
     py, me = sys.executable, str(HERE)
     sg = [py, "-m", "safegene"]
     print(f"generating the {layers}-layer pair under {root} ...", flush=True)
     aligned, degraded = generate_pair(root, layers)
     size = dir_bytes(aligned)
     out = root / "out"
-    rows: list[dict] = []
     genes = {"rank16": root / "gene16", "dense": root / "gene_dense"}
-
-    def run(name: str, cmd: list[str], keep: Path | None = None) -> None:
-        target = keep or out
-        wall, rss = measure_best(cmd, repeat, lambda: shutil.rmtree(target, ignore_errors=True))
-        rows.append({"layers": layers, "model_gb": size / 1e9, "task": name, "wall_s": wall,
-                     "peak_rss_gb": rss})
-        print(f"  {name:<28} {wall:7.2f} s  {rss:6.2f} GB", flush=True)
-        shutil.rmtree(out, ignore_errors=True)
-
-    run("read floor (both inputs)", [py, me, "_floor_read", str(aligned), str(degraded)])
-    run("read+write floor (target)", [py, me, "_floor_read_write", str(degraded), str(out)])
-    run("naive load+sub+save", [py, me, "_naive", str(aligned), str(degraded), str(out)])
-    run("extract --dense", sg + ["extract", "--aligned", str(aligned), "--degraded", str(degraded),
-                                 "--out", str(genes["dense"]), "--dense"], keep=genes["dense"])
-    run("extract --rank 16", sg + ["extract", "--aligned", str(aligned), "--degraded", str(degraded),
-                                   "--out", str(genes["rank16"]), "--rank", "16"], keep=genes["rank16"])
-    run("apply --as merged (rank 16)", sg + ["apply", "--gene", str(genes["rank16"]), "--target",
-                                            str(degraded), "--out", str(out), "--shard-size", "500MB"])
-    run("apply --as merged (dense)", sg + ["apply", "--gene", str(genes["dense"]), "--target",
-                                          str(degraded), "--out", str(out), "--shard-size", "500MB"])
+    pair = ["--aligned", str(aligned), "--degraded", str(degraded)]
+    for kind, flag in (("rank16", ["--rank", "16"]), ("dense", ["--dense"])):  # apply's inputs
+        subprocess.run(sg + ["extract", *pair, "--out", str(genes[kind]), *flag], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tasks = {
+        "read floor (both inputs)": [py, me, "_floor_read", str(aligned), str(degraded)],
+        "read+write floor (target)": [py, me, "_floor_read_write", str(degraded), str(out)],
+        "naive load+sub+save": [py, me, "_naive", str(aligned), str(degraded), str(out)],
+        "extract --dense": sg + ["extract", *pair, "--out", str(out), "--dense"],
+        "extract --rank 16": sg + ["extract", *pair, "--out", str(out), "--rank", "16"],
+        "apply --as merged (rank 16)": sg + ["apply", "--gene", str(genes["rank16"]), "--target",
+                                             str(degraded), "--out", str(out), "--shard-size", "500MB"],
+        "apply --as merged (dense)": sg + ["apply", "--gene", str(genes["dense"]), "--target",
+                                           str(degraded), "--out", str(out), "--shard-size", "500MB"],
+    }
     if mergekit_python:
-        run("mergekit task_arithmetic", mergekit_cmd(mergekit_python, degraded, aligned, out,
-                                                     root / "mergekit.yml"))
+        tasks["mergekit task_arithmetic"] = mergekit_cmd(mergekit_python, degraded, aligned, out,
+                                                         root / "mergekit.yml")
+    runs: dict[str, list[tuple[float, float, float]]] = {t: [] for t in tasks}
+    for i in range(repeat):
+        for name, cmd in tasks.items():
+            shutil.rmtree(out, ignore_errors=True)
+            runs[name].append(measure(cmd))
+            w, c, r = runs[name][-1]
+            print(f"  [{i + 1}/{repeat}] {name:<28} {w:7.2f} s wall {c:7.2f} s cpu {r:6.2f} GB",
+                  flush=True)
     shutil.rmtree(root)
-    return rows
+    return [{"layers": layers, "model_gb": size / 1e9, "task": name,
+             "wall_s": min(x[0] for x in rs), "cpu_s": min(x[1] for x in rs),
+             "peak_rss_gb": max(x[2] for x in rs), "runs": rs} for name, rs in runs.items()]
 
 
 def report(rows: list[dict]) -> str:
-    """The table with ratios: extract vs read floor, apply vs read+write floor."""
-    lines = ["| layers | model GB | task | wall s | peak RSS GB | ratio |", "|---|---|---|---|---|---|"]
+    """The table with ratios: extract vs the read floor, apply/mergekit vs the read+write floor."""
+    lines = ["| layers | model GB | task | wall s | CPU s | peak RSS GB | wall ratio | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|"]
     by = {(r["layers"], r["task"]): r for r in rows}
     for r in rows:
         floor = ("read+write floor (target)" if r["task"].startswith(("apply", "mergekit"))
                  else "read floor (both inputs)")
-        base = by[(r["layers"], floor)]["wall_s"]
-        ratio = "" if "floor" in r["task"] else f"{r['wall_s'] / base:.2f}x {floor.split(' (')[0]}"
+        f = by[(r["layers"], floor)]
+        name = floor.split(" (")[0]
+        wr = "" if "floor" in r["task"] else f"{r['wall_s'] / f['wall_s']:.2f}x {name}"
+        cr = "" if "floor" in r["task"] else f"{r['cpu_s'] / f['cpu_s']:.2f}x"
         lines.append(f"| {r['layers']} | {r['model_gb']:.2f} | {r['task']} | {r['wall_s']:.2f} | "
-                     f"{r['peak_rss_gb']:.2f} | {ratio} |")
+                     f"{r['cpu_s']:.2f} | {r['peak_rss_gb']:.2f} | {wr} | {cr} |")
     layers = sorted({r["layers"] for r in rows})
     if len(layers) == 2:
         lines.append("")
@@ -231,7 +231,7 @@ def report(rows: list[dict]) -> str:
                      "apply --as merged (dense)", "naive load+sub+save", "mergekit task_arithmetic"):
             if (layers[0], task) in by and (layers[1], task) in by:
                 a, b = by[(layers[0], task)]["peak_rss_gb"], by[(layers[1], task)]["peak_rss_gb"]
-                lines.append(f"- peak RSS growth at 2x depth, {task}: {a:.2f} -> {b:.2f} GB "
+                lines.append(f"- peak RSS at 2x depth, {task}: {a:.2f} -> {b:.2f} GB "
                              f"({(b / a - 1) * 100:+.1f}%)")
     return "\n".join(lines)
 
@@ -245,7 +245,7 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/safegene-bench")
     ap.add_argument("--layers", type=int, default=13, help="depth of the first pair (13 -> 1.6 GB)")
     ap.add_argument("--mergekit-python", help="python of a venv with mergekit installed")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per task (min wall, max RSS)")
+    ap.add_argument("--repeat", type=int, default=2, help="rounds over all tasks (min time, max RSS)")
     ap.add_argument("--json", help="also write the raw rows here")
     args = ap.parse_args()
     root = Path(args.root)
