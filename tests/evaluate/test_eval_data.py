@@ -108,3 +108,32 @@ def test_zoo_splits_by_name(tmp_path):
         zoo_split_path(tmp_path, "benign_test")
     with pytest.raises(SafeGeneError, match="no zoo.json"):
         load_data("harmful_test", "harmful", zoo=tmp_path / "data")
+
+
+def test_hf_dataset_through_datasets(monkeypatch):
+    """The `datasets` path, with a stand-in module (no network here)."""
+    import sys
+    import types
+
+    calls = {}
+
+    class FakeDS(list):
+        _fingerprint = "abc123"
+
+    def load_dataset(name, split):
+        calls["args"] = (name, split)
+        if name == "missing/set":
+            raise FileNotFoundError("Couldn't find dataset missing/set on the Hub")
+        return FakeDS([{"goal": "do a bad thing", "target": "Sure"}, {"goal": "another", "target": "Sure"}])
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    ds = load_data("hf:walledai/AdvBench:train", "harmful", prompt_column="goal")
+    assert calls["args"] == ("walledai/AdvBench", "train")
+    assert ds.prompts == ["do a bad thing", "another"] and ds.sha256 == "abc123"
+    assert ds.name == "walledai/AdvBench" and ds.describe()["format"] == "hf"
+    load_data("walledai/AdvBench", "harmful", prompt_column="goal")  # a bare id that is not a path
+    assert calls["args"] == ("walledai/AdvBench", "test")
+    with pytest.raises(SafeGeneError, match="cannot load the Hugging Face dataset 'missing/set'.*offline"):
+        load_data("hf:missing/set", "harmful")
