@@ -9,7 +9,6 @@ inputs, whatever the number of processes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -23,6 +22,7 @@ from safegene.errors import SafeGeneError
 from safegene.evaluate.data import EvalSet
 from safegene.evaluate.judges import Judge
 from safegene.evaluate.metrics import agreement, rate
+from safegene.io import hash_model_dir
 
 REPORT_FORMAT = "safegene-eval/1"
 FILES = ("report.json", "samples.jsonl", "report.md", "safety_utility.png")
@@ -31,28 +31,11 @@ FILES = ("report.json", "samples.jsonl", "report.md", "safety_utility.png")
 # --- hashing and versions ------------------------------------------------------------------------
 
 
-def sha256_file(path: Path, bufsize: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(bufsize):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def hash_model_dir(path: str | Path | None) -> str | None:
-    """sha256 over the config and weight files of a model or adapter directory (names and contents)."""
-    if path is None:
+def _hash(path: str | Path | None) -> str | None:
+    """The full content hash of a model or adapter directory (None when there is none)."""
+    if path is None or not Path(path).is_dir():
         return None
-    path = Path(path)
-    if not path.is_dir():
-        return None
-    files = sorted(p for p in path.iterdir() if p.is_file() and (
-        p.suffix == ".safetensors" or p.name in ("config.json", "adapter_config.json",
-                                                  "model.safetensors.index.json")))
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0" + sha256_file(p).encode() + b"\n")
-    return h.hexdigest()
+    return hash_model_dir(path, full=True)
 
 
 def versions() -> dict:
@@ -148,8 +131,8 @@ def build_report(samples: list, datasets: list[EvalSet], judges: list[Judge], se
         spec = specs.get(name)
         info = spec.describe() if spec is not None else {"name": name}
         if spec is not None and settings.hash_models:
-            info["sha256"] = hash_model_dir(spec.path) if spec.model is None else None
-            info["adapter_sha256"] = hash_model_dir(spec.adapter)
+            info["sha256"] = _hash(spec.path) if spec.model is None else None
+            info["adapter_sha256"] = _hash(spec.adapter)
         input_models.append(info)
     report = {
         "format": REPORT_FORMAT,

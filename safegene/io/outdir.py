@@ -111,8 +111,9 @@ def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 1
 
     path = Path(path)
     h = hashlib.sha256()
-    if (path / "config.json").is_file():
-        h.update((path / "config.json").read_bytes())
+    for config in ("config.json", "adapter_config.json"):
+        if (path / config).is_file():
+            h.update((path / config).read_bytes())
     for f in find_weight_files(path):
         size = f.stat().st_size
         h.update(f.name.encode() + b"\0" + str(size).encode() + b"\0")

@@ -43,7 +43,7 @@ def test_api_two_models_end_to_end(tiny_model_dir, tiny_model, tiny_data, tmp_pa
     assert set(rep["models"][0]["harmful_rate"]) == {"keyword", "prefix"}
     assert rep["models"][0]["agreement"]["harmful"][0]["judges"] == ["keyword", "prefix"]
     assert all(len(d["sha256"]) == 64 for d in rep["inputs"]["datasets"])
-    assert len(rep["inputs"]["models"][0]["sha256"]) == 64 and rep["inputs"]["models"][1]["in_memory"]
+    assert rep["inputs"]["models"][0]["sha256"].startswith("sha256:") and rep["inputs"]["models"][1]["in_memory"]
     assert rep["versions"]["torch"] and rep["generation"]["max_new_tokens"] == 8
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len(samples)
@@ -158,7 +158,7 @@ def test_fake_zoo_names_and_adapter(tiny_model_dir, tiny_data, tmp_path, capsys)
     assert [d["name"] for d in rep["inputs"]["datasets"]] == ["harmful_test", "benign_test", "task:arith"]
     m = rep["inputs"]["models"][0]
     assert m["name"] == "task-arith-lora" and m["adapter"].endswith("models/lora")
-    assert len(m["adapter_sha256"]) == 64
+    assert m["adapter_sha256"].startswith("sha256:") and len(m["adapter_sha256"]) == 7 + 64
     # the adapter changes the generations (it is applied)
     base = tmp_path / "base"
     assert main(["eval", "--zoo", str(zoo), "--model", "base", "--max-new-tokens", "4", "--device", "cpu",
