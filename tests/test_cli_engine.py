@@ -74,15 +74,26 @@ def _bad_inputs(pair, tmp_path):
     }
 
 
-def test_bad_inputs_exit_2_one_line_nothing_written(pair, tmp_path):
+def test_bad_inputs_exit_2_one_line_nothing_written(pair, tmp_path, capsys):
     cases = _bad_inputs(pair, tmp_path)
     before = _tree(tmp_path)
+    capsys.readouterr()  # drop the fixtures' own output
     for what, argv in cases.items():
-        proc = subprocess.run([sys.executable, "-m", "safegene", *argv], capture_output=True,
-                              text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-        err = proc.stderr.strip()
-        assert proc.returncode == 2, (what, proc.stderr)
+        assert main(argv) == 2, what
+        err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, (what, err)
         assert err.startswith("safegene"), (what, err)
         assert _tree(tmp_path) == before, what  # nothing written, no temp dir left
     assert _tree(tmp_path / "existing") == []
+
+
+@pytest.mark.parametrize("what", ["mismatched family (apply)", "NaN input"])
+def test_bad_input_as_a_process(pair, tmp_path, what):
+    """The real `python -m safegene` process: exit 2, one stderr line, no traceback."""
+    argv = _bad_inputs(pair, tmp_path)[what]
+    before = _tree(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "safegene", *argv], capture_output=True,
+                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert _tree(tmp_path) == before
