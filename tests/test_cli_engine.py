@@ -45,6 +45,13 @@ def test_extract_and_apply_commands(pair, tmp_path):
     assert (dense / "deltas.safetensors").is_file()
 
 
+def _exit_code(argv) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse usage errors exit from inside the parser
+        return exc.code
+
+
 def _bad_inputs(pair, tmp_path):
     aligned, degraded, gene = pair
     other = em.save(em.build_model("llama"), tmp_path / "llama")
@@ -79,7 +86,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written(pair, tmp_path, capsys):
     before = _tree(tmp_path)
     capsys.readouterr()  # drop the fixtures' own output
     for what, argv in cases.items():
-        assert main(argv) == 2, what
+        assert _exit_code(argv) == 2, what
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and "Traceback" not in err, (what, err)
         assert err.startswith("safegene"), (what, err)
