@@ -179,10 +179,17 @@ class Gene:
             raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
         if self.meta.get("format") != FORMAT or self.meta.get("format_version") != FORMAT_VERSION:
             raise SafeGeneError(f"{meta_path} is not a version-{FORMAT_VERSION} SafeGene gene")
-        self.kind = self.meta["kind"]
-        self.modules = {name: GeneModule(name, m["layer"], m["module"], m["kind"],
-                                         tuple(m["shape"]), m.get("rank"), m.get("rel_error", 0.0))
-                        for name, m in self.meta["modules"].items()}
+        try:
+            self.kind = self.meta["kind"]
+            self.modules = {name: GeneModule(name, m["layer"], m["module"], m["kind"],
+                                             tuple(int(d) for d in m["shape"]), m.get("rank"),
+                                             m.get("rel_error", 0.0))
+                            for name, m in self.meta["modules"].items()}
+            int(self.meta["fingerprint"]["num_layers"])
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise SafeGeneError(f"malformed {meta_path}: missing or invalid field {exc}") from None
+        if self.kind not in ("lora", "dense"):
+            raise SafeGeneError(f"malformed {meta_path}: kind {self.kind!r} is neither lora nor dense")
         prefix = "adapter_model" if self.kind == "lora" else DENSE_PREFIX
         self._reader = ModelReader(self.path, prefix=prefix, need_config=False)
 
@@ -216,8 +223,13 @@ class Gene:
             raise SafeGeneError(f"the gene {self.path} is dense and has no LoRA factors; "
                                 "extract it with --rank or --energy for adapter outputs")
         key = PEFT_PREFIX + self.modules[tensor].module_path
-        return (self._reader.get(key + ".lora_A.weight", torch.float32),
-                self._reader.get(key + ".lora_B.weight", torch.float32))
+        a = self._reader.get(key + ".lora_A.weight", torch.float32)
+        b = self._reader.get(key + ".lora_B.weight", torch.float32)
+        shape = self.modules[tensor].shape
+        if a.dim() != 2 or b.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(shape) or a.shape[0] != b.shape[1]:
+            raise SafeGeneError(f"the gene's factors for {tensor!r} ({tuple(b.shape)} @ {tuple(a.shape)}) "
+                                f"do not make its recorded shape {tuple(shape)}: {self.path} is corrupt")
+        return a, b
 
     def delta(self, tensor: str) -> torch.Tensor:
         """δ for one tensor in float32 (dense read, or B @ A)."""

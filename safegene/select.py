@@ -154,8 +154,16 @@ def aligned_path(gene_dir: str | Path, aligned: str | Path | None) -> Path | Non
                      .get("base_model_name_or_path"))
     except (OSError, json.JSONDecodeError):
         pass
+    recorded = src.get("aligned") if isinstance(src, dict) else None
+    recorded = recorded.get("hash") if isinstance(recorded, dict) else None
     for c in cands:
         if isinstance(c, str) and c and (Path(c) / "config.json").is_file():
+            if isinstance(recorded, str):  # the provenance names a model by content: check it
+                from safegene.io import hash_model_dir
+
+                if hash_model_dir(c, full=recorded.startswith("sha256:")) != recorded:
+                    raise SafeGeneError(f"the gene's aligned model {c} is not the one it was extracted "
+                                        "from (content hash differs): pass --aligned DIR")
             return Path(c)
     return None
 

@@ -31,6 +31,12 @@ def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
             weight_map = json.loads(index.read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
+        if not isinstance(weight_map, dict):
+            raise SafeGeneError(f"malformed shard index {index}: weight_map is not an object")
+        bad = [f for f in weight_map.values()
+               if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")]
+        if bad:
+            raise SafeGeneError(f"{index} names a shard outside its directory: {bad[0]!r}")
         files = sorted({path / f for f in weight_map.values()})
         missing = [f.name for f in files if not f.is_file()]
         if missing:

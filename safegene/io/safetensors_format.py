@@ -66,6 +66,8 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise SafeGeneError(f"not a readable safetensors file: {path} ({exc})") from exc
     base = 8 + n
+    if not isinstance(header, dict):
+        raise SafeGeneError(f"not a readable safetensors file: {path} (the header is not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
     entries = {}
     for name, info in header.items():
@@ -75,8 +77,13 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
             shape = tuple(int(s) for s in info["shape"])
         except (KeyError, TypeError, ValueError) as exc:
             raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}") from exc
+        if not (isinstance(b, int) and isinstance(e, int)) or b < 0 or any(s < 0 for s in shape):
+            raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}")
         if base + e > size or b > e:
             raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
+        if e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+            raise SafeGeneError(f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
+                                f"its byte range ({e - b} bytes); the header lies")
         entries[name] = TensorEntry(name, path, dtype, shape, base + b, base + e)
     return entries, meta
 
