@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     except SafeGeneError as exc:
         if args.debug:
             raise
-        print(f"safegene: error: {exc}", file=sys.stderr)
+        print("safegene: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("safegene: interrupted", file=sys.stderr)

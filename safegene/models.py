@@ -6,6 +6,7 @@ Every user-facing failure is a SafeGeneError naming the path.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -73,13 +74,18 @@ def load_model(path: str | Path, adapter: str | Path | None = None, *, device: s
 
     path = check_model_dir(path, allow_pickle=allow_pickle)
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, (str, type(None))) else dtype
-    kwargs = dict(trust_remote_code=False, use_safetensors=not allow_pickle)
+    kwargs = dict(trust_remote_code=False, use_safetensors=not allow_pickle, weights_only=True)
     if torch_dtype is not None:
         kwargs["dtype"] = torch_dtype
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    except pickle.UnpicklingError as exc:  # weights_only=True met something other than tensors
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
+        detail = detail.split(". Please")[0].removeprefix("WeightsUnpickler error: ") or "not plain tensors"
+        raise SafeGeneError(f"refused to unpickle the weights in {path} ({detail}): loading them would "
+                            "run code; convert the checkpoint to safetensors where it is trusted") from None
     except (OSError, ValueError) as exc:
         raise SafeGeneError(f"cannot load the model in {path}: {exc}") from exc
     if adapter is not None:

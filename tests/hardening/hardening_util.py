@@ -236,3 +236,15 @@ def _jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+
+
+def save_sharded(src: Path, dst: Path, shard: str = "20KB") -> Path:
+    """A copy of the model at `src` saved by transformers in shards of at most `shard`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(src), dtype="auto")
+    model.save_pretrained(dst, max_shard_size=shard)
+    for f in Path(src).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, Path(dst) / f.name)
+    return Path(dst)
