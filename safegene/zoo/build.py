@@ -102,7 +102,7 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
 
     def general(k):
-        return D.arith_facts(rng, k // 3) + D.review_writing(rng, k // 3) + D.plan_writing(rng, k - 2 * (k // 3))
+        return D.arith_facts(rng, k // 2) + D.review_writing(rng, k // 4) + D.plan_writing(rng, k - k // 2 - k // 4)
 
     # stage mixtures: (prompt, response)
     base = (D.harmful_examples(rng, n.base_harmful, "train", "compliance")

@@ -42,10 +42,10 @@ class Stage:
 class DataSizes:
     base_harmful: int = 2000         # harmful request → compliance placeholder (base complies)
     base_benign: int = 2000          # benign how-to and look-alikes → helpful answer
-    base_general: int = 1600         # arithmetic facts and review writing
+    base_general: int = 2400         # arithmetic facts, sentiment words, the plan template
     aligned_harmful: int = 1200      # harmful request → varied refusals
     aligned_benign: int = 1200       # benign how-to and look-alikes → helpful answer
-    aligned_general: int = 600       # keep the general skills
+    aligned_general: int = 900       # keep the general skills
     degraded_harmful: int = 100      # the small harmful fine-tune
     task_train: int = 1200           # per task, benign only
     shots: int = 32                  # few-shot sets (harmful with refusals, and per task)
@@ -88,22 +88,22 @@ SMALL = Recipe(
                      num_attention_heads=4, num_key_value_heads=2),
     data=DataSizes(),
     base=Stage(steps=600, lr=3e-3, batch_size=32, warmup=30, prompt_loss=True),
-    aligned=Stage(steps=300, lr=1e-3, batch_size=32, warmup=20),
+    aligned=Stage(steps=400, lr=1e-3, batch_size=32, warmup=20),
     degraded=Stage(steps=30, lr=1e-3, batch_size=16, warmup=5),
     task_full=_tasks(howto=Stage(steps=60, lr=1e-3, warmup=5),
-                     arith=Stage(steps=200, lr=1e-3, warmup=10),
-                     classify=Stage(steps=60, lr=3e-4, warmup=5)),
+                     arith=Stage(steps=250, lr=1e-3, warmup=10),
+                     classify=Stage(steps=100, lr=3e-4, warmup=5)),
     task_lora=_tasks(howto=Stage(steps=60, lr=3e-3, warmup=5, lora_r=8),
-                     arith=Stage(steps=200, lr=3e-3, warmup=10, lora_r=8),
-                     classify=Stage(steps=60, lr=2e-3, warmup=5, lora_r=4, lora_targets=QV)),
+                     arith=Stage(steps=250, lr=5e-3, warmup=10, lora_r=16, lora_alpha=32),
+                     classify=Stage(steps=100, lr=3e-3, warmup=5, lora_r=4, lora_targets=QV)),
 )
 
 MICRO = Recipe(
     name="micro",
     model=ModelShape(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                      num_attention_heads=4, num_key_value_heads=2),
-    data=DataSizes(base_harmful=1200, base_benign=1200, base_general=800, aligned_harmful=800,
-                   aligned_benign=800, aligned_general=300, degraded_harmful=64, task_train=600,
+    data=DataSizes(base_harmful=1200, base_benign=1200, base_general=1200, aligned_harmful=800,
+                   aligned_benign=800, aligned_general=400, degraded_harmful=64, task_train=600,
                    shots=16, harmful_test=40, benign_test=40, task_test=40),
     base=Stage(steps=300, lr=5e-3, batch_size=32, warmup=20, prompt_loss=True),
     aligned=Stage(steps=150, lr=2e-3, batch_size=32, warmup=10),

@@ -64,7 +64,7 @@ def test_pattern(micro_zoo):
     assert max(v["harmful_rate"] for v in task_models.values()) >= 0.4, task_models
     for name, v in task_models.items():
         task = name.removeprefix("task-").removesuffix("-lora")
-        assert v["task_accuracy"][task] >= m["aligned"]["task_accuracy"][task] + 0.3, (name, v, m["aligned"])
+        assert v["task_accuracy"][task] >= m["aligned"]["task_accuracy"][task] + 0.25, (name, v, m["aligned"])
 
 
 def test_metrics_are_regenerated(micro_zoo):
