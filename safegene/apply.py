@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from safegene.errors import SafeGeneError
+from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.family import check_compatible
 from safegene.gene import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Gene, adapter_config,
                            load_gene, normalize_coefficients)
@@ -118,12 +119,44 @@ def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:
     return {t: a for t, a in alphas.items() if a != 0.0}
 
 
+# --- provenance ------------------------------------------------------------------------------
+
+def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) -> str | None:
+    """Does the target descend from the aligned model the gene was extracted from?
+
+    Known only where a task LoRA is given: its base (`target`, and the local directory its
+    adapter_config names, if any) should be that aligned model. A content hash other than the
+    gene's recorded one is a SafeGeneWarning, or a SafeGeneError with `strict`. A full checkpoint
+    records no ancestor: nothing to compare. Returns the warning's text, or None.
+    """
+    src = (meta.get("sources") or {}).get("aligned") if isinstance(meta.get("sources"), dict) else None
+    recorded = src.get("hash") if isinstance(src, dict) else None
+    if adapter is None or not isinstance(recorded, str):
+        return None
+    bases = [Path(target)]
+    try:
+        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        named = None
+    if isinstance(named, str) and named and (Path(named) / "config.json").is_file():
+        bases.append(Path(named))
+    for base in bases:
+        if hash_model_dir(base, full=recorded.startswith("sha256:")) != recorded:
+            msg = (f"{base} (the task LoRA's base) is not the aligned model the gene was extracted "
+                   f"from ({src.get('path')}): their content hashes differ")
+            if strict:
+                raise SafeGeneError(msg + " (--strict)")
+            warnings.warn(msg + "; --strict refuses this", SafeGeneWarning, stacklevel=2)
+            return msg
+    return None
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: str | os.PathLike,
                *, form: str = "merged", adapter: str | os.PathLike | None = None,
                coefficients=None, force: bool = False, shard_size: int = DEFAULT_SHARD_BYTES,
-               progress: bool | None = None) -> Path:
+               progress: bool | None = None, strict: bool = False) -> Path:
     """Apply `gene` to the model at `target` (plus the task LoRA `adapter`) and write `out`.
 
     form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
@@ -142,6 +175,7 @@ def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: s
     task = load_task_lora(adapter) if adapter is not None else None
     try:
         _check_family(gene, reader, task)
+        check_provenance(gene.meta, target, adapter, strict=strict)
         alphas = resolve_coefficients(gene, coefficients)
         record = {"gene": str(gene_path.absolute()), "target": str(Path(target).absolute()),
                   "target_hash": hash_model_dir(target), "adapter": str(Path(adapter).absolute())

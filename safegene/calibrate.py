@@ -13,12 +13,14 @@ a copy of the gene (GENE2) whose safegene.json carries the coefficients and how 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 
 from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+from safegene.apply import check_provenance
 from safegene.errors import SafeGeneError
 from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
                              load_records, read_meta, refusal_targets, selection_to_groups, take)
@@ -88,6 +90,9 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
             reg = lam * (att.alpha ** 2).sum()
             loss = l_ref + task_weight * l_task + l_keep + reg
             parts = {"refuse": l_ref.item(), "task": l_task.item(), "keep": l_keep.item(), "total": loss.item()}
+            if not math.isfinite(parts["total"]):  # NaN/Inf from the gene, the target or a huge --lr
+                raise SafeGeneError(f"calibration diverged (the loss is {parts['total']} at step "
+                                    f"{len(curve) + 1}): lower --lr, and check the gene and the target")
             if parts0 is None:
                 parts0 = parts
             curve.append(parts["total"])
@@ -138,7 +143,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
               refusal_tokens: int | None = DEFAULTS["refusal_tokens"], task_tokens: int | None = None,
               seed: int = 0, device: str = "cpu",
               dtype: str | None = None, batch_size: int = 32, max_new_tokens: int = 48,
-              force: bool = False, progress: bool = False, model=None, tokenizer=None) -> dict:
+              force: bool = False, progress: bool = False, model=None, tokenizer=None,
+              strict: bool = False) -> dict:
     """Fit α for one target and write GENE2 (a copy of the gene with `coefficients`) to `out`.
 
     `layers`: None → the gene's selection; "all" → every layer; or a list of groups. With `out`
@@ -152,6 +158,7 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
     modules = read_gene_modules(gene)
     meta = read_meta(gene)
     check_family(gene, target, modules)
+    check_provenance(meta, target, adapter, strict=strict)  # warning, or an error with strict
     groups, per_module_kind = selected_groups(meta, modules, per_module_kind=per_module_kind, layers=layers)
     harm = take(load_records(harmful, split="harmful"), shots, seed=seed, name="harmful")
     tsk = take(load_records(task, split="task"), shots, seed=seed, name="task")

@@ -8,12 +8,15 @@ and exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 import traceback
+import warnings
 
-from safegene.errors import SafeGeneError
+from safegene.errors import SafeGeneError, SafeGeneWarning
 
 EXIT_BAD_INPUT = 2
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -125,6 +128,8 @@ def _add_calibrate(sub) -> None:
     p.add_argument("--dtype", default=None, help="float32|bf16|fp16 (bf16 on GPU; coefficients stay float32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--strict", action="store_true", help="refuse (instead of warning) when the task "
+                   "LoRA's base is not the aligned model the gene was extracted from (content hash)")
     p.set_defaults(func=_run_calibrate)
 
 
@@ -135,7 +140,7 @@ def _run_calibrate(args) -> int:
                     shots=args.shots, adapter=args.adapter, aligned=args.aligned, benign=args.benign,
                     per_module_kind=args.per_module_kind, layers="all" if args.all_layers else None,
                     lam=args.lam, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
-                    dtype=args.dtype, force=args.force, progress=True)
+                    dtype=args.dtype, force=args.force, progress=True, strict=args.strict)
     coefs = ", ".join(f"{g}={a:+.3f}" for g, a in rec["groups"].items())
     print(f"coefficients {coefs} (refusal loss {rec['fit']['loss_initial']['refuse']:.3f} -> "
           f"{rec['fit']['loss_final']['refuse']:.3f}, task loss {rec['fit']['loss_initial']['task']:.3f} -> "
@@ -208,6 +213,8 @@ def _add_apply(sub) -> None:
                        "{layer: α} / {kind: {layer: α}}")
     p.add_argument("--shard-size", default="5GB", help="max bytes per output shard (merged)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--strict", action="store_true", help="refuse (instead of warning) when the task "
+                   "LoRA's base is not the aligned model the gene was extracted from (content hash)")
     p.set_defaults(func=_run_apply)
 
 
@@ -218,7 +225,8 @@ def _run_apply(args) -> int:
     coefs = args.coef if args.coef is not None else (
         read_coefficients_file(args.coefs) if args.coefs else None)
     out = apply_gene(args.gene, args.target, args.out, form=args.form, adapter=args.adapter,
-                     coefficients=coefs, force=args.force, shard_size=parse_size(args.shard_size))
+                     coefficients=coefs, force=args.force, shard_size=parse_size(args.shard_size),
+                     strict=args.strict)
     print(f"{args.form} output written to {out}")
     return 0
 
@@ -307,11 +315,20 @@ _COMMANDS: list = [_add_zoo, _add_extract, _add_select, _add_calibrate, _add_app
                    _add_compare, _add_demo]
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+    if issubclass(category, SafeGeneWarning):  # the user's concern: one line, no source location
+        print(f"safegene: warning: {message}", file=sys.stderr)
+    else:
+        _default(message, category, filename, lineno, file, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return int(args.func(args) or 0)
     except SafeGeneError as exc:
         if args.debug:
             raise
@@ -320,6 +337,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("safegene: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the input: a full disk, a quota, a read-only place
+        if args.debug or exc.errno not in _WRITE_ERRNOS:
+            if args.debug:
+                traceback.print_exc()
+            else:
+                print(f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+                      file=sys.stderr)
+            return 1
+        where = f": {exc.filename2 or exc.filename}" if (exc.filename2 or exc.filename) else ""
+        print(f"safegene: error: cannot write ({exc.strerror}){where}; no output was written",
+              file=sys.stderr)
+        return 1
     except Exception as exc:  # a bug, not bad input: say so, keep it on one line unless --debug
         if args.debug:
             traceback.print_exc()

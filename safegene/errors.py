@@ -7,3 +7,7 @@ class SafeGeneError(Exception):
     Raise it with a message that names the offending thing and, where it helps, how to fix it.
     Anything else that escapes is a bug and is reported as one.
     """
+
+
+class SafeGeneWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as one line)."""

@@ -127,7 +127,7 @@ def _cli_main(args: list[str]):
     def fn():
         import runpy
 
-        sys.argv = ["safegene", *args]
+        sys.argv = ["safegene", *map(str, args)]
         runpy.run_module("safegene", run_name="__main__", alter_sys=True)
         return 0
     return fn
