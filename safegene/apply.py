@@ -156,7 +156,8 @@ def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) 
 def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: str | os.PathLike,
                *, form: str = "merged", adapter: str | os.PathLike | None = None,
                coefficients=None, force: bool = False, shard_size: int = DEFAULT_SHARD_BYTES,
-               progress: bool | None = None, strict: bool = False) -> Path:
+               progress: bool | None = None, strict: bool = False,
+               allow_pickle: bool = False) -> Path:
     """Apply `gene` to the model at `target` (plus the task LoRA `adapter`) and write `out`.
 
     form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
@@ -171,7 +172,7 @@ def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: s
     gene_path = gene.path if isinstance(gene, Gene) else Path(gene)
     check_output_path(out, force, inputs=(target, gene_path, adapter))
     gene = gene if isinstance(gene, Gene) else load_gene(gene)
-    reader = ModelReader(target)
+    reader = ModelReader(target, allow_pickle=allow_pickle)
     task = load_task_lora(adapter) if adapter is not None else None
     try:
         _check_family(gene, reader, task)

@@ -183,6 +183,8 @@ def _add_extract(sub) -> None:
     p.add_argument("--device", default="cpu", help="device for the SVD (e.g. cuda)")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--allow-pickle", action="store_true", help="read pickle-only (*.bin) models "
+                   "with torch.load(weights_only=True) instead of refusing them")
     p.set_defaults(func=_run_extract)
 
 
@@ -191,7 +193,7 @@ def _run_extract(args) -> int:
 
     out = extract(args.aligned, args.degraded, args.out, rank=args.rank, energy=args.energy,
                   modules=args.modules, dense=args.dense, force=args.force, device=args.device,
-                  seed=args.seed)
+                  seed=args.seed, allow_pickle=args.allow_pickle)
     print(f"gene written to {out}")
     return 0
 
@@ -213,6 +215,8 @@ def _add_apply(sub) -> None:
                        "{layer: α} / {kind: {layer: α}}")
     p.add_argument("--shard-size", default="5GB", help="max bytes per output shard (merged)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--allow-pickle", action="store_true", help="read a pickle-only (*.bin) target "
+                   "with torch.load(weights_only=True) instead of refusing it")
     p.add_argument("--strict", action="store_true", help="refuse (instead of warning) when the task "
                    "LoRA's base is not the aligned model the gene was extracted from (content hash)")
     p.set_defaults(func=_run_apply)
@@ -226,7 +230,7 @@ def _run_apply(args) -> int:
         read_coefficients_file(args.coefs) if args.coefs else None)
     out = apply_gene(args.gene, args.target, args.out, form=args.form, adapter=args.adapter,
                      coefficients=coefs, force=args.force, shard_size=parse_size(args.shard_size),
-                     strict=args.strict)
+                     strict=args.strict, allow_pickle=args.allow_pickle)
     print(f"{args.form} output written to {out}")
     return 0
 

@@ -411,12 +411,13 @@ def _f32(reader: ModelReader, tensor: str, slot: str, device) -> torch.Tensor:
     return reader.get_temp(tensor, slot=slot).to(device, torch.float32)
 
 
-def _open_family(aligned: str, degraded: list[str]) -> tuple[ModelReader, list[ModelReader], dict]:
-    a = ModelReader(aligned)
+def _open_family(aligned: str, degraded: list[str],
+                 allow_pickle: bool = False) -> tuple[ModelReader, list[ModelReader], dict]:
+    a = ModelReader(aligned, allow_pickle=allow_pickle)
     fp = fingerprint(a.config(), a.shapes())
     ds = []
     for path in degraded:
-        d = ModelReader(path, workspace=ds[0].workspace if ds else None)
+        d = ModelReader(path, workspace=ds[0].workspace if ds else None, allow_pickle=allow_pickle)
         check_compatible(fp, d.config(), d.shapes(), what=f"degraded model {path}")
         ds.append(d)
     return a, ds, fp
@@ -425,11 +426,13 @@ def _open_family(aligned: str, degraded: list[str]) -> tuple[ModelReader, list[M
 def extract(aligned: str | os.PathLike, degraded: list[str | os.PathLike] | str,
             out: str | os.PathLike, *, rank: int | None = None, energy: float | None = None,
             modules: list[str] | None = None, dense: bool = False, force: bool = False,
-            device: str = "cpu", seed: int = 0, progress: bool | None = None) -> Path:
+            device: str = "cpu", seed: int = 0, progress: bool | None = None,
+            allow_pickle: bool = False) -> Path:
     """Extract the gene δ = aligned − mean(degraded) and write it at `out` (see module doc).
 
     rank/energy: truncated SVD (rank DEFAULT_RANK when neither is given); dense: no compression.
-    Streams one tensor at a time; nothing is written if any check fails.
+    Streams one tensor at a time; nothing is written if any check fails. allow_pickle: read
+    pickle-only inputs with torch.load(weights_only=True) instead of refusing them.
     """
     degraded = [degraded] if isinstance(degraded, (str, os.PathLike)) else list(degraded)
     if not degraded:
@@ -442,7 +445,7 @@ def extract(aligned: str | os.PathLike, degraded: list[str | os.PathLike] | str,
         raise SafeGeneError(f"--rank must be at least 1, got {rank}")
     rank = DEFAULT_RANK if rank is None and energy is None else rank
     check_output_path(out, force, inputs=(aligned, *degraded))
-    a, ds, fp = _open_family(str(aligned), [str(d) for d in degraded])
+    a, ds, fp = _open_family(str(aligned), [str(d) for d in degraded], allow_pickle)
     try:
         targets = gene_tensors(a.names(), a.shapes(), fp["model_type"], modules, dense)
         sources = {"aligned": {"path": str(Path(aligned).absolute()), "hash": hash_model_dir(aligned)},

@@ -174,3 +174,24 @@ def test_normalizers():
         normalize_coefficients([1, 2], num_layers=3)
     with pytest.raises(SafeGeneError):
         normalize_selection({"bogus": [1]})
+
+
+def test_pickle_inputs_refused_unless_allowed(pairs, tmp_path):
+    """A pickle-only degraded model: refused by default; with allow_pickle read with
+    weights_only=True and giving the same gene as its safetensors twin."""
+    import shutil
+
+    aligned, degraded = pairs["llama"]
+    pk = tmp_path / "pickled"
+    pk.mkdir()
+    shutil.copy(degraded / "config.json", pk / "config.json")
+    torch.save(em.state(degraded), pk / "pytorch_model.bin")
+    with pytest.raises(SafeGeneError, match="--allow-pickle"):
+        extract(aligned, [pk], tmp_path / "g", progress=False)
+    assert not (tmp_path / "g").exists()
+    ref = load_gene(extract(aligned, [degraded], tmp_path / "ref", rank=2, progress=False))
+    got = load_gene(extract(aligned, [pk], tmp_path / "g", rank=2, progress=False, allow_pickle=True))
+    for t in ref.modules:
+        assert torch.equal(got.delta(t), ref.delta(t))
+    merged = apply_gene(tmp_path / "ref", pk, tmp_path / "m", progress=False, allow_pickle=True)
+    assert torch.equal(em.state(merged)["model.norm.weight"], em.state(degraded)["model.norm.weight"])

@@ -107,14 +107,14 @@ def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 1
     in practically every window, so this identifies a model for a few MB of reading. Prefixed
     `sha256:` or `sample-sha256:` so the two are never confused.
     """
-    from safegene.io.reader import find_weight_files
+    from safegene.io.reader import find_pickle_files, find_weight_files
 
     path = Path(path)
     h = hashlib.sha256()
     for config in ("config.json", "adapter_config.json"):
         if (path / config).is_file():
             h.update((path / config).read_bytes())
-    for f in find_weight_files(path):
+    for f in find_weight_files(path) or find_pickle_files(path):
         size = f.stat().st_size
         h.update(f.name.encode() + b"\0" + str(size).encode() + b"\0")
         with open(f, "rb") as fh:
@@ -122,9 +122,12 @@ def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 1
                 for chunk in iter(lambda: fh.read(1 << 24), b""):
                     h.update(chunk)
                 continue
-            hlen = int.from_bytes(fh.read(8), "little")
-            h.update(fh.read(hlen))
-            for i in range(samples):
-                fh.seek(8 + hlen + (size - 8 - hlen) * i // samples)
+            start = 0
+            if f.suffix == ".safetensors":  # the header whole, then samples of the data
+                hlen = int.from_bytes(fh.read(8), "little")
+                h.update(fh.read(min(hlen, size)))
+                start = min(8 + hlen, size)
+            for i in range(samples):  # (pickle files: samples of the whole file)
+                fh.seek(start + (size - start) * i // samples)
                 h.update(fh.read(sample_bytes))
     return ("sha256:" if full else "sample-sha256:") + h.hexdigest()

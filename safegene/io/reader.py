@@ -48,6 +48,37 @@ def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
     return sorted(path.glob("*.safetensors"))
 
 
+def find_pickle_files(path: Path) -> list[Path]:
+    """Pickle weight files (only read with allow_pickle): from `pytorch_model.bin.index.json`,
+    else `pytorch_model.bin`, else every *.bin/*.pt/*.pth/*.ckpt in the directory."""
+    index = path / "pytorch_model.bin.index.json"
+    if index.is_file():
+        try:
+            names = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
+        if any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") for n in names):
+            raise SafeGeneError(f"{index} names a shard outside its directory")
+        return sorted(path / n for n in names)
+    if (path / "pytorch_model.bin").is_file():
+        return [path / "pytorch_model.bin"]
+    return sorted(p for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES and p.is_file())
+
+
+def _load_pickle(path: Path) -> dict:
+    """torch.load with weights_only=True (no code runs), memory-mapped where the format allows."""
+    try:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # legacy (non-zip) format: cannot be mapped
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors come in many types
+        raise SafeGeneError(f"cannot load {path} as plain tensors (weights_only=True): {exc}") from exc
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SafeGeneError(f"{path} does not hold a flat state dict of tensors")
+    return sd
+
+
 class ModelReader:
     """Lazy, mmap-free access to the tensors of a safetensors checkpoint directory.
 
@@ -55,32 +86,58 @@ class ModelReader:
     (a fresh tensor, safe to keep), `get_temp(name, dtype, slot)` (a view into a reusable
     scratch slot of `workspace`, valid until that slot is used again: for the hot loops) and
     `iter_tensors()`. Raises SafeGeneError for a missing or non-model directory and, unless
-    `allow_pickle`, for pickle-only checkpoints (see safegene.models.check_model_dir).
+    `allow_pickle`, for pickle-only checkpoints. With `allow_pickle` those are read through
+    `torch.load(weights_only=True, mmap=True)`, one file at a time (mapped pages count in RSS,
+    so memory is bounded by one pickle shard there, not by one tensor).
     """
 
     def __init__(self, path: str | os.PathLike, prefix: str = "model", *, need_config: bool = True,
-                 workspace: Workspace | None = None):
+                 workspace: Workspace | None = None, allow_pickle: bool = False):
         self.path = Path(path)
+        self._pickle: tuple[str, dict] | None = None  # (file, state dict) of the open pickle
         self.workspace = workspace if workspace is not None else Workspace()
         if not self.path.is_dir():
             raise SafeGeneError(f"directory not found: {self.path}")
         if need_config and not (self.path / "config.json").is_file():
             raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {self.path}")
         files = find_weight_files(self.path, prefix)
+        self._entries: dict[str, TensorEntry] = {}
+        self._fds: dict[str, int] = {}
         if not files:
-            pickles = [p.name for p in self.path.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            hint = (f"; it holds only pickle weights ({pickles[0]}): convert them to safetensors"
-                    if pickles else "")
+            pickles = find_pickle_files(self.path) if prefix == "model" else []
+            if pickles and allow_pickle:
+                self.files = pickles
+                self._index_pickles(pickles)
+                return
+            hint = (f"; it holds only pickle weights ({pickles[0].name}): convert them to "
+                    "safetensors or pass --allow-pickle" if pickles else "")
             raise SafeGeneError(f"no safetensors weights in {self.path}{hint}")
         self.files = files
-        self._entries: dict[str, TensorEntry] = {}
         for f in files:
             entries, _ = read_header(f)
             for name, e in entries.items():
                 if name in self._entries:
                     raise SafeGeneError(f"tensor {name!r} appears twice in {self.path}")
                 self._entries[name] = e
-        self._fds: dict[str, int] = {}
+
+    def _index_pickles(self, files: list[Path]) -> None:
+        """Entries for pickle files (begin=0, end=nbytes: they are read through torch.load)."""
+        for f in files:
+            for name, t in _load_pickle(f).items():
+                if name in self._entries:
+                    raise SafeGeneError(f"tensor {name!r} appears twice in {self.path}")
+                n = t.numel() * t.element_size()
+                self._entries[name] = TensorEntry(name, str(f), t.dtype, tuple(t.shape), 0, n)
+        self.is_pickle = True
+
+    is_pickle = False
+
+    def _from_pickle(self, e: TensorEntry) -> torch.Tensor:
+        """The (mapped) tensor from its pickle file; one file is kept open at a time."""
+        if self._pickle is None or self._pickle[0] != e.path:
+            self._pickle = None
+            self._pickle = (e.path, _load_pickle(Path(e.path)))
+        return self._pickle[1][e.name]
 
     # --- metadata -------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -111,6 +168,9 @@ class ModelReader:
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
         """One tensor, freshly read (optionally cast: `dtype=torch.float32` for arithmetic)."""
         e = self.entry(name)
+        if self.is_pickle:
+            t = self._from_pickle(e)
+            return t.clone() if dtype is None or t.dtype == dtype else t.to(dtype)
         fd = self._fds.get(e.path)
         if fd is None:
             fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)
@@ -121,6 +181,8 @@ class ModelReader:
         """One tensor read into scratch slot `slot` (cast into slot `slot + ".cast"` when `dtype`
         differs). Valid until the slot's next use; no allocation once the slots have grown."""
         e = self.entry(name)
+        if self.is_pickle:
+            return self.workspace.tensor(slot, e.shape, dtype or e.dtype).copy_(self._from_pickle(e))
         fd = self._fds.get(e.path)
         if fd is None:
             fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)
@@ -134,6 +196,7 @@ class ModelReader:
             yield name, self.get(name)
 
     def close(self) -> None:
+        self._pickle = None
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
