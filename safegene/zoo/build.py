@@ -74,7 +74,7 @@ def _pid_alive(pid: str) -> bool:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # build_zoo removes those of killed builds
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -197,6 +197,9 @@ def build_zoo(out: str | Path, size: str = "small", seed: int = 0, *, recipe: Re
         recipe = RECIPES[size]
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
+    for stale in [*root.glob("*.json.tmp*"), *root.glob("metrics/*.json.tmp*")]:  # from killed builds
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            stale.unlink(missing_ok=True)
     recipe_file = root / "recipe.json"
     want = {"seed": seed, "recipe": recipe.to_dict()}
     if recipe_file.exists():
