@@ -24,7 +24,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HIDDEN, INTER, HEADS, VOCAB = 2048, 5632, 16, 32000

@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -539,13 +540,10 @@ def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> d
 
 
 def _target_modules(paths: list[str], num_layers: int) -> list[str] | str:
-    import re
-
+    """Short names when `paths` are exactly every layer × every short name, else an exact regex
+    (PEFT full-matches a string target_modules against each module path)."""
     short = sorted({p.rsplit(".", 1)[-1] for p in paths})
-    layered = [parse_name(p + ".weight") for p in paths]
-    layers = {t.layer for t in layered}
-    full = {f"{t.name[:-len('.weight')]}" for t in layered}
-    # uniform: every (layer, short name) combination present, every layer, nothing outside layers
-    if layers == set(range(num_layers)) and len(full) == num_layers * len(short):
+    layers = {parse_name(p + ".weight").layer for p in paths}
+    if layers == set(range(num_layers)) and len(set(paths)) == num_layers * len(short):
         return short
     return "^(?:" + "|".join(re.escape(p) for p in sorted(paths)) + ")$"
