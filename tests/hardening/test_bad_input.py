@@ -200,6 +200,13 @@ CASES = {
         ["calibrate", "--gene", _gene_pointing_at_changed_aligned(f, w), "--target", f.degraded,
          "--harmful", f.harmful_bare, "--task", f.task, "--shots", "4", "--out", o],
         [w / "gene_x", f.degraded, w / "al"], ["hash differs"]),
+    "calibrate-nan-in-gene": lambda f, w, o: (
+        ["calibrate", "--gene", _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_B"),
+                                           src=f.gene_sel), "--target", f.degraded, "--harmful", f.harmful,
+         "--task", f.task, "--shots", "2", "--steps", "2", "--out", o], [w / "gene_x", f.degraded], ["nan"]),
+    "apply-dense-gene-as-adapter": lambda f, w, o: (
+        ["apply", "--gene", _dense_gene(f, w), "--target", f.degraded, "--as", "adapter", "--out", o],
+        [w / "dense", f.degraded], ["dense"]),
     # --- eval ------------------------------------------------------------------------------
     "eval-unknown-judge": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--judge", "oracle", "--out", o,
@@ -227,6 +234,12 @@ CASES = {
     "zoo-build-other-recipe-in-out": lambda f, w, o: (
         ["zoo", "build", "--out", _other_zoo(o), "--size", "micro"], [o], ["another recipe"]),
 }
+
+
+def _dense_gene(f, w):
+    from safegene.gene import extract
+
+    return extract(f.aligned, [f.degraded], w / "dense", dense=True, progress=False)
 
 
 def _outside_index(f, w):
