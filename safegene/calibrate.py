@@ -25,7 +25,8 @@ from safegene.errors import SafeGeneError
 from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
                              load_records, read_meta, refusal_targets, selection_to_groups, take)
 
-DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0, refusal_tokens=None)
+DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0, refusal_tokens=None,
+                task_margin=None, refusal_floor=None)
 
 
 def selected_groups(meta: dict, modules, *, per_module_kind: bool, layers=None) -> tuple[list[str], bool]:
@@ -60,7 +61,9 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
               per_module_kind: bool = False, lam: float = DEFAULTS["lam"], steps: int = DEFAULTS["steps"],
               lr: float = DEFAULTS["lr"], patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
               task_weight: float = DEFAULTS["task_weight"], refusal_tokens: int | None = DEFAULTS["refusal_tokens"],
-              task_tokens: int | None = None, seed: int = 0, batch_size: int = 32, progress: bool = False) -> dict:
+              task_tokens: int | None = None, task_margin: float | None = DEFAULTS["task_margin"],
+              refusal_floor: float | None = DEFAULTS["refusal_floor"], seed: int = 0, batch_size: int = 32,
+              progress: bool = False) -> dict:
     """Adam on α (float32) over `groups`; returns {"alpha": {group: value}, "curve": [...], ...}."""
     if not harmful:
         raise SafeGeneError("no harmful examples to calibrate on")
@@ -76,20 +79,47 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
     att = GeneAttachment(model, modules, per_module_kind=per_module_kind, groups=groups,
                          alpha=torch.full((len(groups),), float(init)))
     opt = torch.optim.Adam([att.alpha], lr=lr)
-    curve, best, best_alpha, since = [], float("inf"), att.alpha.detach().clone(), 0
+    sets = [("refuse", enc_h, 1.0), ("task", enc_t, task_weight), ("keep", enc_k, 1.0)]
+    floor: dict[str, torch.Tensor | None] = {"refuse": None, "task": None, "keep": None}
+    if refusal_floor is not None:  # a refusal already this likely needs no more push
+        floor["refuse"] = torch.full((len(enc_h),), float(refusal_floor))
+    if task_margin is not None:  # the task may lose up to `task_margin` nats per example, free
+        with att, att.fixed([0.0] * len(groups)), torch.no_grad():
+            floor["task"] = pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id,
+                                       reduce=False).cpu() + task_margin if enc_t else None
+
+    def objective(backward: bool) -> dict:
+        """The loss parts at the current α; with backward, α.grad accumulated batch by batch (the
+        memory of one batch, whatever k is). Per example: mean NLL of its target tokens, minus its
+        floor (hinge) where one is set."""
+        parts = {}
+        for key, enc, weight in sets:
+            total = 0.0
+            for start in range(0, len(enc), batch_size):
+                chunk = enc[start:start + batch_size]
+                per = pairs_loss(model, chunk, batch_size=batch_size, pad_id=pad_id, reduce=False)
+                if floor[key] is not None:
+                    per = torch.relu(per - floor[key][start:start + len(chunk)].to(per.device))
+                loss = per.sum() / len(enc)
+                if backward and weight:
+                    (weight * loss).backward()
+                total += loss.item()
+            parts[key] = total
+        reg = lam * (att.alpha ** 2).sum()
+        if backward:
+            reg.backward()
+        parts["total"] = parts["refuse"] + task_weight * parts["task"] + parts["keep"] + reg.item()
+        return parts
+
+    curve, best, best_alpha, best_parts, since = [], float("inf"), att.alpha.detach().clone(), None, 0
     parts0 = None
     from tqdm.auto import tqdm
 
     bar = tqdm(range(steps), desc="calibrating", disable=not progress, leave=False)
     with att:
-        for step in bar:
+        for _ in bar:
             opt.zero_grad(set_to_none=True)
-            l_ref = pairs_loss(model, enc_h, batch_size=batch_size, pad_id=pad_id)
-            l_task = pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id) if enc_t else torch.zeros(())
-            l_keep = pairs_loss(model, enc_k, batch_size=batch_size, pad_id=pad_id) if enc_k else torch.zeros(())
-            reg = lam * (att.alpha ** 2).sum()
-            loss = l_ref + task_weight * l_task + l_keep + reg
-            parts = {"refuse": l_ref.item(), "task": l_task.item(), "keep": l_keep.item(), "total": loss.item()}
+            parts = objective(backward=True)
             if not math.isfinite(parts["total"]):  # NaN/Inf from the gene, the target or a huge --lr
                 raise SafeGeneError(f"calibration diverged (the loss is {parts['total']} at step "
                                     f"{len(curve) + 1}): lower --lr, and check the gene and the target")
@@ -97,24 +127,18 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
                 parts0 = parts
             curve.append(parts["total"])
             if parts["total"] < best - 1e-5:
-                best, best_alpha, since = parts["total"], att.alpha.detach().clone(), 0
-                best_parts = parts
+                best, best_alpha, best_parts, since = parts["total"], att.alpha.detach().clone(), parts, 0
             else:
                 since += 1
                 if since >= patience:
                     break
-            loss.backward()
             opt.step()
             bar.set_postfix(loss=f"{parts['total']:.3f}")
-        # the loss of the final α (after the last step) may be the best one too
+        # the α after the last step has not been scored yet: it may be the best one
         with att.fixed(), torch.no_grad():
-            l_ref = pairs_loss(model, enc_h, batch_size=batch_size, pad_id=pad_id)
-            l_task = pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id) if enc_t else torch.zeros(())
-            l_keep = pairs_loss(model, enc_k, batch_size=batch_size, pad_id=pad_id) if enc_k else torch.zeros(())
-            total = float(l_ref + task_weight * l_task + l_keep + lam * (att.alpha ** 2).sum())
-            if total < best - 1e-5:
-                best, best_alpha = total, att.alpha.detach().clone()
-                best_parts = {"refuse": float(l_ref), "task": float(l_task), "keep": float(l_keep), "total": total}
+            parts = objective(backward=False)
+        if parts["total"] < best - 1e-5:
+            best, best_alpha, best_parts = parts["total"], att.alpha.detach().clone(), parts
     if not torch.isfinite(best_alpha).all():
         raise SafeGeneError("calibration diverged (NaN/Inf coefficients): lower --lr")
     return {"alpha": {g: round(float(a), 6) for g, a in zip(groups, best_alpha.tolist())},
@@ -141,7 +165,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
               patience: int = DEFAULTS["patience"], init: float = DEFAULTS["init"],
               task_weight: float = DEFAULTS["task_weight"],
               refusal_tokens: int | None = DEFAULTS["refusal_tokens"], task_tokens: int | None = None,
-              seed: int = 0, device: str = "cpu",
+              task_margin: float | None = DEFAULTS["task_margin"],
+              refusal_floor: float | None = DEFAULTS["refusal_floor"], seed: int = 0, device: str = "cpu",
               dtype: str | None = None, batch_size: int = 32, max_new_tokens: int = 48,
               force: bool = False, progress: bool = False, model=None, tokenizer=None,
               strict: bool = False) -> dict:
@@ -177,7 +202,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                     task=[(r["prompt"], a) for r, a in zip(tsk, answers)],
                     keep=[(r["prompt"], t) for r, t in zip(ben, keep)],
                     per_module_kind=per_module_kind, lam=lam, steps=steps, lr=lr, patience=patience,
-                    init=init, task_weight=task_weight, refusal_tokens=refusal_tokens, task_tokens=task_tokens, seed=seed,
+                    init=init, task_weight=task_weight, refusal_tokens=refusal_tokens, task_tokens=task_tokens, task_margin=task_margin,
+                    refusal_floor=refusal_floor, seed=seed,
                     batch_size=batch_size,
                     progress=progress)
     record = {
@@ -190,7 +216,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
                  "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)} if ben else None,
                  "refusal_targets_sha256": data_hash([{"t": t} for t in refusals])},
         "fit": {"shots": shots, "lam": lam, "steps": steps, "lr": lr, "patience": patience, "init": init,
-                "task_weight": task_weight, "refusal_tokens": refusal_tokens, "task_tokens": task_tokens, "seed": seed, "steps_run": fit["steps_run"],
+                "task_weight": task_weight, "refusal_tokens": refusal_tokens, "task_tokens": task_tokens, "task_margin": task_margin,
+                "refusal_floor": refusal_floor, "seed": seed, "steps_run": fit["steps_run"],
                 "loss_initial": fit["initial"], "loss_final": fit["final"], "loss_curve": fit["curve"],
                 "selection": "all" if layers == "all" else (list(layers) if layers else "gene")},
         "seconds": {"fit": round(time.perf_counter() - t_fit, 2), "total": round(time.perf_counter() - t0, 2)},
