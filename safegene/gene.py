@@ -393,8 +393,9 @@ def _delta(tensor: str, aligned: ModelReader, degraded: list[ModelReader],
     if len(degraded) == 1:
         delta.sub_(_f32(degraded[0], tensor, "degraded", device))
     else:
-        acc = degraded[0].workspace.tensor("acc", delta.shape, torch.float32).to(device)
-        acc.copy_(_f32(degraded[0], tensor, "degraded", device))
+        first = _f32(degraded[0], tensor, "degraded", device)
+        acc = (degraded[0].workspace.tensor("acc", first.shape, torch.float32) if first.is_cpu
+               else torch.empty_like(first)).copy_(first)
         for r in degraded[1:]:
             acc.add_(_f32(r, tensor, "degraded", device))
         delta.sub_(acc.div_(len(degraded)))
