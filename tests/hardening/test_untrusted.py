@@ -90,7 +90,9 @@ def test_extract_and_apply_refuse_pickle(fam, tmp_path):
     for argv in (["extract", "--aligned", d, "--degraded", fam.degraded, "--out", tmp_path / "g"],
                  ["apply", "--gene", fam.gene, "--target", d, "--out", tmp_path / "m"]):
         r = run_cli(*argv)
-        assert r.code == 2 and "pickle" in r.err.lower(), r.err
+        assert r.code == 2 and "--allow-pickle" in r.err, r.err
+        r = run_cli(*argv, "--allow-pickle")  # with the flag: weights_only=True refuses the payload
+        assert r.code == 2 and len(r.err_lines) == 1 and "weights_only" in r.err, r.err
     assert not marker.exists() and not (tmp_path / "g").exists() and not (tmp_path / "m").exists()
 
 
