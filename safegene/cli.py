@@ -336,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     except SafeGeneError as exc:
         if args.debug:
             raise
-        print("safegene: error: " + " ".join(str(exc).splitlines()), file=sys.stderr)  # one line
+        parts = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+        print("safegene: error: " + " ".join([parts[0], "; ".join(parts[1:])]).strip(),  # one line
+              file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("safegene: interrupted", file=sys.stderr)
