@@ -250,7 +250,7 @@ def _add_zoo(sub) -> None:
     b.add_argument("--size", default="small", choices=["micro", "small"],
                    help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)")
     b.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and data order")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's, 2)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's, 1; same threads, same weights)")
     b.add_argument("--no-measure", action="store_true", help="skip the measurements (zoo.json without metrics)")
     b.set_defaults(func=_run_zoo_build)
 
