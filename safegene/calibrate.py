@@ -177,6 +177,10 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
     target (skips loading). Returns the coefficients record.
     """
     t0 = time.perf_counter()
+    if steps < 1:
+        raise SafeGeneError(f"--steps must be at least 1 (got {steps})")
+    if not (math.isfinite(lr) and lr > 0) or not (math.isfinite(lam) and lam >= 0):
+        raise SafeGeneError(f"--lr must be a positive number and --lam a non-negative one (got {lr}, {lam})")
     gene = Path(gene)
     if out is not None:
         _check_out(out, force, inputs=(gene,))

@@ -326,10 +326,28 @@ def _show_warning(message, category, filename, lineno, file=None, line=None, _de
         _default(message, category, filename, lineno, file, line)
 
 
+def _check_common(args) -> None:
+    """Options several commands share, checked before any work (a bad one is bad input)."""
+    device = getattr(args, "device", None)
+    if isinstance(device, str) and device != "auto":
+        import torch
+
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError, ValueError):
+            raise SafeGeneError(f"unknown --device {device!r} (e.g. cpu, cuda, cuda:1)") from None
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise SafeGeneError(f"--device {device}: no CUDA device is available here")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise SafeGeneError(f"--threads must be at least 1 (got {threads})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        _check_common(args)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)

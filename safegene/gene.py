@@ -83,14 +83,14 @@ def normalize_coefficients(value, num_layers: int | None = None):
     if isinstance(value, bool):
         raise SafeGeneError("a coefficient must be a number, not a boolean")
     if isinstance(value, (int, float)):
-        return _finite(float(value), "coefficient")
+        return _finite(value, "coefficient")
     if isinstance(value, (list, tuple)):
         if num_layers is not None and len(value) != num_layers:
             raise SafeGeneError(f"a per-layer coefficient list needs {num_layers} values, got {len(value)}")
-        return {str(i): _finite(float(v), f"coefficient of layer {i}") for i, v in enumerate(value)}
+        return {str(i): _finite(v, f"coefficient of layer {i}") for i, v in enumerate(value)}
     if isinstance(value, dict):
         if all(_is_layer_key(k) for k in value):
-            return {str(k): _finite(float(v), f"coefficient of layer {k}") for k, v in value.items()}
+            return {str(k): _finite(v, f"coefficient of layer {k}") for k, v in value.items()}
         bad = [k for k in value if k not in KINDS]
         if bad:
             raise SafeGeneError(f"coefficient key {bad[0]!r} is neither a layer index nor a module "
@@ -99,7 +99,10 @@ def normalize_coefficients(value, num_layers: int | None = None):
     raise SafeGeneError(f"cannot read coefficients of type {type(value).__name__}")
 
 
-def _finite(x: float, what: str) -> float:
+def _finite(x, what: str) -> float:
+    if isinstance(x, (bool, str, bytes)) or not hasattr(x, "__float__"):
+        raise SafeGeneError(f"{what} must be a number, got {x!r}")
+    x = float(x)
     if x != x or x in (float("inf"), float("-inf")):
         raise SafeGeneError(f"{what} is not finite ({x})")
     return x

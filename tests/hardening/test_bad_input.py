@@ -207,6 +207,17 @@ CASES = {
     "apply-dense-gene-as-adapter": lambda f, w, o: (
         ["apply", "--gene", _dense_gene(f, w), "--target", f.degraded, "--as", "adapter", "--out", o],
         [w / "dense", f.degraded], ["dense"]),
+    "calibrate-zero-steps": lambda f, w, o: (
+        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
+         "--shots", "2", "--steps", "0", "--out", o], [f.gene_sel, f.degraded], ["--steps"]),
+    "calibrate-nan-lr": lambda f, w, o: (
+        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
+         "--shots", "2", "--lr", "nan", "--out", o], [f.gene_sel, f.degraded], ["--lr"]),
+    "apply-coefs-not-numbers": lambda f, w, o: (
+        ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--coefs",
+         _write(w, "c.json", '{"0": "a lot"}')], [f.gene, f.degraded, w / "c.json"], ["number"]),
+    "extract-unknown-device": lambda f, w, o: (
+        extract_args(f.aligned, f.degraded, o, "--device", "tpu9"), [f.aligned, f.degraded], ["--device"]),
     # --- eval ------------------------------------------------------------------------------
     "eval-unknown-judge": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--judge", "oracle", "--out", o,
@@ -229,6 +240,11 @@ CASES = {
     "compare-recipe-missing-model": lambda f, w, o: (
         ["compare", _recipe(f, w, _valid_recipe_text(f).replace(str(f.degraded), str(w / "gone"))), "--out", o],
         [w / "recipe.yaml", f.aligned], ["gone"]),
+    "eval-unknown-device": lambda f, w, o: (
+        ["eval", "--model", f.aligned, "--harmful", f.harmful, "--out", o, "--device", "tpu9"],
+        [f.aligned, f.harmful], ["--device"]),
+    "zoo-build-bad-threads": lambda f, w, o: (
+        ["zoo", "build", "--out", o, "--size", "micro", "--threads", "0"], [], ["--threads"]),
     "zoo-build-unknown-size": lambda f, w, o: (
         ["zoo", "build", "--out", o, "--size", "huge"], [], ["huge"]),
     "zoo-build-other-recipe-in-out": lambda f, w, o: (
