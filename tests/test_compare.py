@@ -82,6 +82,7 @@ def test_compare_rejects_a_bad_recipe_before_any_work(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "safegene", "compare", str(recipe), "--out",
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.count("\n") == 1  # every problem on the one line, separated by "; "
     for field in ("family.aligned", "family.degraded", "methods.resta.beta", "methods.magic", "tasks"):
-        assert f"  {field}:" in proc.stderr, field
+        assert f"{field}:" in proc.stderr, field
     assert not (tmp_path / "out").exists()
