@@ -35,8 +35,9 @@ def check_output_path(out: str | os.PathLike, force: bool = False,
         if src is None:
             continue
         src = Path(src).absolute()
-        if out == src or src in out.parents or out in src.parents:
-            raise SafeGeneError(f"output {out} overlaps the input {src}; choose another --out")
+        for o, i in ((out, src), (out.resolve(), src.resolve())):  # as given, and through symlinks
+            if o == i or i in o.parents or o in i.parents:
+                raise SafeGeneError(f"output {out} overlaps the input {src}; choose another --out")
     if out.exists() and not force:
         raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
     if out.exists() and not out.is_dir():

@@ -101,6 +101,9 @@ CASES = {
     "extract-output-inside-input": lambda f, w, o: (
         extract_args(C.copy(f.aligned, w / "al"), f.degraded, w / "al" / "gene"),
         [w / "al", f.degraded], ["overlaps"]),
+    "extract-output-inside-input-via-symlink": lambda f, w, o: (
+        extract_args(C.copy(f.aligned, w / "al"), f.degraded, _symlink(w / "link", w / "al") / "gene"),
+        [w / "al", f.degraded], ["overlaps"]),
     "extract-truncated-safetensors": lambda f, w, o: (
         extract_args(f.aligned, _model_with(f, w, C.truncate), o), [f.aligned, w / "broken"], ["truncated"]),
     "extract-header-offsets-lie": lambda f, w, o: (
@@ -250,6 +253,11 @@ CASES = {
     "zoo-build-other-recipe-in-out": lambda f, w, o: (
         ["zoo", "build", "--out", _other_zoo(o), "--size", "micro"], [o], ["another recipe"]),
 }
+
+
+def _symlink(link, target):
+    link.symlink_to(target)
+    return link
 
 
 def _dense_gene(f, w):
