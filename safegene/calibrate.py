@@ -183,7 +183,7 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
         raise SafeGeneError(f"--lr must be a positive number and --lam a non-negative one (got {lr}, {lam})")
     gene = Path(gene)
     if out is not None:
-        _check_out(out, force, inputs=(gene,))
+        _check_out(out, force, inputs=(gene, target, adapter, aligned))
     modules = read_gene_modules(gene)
     meta = read_meta(gene)
     check_family(gene, target, modules)

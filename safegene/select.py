@@ -376,7 +376,7 @@ def select(gene: str | Path, model: str | Path, *, harmful: str | Path, benign: 
     t0 = time.perf_counter()
     gene = Path(gene)
     if out is not None:
-        _check_out(out, force, inputs=(gene,))
+        _check_out(out, force, inputs=(gene, model, adapter, aligned))
     modules = read_gene_modules(gene)
     meta = read_meta(gene)
     check_family(gene, model, modules)

@@ -134,6 +134,10 @@ def run_eval_command(args) -> int:
             raise SafeGeneError(f"the tokenizer of {spec.path} has no chat template; pass --template FILE "
                                 "(a Jinja chat template)")
     check_out_dir(args.out, args.force)
+    from safegene.io.outdir import check_output_path
+
+    # the report must not replace or land inside the model, adapter or guard (inputs are never modified)
+    check_output_path(args.out, args.force, inputs=(spec.path, spec.adapter, args.guard_model))
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")
     if args.num_processes > 1 and not in_distributed_env():

@@ -221,6 +221,12 @@ CASES = {
          _write(w, "c.json", '{"0": "a lot"}')], [f.gene, f.degraded, w / "c.json"], ["number"]),
     "extract-unknown-device": lambda f, w, o: (
         extract_args(f.aligned, f.degraded, o, "--device", "tpu9"), [f.aligned, f.degraded], ["--device"]),
+    "calibrate-output-is-the-target": lambda f, w, o: (
+        ["calibrate", "--gene", f.gene_sel, "--target", C.copy(f.degraded, w / "t"), "--harmful", f.harmful,
+         "--task", f.task, "--shots", "2", "--out", w / "t", "--force"], [f.gene_sel, w / "t"], ["overlaps"]),
+    "select-output-inside-the-model": lambda f, w, o: (
+        ["select", "--gene", f.gene, "--model", C.copy(f.degraded, w / "m"), "--harmful", f.harmful,
+         "--out", w / "m" / "gene"], [f.gene, w / "m"], ["overlaps"]),
     # --- eval ------------------------------------------------------------------------------
     "eval-unknown-judge": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--judge", "oracle", "--out", o,
@@ -243,6 +249,9 @@ CASES = {
     "compare-recipe-missing-model": lambda f, w, o: (
         ["compare", _recipe(f, w, _valid_recipe_text(f).replace(str(f.degraded), str(w / "gone"))), "--out", o],
         [w / "recipe.yaml", f.aligned], ["gone"]),
+    "eval-output-is-the-model": lambda f, w, o: (
+        ["eval", "--model", C.copy(f.aligned, w / "m"), "--harmful", f.harmful, "--out", w / "m", "--force",
+         "--device", "cpu"], [w / "m", f.harmful], ["overlaps"]),
     "eval-unknown-device": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--out", o, "--device", "tpu9"],
         [f.aligned, f.harmful], ["--device"]),
