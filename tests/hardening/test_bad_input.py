@@ -255,6 +255,10 @@ CASES = {
     "eval-unknown-device": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--out", o, "--device", "tpu9"],
         [f.aligned, f.harmful], ["--device"]),
+    "compare-output-is-a-task-model": lambda f, w, o: (
+        ["compare", _recipe(f, w, _valid_recipe_text(f).replace(f"model: {f.degraded}", f"model: {w / 't'}")
+                            if C.copy(f.degraded, w / "t") else ""), "--out", w / "t", "--force"],
+        [w / "recipe.yaml", w / "t"], ["overlaps"]),
     "zoo-build-bad-threads": lambda f, w, o: (
         ["zoo", "build", "--out", o, "--size", "micro", "--threads", "0"], [], ["--threads"]),
     "zoo-build-unknown-size": lambda f, w, o: (
