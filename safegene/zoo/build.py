@@ -196,6 +196,10 @@ def build_zoo(out: str | Path, size: str = "small", seed: int = 0, *, recipe: Re
             raise SafeGeneError(f"unknown zoo size {size!r}; choose one of {sorted(RECIPES)}")
         recipe = RECIPES[size]
     root = Path(out)
+    if root.is_dir() and not (root / "recipe.json").exists() and any(
+            not f.name.startswith("recipe.json.tmp") for f in root.iterdir()):  # (a killed first start)
+        raise SafeGeneError(f"{root} is not empty and holds no zoo (no recipe.json); choose an empty "
+                            "or new --out directory")
     root.mkdir(parents=True, exist_ok=True)
     for stale in [*root.glob("*.json.tmp*"), *root.glob("metrics/*.json.tmp*")]:  # from killed builds
         if not _pid_alive(stale.name.rsplit("-", 1)[-1]):

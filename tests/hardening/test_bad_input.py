@@ -261,6 +261,8 @@ CASES = {
         [w / "recipe.yaml", w / "t"], ["overlaps"]),
     "zoo-build-bad-threads": lambda f, w, o: (
         ["zoo", "build", "--out", o, "--size", "micro", "--threads", "0"], [], ["--threads"]),
+    "zoo-build-into-a-model": lambda f, w, o: (
+        ["zoo", "build", "--out", C.copy(f.aligned, w / "m"), "--size", "micro"], [w / "m"], ["no zoo"]),
     "zoo-build-unknown-size": lambda f, w, o: (
         ["zoo", "build", "--out", o, "--size", "huge"], [], ["huge"]),
     "zoo-build-other-recipe-in-out": lambda f, w, o: (
