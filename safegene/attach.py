@@ -83,6 +83,8 @@ def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
             meta = json.loads(meta_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise SafeGeneError(f"{meta_path} is not a JSON object")
     if meta.get("format") == "safegene-gene":
         return _read_with_gene_api(gene_dir)
     return _read_peft_dir(gene_dir)

@@ -181,17 +181,23 @@ class Gene:
             self.meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
-        if self.meta.get("format") != FORMAT or self.meta.get("format_version") != FORMAT_VERSION:
+        if (not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT
+                or self.meta.get("format_version") != FORMAT_VERSION):
             raise SafeGeneError(f"{meta_path} is not a version-{FORMAT_VERSION} SafeGene gene")
         try:
             self.kind = self.meta["kind"]
-            self.modules = {name: GeneModule(name, m["layer"], m["module"], m["kind"],
+            self.modules = {name: GeneModule(name, None if m["layer"] is None else int(m["layer"]),
+                                             m["module"], m["kind"],
                                              tuple(int(d) for d in m["shape"]), m.get("rank"),
                                              m.get("rel_error", 0.0))
                             for name, m in self.meta["modules"].items()}
             int(self.meta["fingerprint"]["num_layers"])
+            normalize_selection(self.meta.get("selection"))  # SafeGeneError when malformed
+            normalize_coefficients(self.meta.get("coefficients"))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise SafeGeneError(f"malformed {meta_path}: missing or invalid field {exc}") from None
+        except SafeGeneError as exc:
+            raise SafeGeneError(f"malformed {meta_path}: {exc}") from None
         if self.kind not in ("lora", "dense"):
             raise SafeGeneError(f"malformed {meta_path}: kind {self.kind!r} is neither lora nor dense")
         prefix = "adapter_model" if self.kind == "lora" else DENSE_PREFIX

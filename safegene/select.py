@@ -196,9 +196,12 @@ def read_meta(gene_dir: str | Path) -> dict:
     if not p.is_file():
         return {}
     try:
-        return json.loads(p.read_text())
+        meta = json.loads(p.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise SafeGeneError(f"cannot read {p}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise SafeGeneError(f"cannot read {p}: not a JSON object")
+    return meta
 
 
 def write_meta(gene_dir: str | Path, meta: dict) -> None:

@@ -146,6 +146,18 @@ CASES = {
     "apply-gene-meta-not-json": lambda f, w, o: (
         ["apply", "--gene", _gene_with(f, w, edit_meta=None) and _break_json(w / "gene_x"), "--target",
          f.degraded, "--out", o], [w / "gene_x", f.degraded], ["safegene.json"]),
+    "apply-gene-selection-malformed": lambda f, w, o: (
+        ["apply", "--gene", _gene_with(f, w, edit_meta=lambda m: m.update(selection="all of them")),
+         "--target", f.degraded, "--out", o], [w / "gene_x", f.degraded], ["selection"]),
+    "apply-gene-coefficients-nan": lambda f, w, o: (
+        ["apply", "--gene", _gene_with(f, w, edit_meta=lambda m: m.update(coefficients={"0": float("nan")})),
+         "--target", f.degraded, "--out", o], [w / "gene_x", f.degraded], ["not finite"]),
+    "select-gene-layer-not-a-number": lambda f, w, o: (
+        ["select", "--gene", _gene_with(f, w, edit_meta=lambda m: [v.update(layer="x") for v in m["modules"].values()]),
+         "--model", f.degraded, "--harmful", f.harmful, "--out", o], [w / "gene_x", f.degraded], ["malformed"]),
+    "select-gene-meta-not-an-object": lambda f, w, o: (
+        ["select", "--gene", _gene_with(f, w) and _meta_text(w / "gene_x", "[1, 2]"), "--model", f.degraded,
+         "--harmful", f.harmful, "--out", o], [w / "gene_x", f.degraded], ["safegene.json"]),
     "apply-unknown-as": lambda f, w, o: (
         ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--as", "tarball"],
         [f.gene, f.degraded], ["--as"]),
@@ -319,6 +331,11 @@ def _narrow_factor(path):
     key = next(k for k in sd if k.endswith("layers.0.self_attn.q_proj.lora_A.weight"))
     sd[key] = sd[key][:, :16].contiguous()
     save_file(sd, str(path))
+
+
+def _meta_text(g, text):
+    (g / "safegene.json").write_text(text)
+    return g
 
 
 def _break_json(g):
