@@ -45,9 +45,9 @@ def test_fit_lowers_the_objective_and_writes_gene2(tiny, tmp_path):
 
 
 def test_deterministic_for_a_seed(tiny):
-    a, b = _fit(tiny, seed=3), _fit(tiny, seed=3)
-    assert a["groups"] == b["groups"]
-    c = _fit(tiny, seed=4)  # other shots
+    a, b = _fit(tiny, seed=3, steps=15), _fit(tiny, seed=3, steps=15)
+    assert a["groups"] == b["groups"] and a["fit"]["loss_curve"] == b["fit"]["loss_curve"]
+    c = _fit(tiny, seed=4, steps=1)  # other shots
     assert c["data"]["harmful"]["sha256"] != a["data"]["harmful"]["sha256"]
 
 
@@ -177,3 +177,12 @@ def test_bf16_model_float32_alpha(tiny):
                     steps=5, dtype="bf16")
     assert all(isinstance(v, float) for v in rec["groups"].values())
     assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
+
+
+def test_hinged_objective(tiny):
+    """task_margin / refusal_floor: per-example hinges; at α = 0 the task hinge is exactly 0."""
+    rec = calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4,
+                    steps=5, task_margin=0.1, refusal_floor=0.5)
+    assert rec["fit"]["loss_initial"]["task"] == 0.0
+    assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
+    assert rec["fit"]["task_margin"] == 0.1 and rec["fit"]["refusal_floor"] == 0.5
