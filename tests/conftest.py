@@ -7,6 +7,15 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread for the whole test session. The hardening tests fork this process to run the
+# CLI cheaply, and a child forked from a parent whose OpenMP pool already ran with several threads
+# can block forever on the pool's futex; with one thread no pool is ever started. (Tests measure
+# behaviour, not speed; the zoo trains with one thread by default anyway.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402  (after the environment variable, so the pool starts with one thread)
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def micro_zoo(tmp_path_factory) -> Path:
