@@ -157,23 +157,9 @@ def tree(path: Path) -> dict:
 
 
 def micro_zoo(request) -> Path:
-    """The micro zoo's directory from the session fixture (a path, or a dict/object holding one)."""
-    import os
-
-    import pytest
-
-    if os.environ.get("SAFEGENE_MICRO_ZOO"):  # a zoo built beforehand (development runs)
-        return Path(os.environ["SAFEGENE_MICRO_ZOO"])
-    try:
-        z = request.getfixturevalue("micro_zoo")
-    except pytest.FixtureLookupError:
-        pytest.skip("no micro_zoo fixture in tests/conftest.py yet")
-    for attr in ("root", "path", "dir"):
-        if isinstance(z, dict) and attr in z:
-            z = z[attr]
-        elif hasattr(z, attr):
-            z = getattr(z, attr)
-    return Path(z)
+    """The micro zoo's directory, from tests/conftest.py's session fixture (which honours
+    SAFEGENE_MICRO_ZOO=DIR for a zoo built beforehand)."""
+    return Path(request.getfixturevalue("micro_zoo"))
 
 
 def zoo_gene(zoo: Path, out: Path) -> Path:
