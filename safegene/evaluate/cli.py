@@ -104,7 +104,7 @@ def run_eval_command(args) -> int:
     from safegene.evaluate.generate import GenerationSettings
     from safegene.evaluate.judges import check_judge_names, make_judges
     from safegene.evaluate.parallel import current_dist, in_distributed_env, spawn
-    from safegene.evaluate.report import check_out_dir
+    from safegene.io import check_output_path
     from safegene.evaluate.run import EvalSettings, load_template, resolve_device, resolve_inputs, run_eval
     from safegene.models import check_adapter_dir, check_model_dir
 
@@ -133,9 +133,6 @@ def run_eval_command(args) -> int:
         if not getattr(load_tokenizer(spec.path), "chat_template", None):
             raise SafeGeneError(f"the tokenizer of {spec.path} has no chat template; pass --template FILE "
                                 "(a Jinja chat template)")
-    check_out_dir(args.out, args.force)
-    from safegene.io.outdir import check_output_path
-
     # the report must not replace or land inside the model, adapter or guard (inputs are never modified)
     check_output_path(args.out, args.force, inputs=(spec.path, spec.adapter, args.guard_model))
     if args.num_processes < 1:

@@ -10,11 +10,7 @@ inputs, whatever the number of processes.
 from __future__ import annotations
 
 import json
-import os
 import platform
-import shutil
-import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -22,7 +18,7 @@ from safegene.errors import SafeGeneError
 from safegene.evaluate.data import EvalSet
 from safegene.evaluate.judges import Judge
 from safegene.evaluate.metrics import agreement, rate
-from safegene.io import hash_model_dir
+from safegene.io import atomic_output_dir, hash_model_dir
 
 REPORT_FORMAT = "safegene-eval/1"
 FILES = ("report.json", "samples.jsonl", "report.md", "safety_utility.png")
@@ -276,23 +272,10 @@ def plot_safety_utility(report: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
-def check_out_dir(out: str | Path, force: bool) -> Path:
-    out = Path(out)
-    if out.exists() and not force:
-        raise SafeGeneError(f"output exists: {out} (pass --force to replace it)")
-    if out.exists() and not out.is_dir():
-        raise SafeGeneError(f"output path exists and is not a directory: {out}")
-    if not out.parent.exists():
-        raise SafeGeneError(f"parent directory of the output does not exist: {out.parent}")
-    return out
-
-
 def write_report(report: dict, samples: list, out_dir: str | Path, *, force: bool = False) -> Path:
     """Write the four files into a temporary directory beside `out_dir`, then rename it into place
     (an existing `out_dir` only with force). An interrupted run leaves nothing at `out_dir`."""
-    out = check_out_dir(out_dir, force).resolve()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_output_dir(out_dir, force) as tmp:
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
@@ -300,15 +283,4 @@ def write_report(report: dict, samples: list, out_dir: str | Path, *, force: boo
                 f.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
         (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
         plot_safety_utility(report, tmp / "safety_utility.png")
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{int(time.time())}"
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir).resolve()

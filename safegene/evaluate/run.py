@@ -293,9 +293,10 @@ def run_eval(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge], sett
     """Evaluate one model and write the report (rank 0). Returns the report on rank 0, else None."""
     import time
 
-    from safegene.evaluate.report import build_report, check_out_dir, write_report
+    from safegene.evaluate.report import build_report, write_report
+    from safegene.io import check_output_path
 
-    check_out_dir(out, force)
+    check_output_path(out, force)
     dist = dist or current_dist(settings.device)
     t0 = time.time()
     samples = evaluate_model(spec, datasets, judges, settings, dist=dist)
