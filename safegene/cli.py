@@ -255,13 +255,18 @@ def _add_zoo(sub) -> None:
     b.set_defaults(func=_run_zoo_build)
 
 
-def _run_zoo_build(args) -> int:
+def _show_zoo_progress() -> None:
+    """The zoo reports its stages and steps through logging: print them with a time stamp."""
     import logging
-
-    from safegene.zoo import build_zoo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("safegene.zoo").setLevel(logging.INFO)
+
+
+def _run_zoo_build(args) -> int:
+    from safegene.zoo import build_zoo
+
+    _show_zoo_progress()
     out = build_zoo(args.out, args.size, args.seed, threads=args.threads,
                     measure_models=not args.no_measure)
     print(f"zoo written to {out} (see {out / 'zoo.json'})")
@@ -308,6 +313,8 @@ def _run_demo(args) -> int:
     from safegene.compare import format_table
     from safegene.demo import run_demo
 
+    if not args.quiet:
+        _show_zoo_progress()
     report = run_demo(args.out, size=args.size, seed=args.seed, zoo=args.zoo, force=args.force,
                       progress=not args.quiet)
     print(format_table(report))

@@ -72,6 +72,8 @@ def run_demo(out: str | Path = "demo-out", *, size: str = "small", seed: int = 0
     from safegene.zoo.build import build_zoo
 
     out = Path(out).absolute()
+    if zoo is not None and not (Path(zoo) / "zoo.json").is_file():
+        raise SafeGeneError(f"not a finished zoo (no zoo.json): {zoo}")
     out.mkdir(parents=True, exist_ok=True)
     report_dir = out / "report"
     if report_dir.exists() and not force:
