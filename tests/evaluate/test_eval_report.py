@@ -88,13 +88,10 @@ def test_harmful_only_report_still_plots(tiny_model, tiny_data, tmp_path):
     assert (out / "safety_utility.png").stat().st_size > 1000
 
 
-def test_micro_zoo_end_to_end(request, tmp_path):
+def test_micro_zoo_end_to_end(micro_zoo, tmp_path):
     """Aligned, degraded and a task model on the micro zoo's own test splits, one report (the way
     `compare` calls the API), then the CLI on a zoo model by name."""
-    try:
-        zoo = request.getfixturevalue("micro_zoo")
-    except pytest.FixtureLookupError:
-        pytest.skip("no micro_zoo fixture in tests/conftest.py")
+    zoo = micro_zoo
     from pathlib import Path
 
     from safegene.evaluate import resolve_inputs
