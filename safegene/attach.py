@@ -69,6 +69,20 @@ def _scaling(config: dict, name: str, rank: int) -> float:
     return float(alpha) / float(rank)
 
 
+def read_meta(gene_dir: str | Path) -> dict:
+    """The gene's safegene.json as a dict ({} for a plain PEFT directory without one)."""
+    p = Path(gene_dir) / "safegene.json"
+    if not p.is_file():
+        return {}
+    try:
+        meta = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SafeGeneError(f"cannot read {p}: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise SafeGeneError(f"cannot read {p}: not a JSON object")
+    return meta
+
+
 def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
     """The gene's per-layer weight deltas (LoRA factors, or dense δ), float32, sorted by layer.
 
@@ -76,16 +90,7 @@ def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
     (no safegene.json of the gene format) is read directly, its scaling folded into B.
     """
     gene_dir = Path(gene_dir)
-    meta_path = gene_dir / "safegene.json"
-    meta = {}
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise SafeGeneError(f"{meta_path} is not a JSON object")
-    if meta.get("format") == "safegene-gene":
+    if read_meta(gene_dir).get("format") == "safegene-gene":
         return _read_with_gene_api(gene_dir)
     return _read_peft_dir(gene_dir)
 

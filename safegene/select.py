@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from safegene.attach import (GeneAttachment, encode_pairs, group_key, pairs_loss, read_gene_modules)
+from safegene.attach import (GeneAttachment, encode_pairs, group_key, pairs_loss, read_gene_modules,
+                             read_meta)
 from safegene.errors import SafeGeneError
 
 METHODS = ("attribution", "ablation")
@@ -189,19 +190,6 @@ def refusal_targets(records: list[dict], *, gene_dir=None, aligned=None, device=
 
 
 # --- gene metadata -------------------------------------------------------------------------------
-
-
-def read_meta(gene_dir: str | Path) -> dict:
-    p = Path(gene_dir) / META
-    if not p.is_file():
-        return {}
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SafeGeneError(f"cannot read {p}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise SafeGeneError(f"cannot read {p}: not a JSON object")
-    return meta
 
 
 def write_meta(gene_dir: str | Path, meta: dict) -> None:
