@@ -5,9 +5,12 @@ Per group (a layer, or a (layer, module kind) pair) two scores, in loss units:
   (targets: the data's refusals, or the aligned model's own responses);
 - `interference`: how much it raises the loss on benign prompts (targets: the data's responses,
   or the scored model's own responses) plus the task loss when task data is given.
-`score = gain − interference`. Method `attribution` (default) is first order: the gradient with
-respect to the group's coefficient at 0, i.e. ⟨∇_W L, δ⟩, one backward pass per data set. Method
-`ablation` is exact: the group applied alone at coefficient 1, losses measured.
+`score = gain − interference`. Method `attribution` (default) takes the gain to first order: the
+gradient with respect to the group's coefficient at 0, i.e. ⟨−∇_W L, δ⟩, one backward pass. The
+interference is always measured exactly (the group applied alone at coefficient 1, one forward pass
+per group): a task model sits at a minimum of its task loss, where the first-order term is zero and
+the damage δ does is second order, so a gradient would report no interference at all. Method
+`ablation` measures the gain exactly too.
 
 Policies keep the best-scoring groups: top-k, a score threshold, or a parameter budget (a fraction
 of the gene's parameters). The scores, the policy, the data hashes and the selection are written to
@@ -266,22 +269,23 @@ def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
     att = GeneAttachment(model, modules, per_module_kind=per_module_kind)
     deltas: dict[str, torch.Tensor] = {}
     base: dict[str, float] = {}
+    exact = [k for k in enc if method == "ablation" or k != "harmful"]
     with att:
         if method == "attribution":
-            for k, e in enc.items():
-                base[k], deltas[k] = _loss_grad(att, e, batch_size=batch_size, pad_id=pad_id)
-        else:
+            base["harmful"], deltas["harmful"] = _loss_grad(att, enc["harmful"], batch_size=batch_size,
+                                                            pad_id=pad_id)
+        if exact:
             from tqdm.auto import tqdm
 
             n = len(att.groups)
             with att.fixed():
-                for k, e in enc.items():
-                    base[k] = _loss(att, e, batch_size=batch_size, pad_id=pad_id)
+                for k in exact:
+                    base[k] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id)
                     deltas[k] = torch.zeros(n)
                 for i in tqdm(range(n), desc="ablation", disable=not progress, leave=False):
                     att.set(torch.nn.functional.one_hot(torch.tensor(i), n).float())
-                    for k, e in enc.items():
-                        deltas[k][i] = _loss(att, e, batch_size=batch_size, pad_id=pad_id) - base[k]
+                    for k in exact:
+                        deltas[k][i] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id) - base[k]
     scores = {}
     zero = torch.zeros(len(att.groups))
     for i, g in enumerate(att.groups):
@@ -295,7 +299,8 @@ def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
 
 
 def per_layer(scores: dict[str, dict]) -> dict[str, dict]:
-    """Per-module-kind scores summed per layer (exact for attribution, which is linear)."""
+    """Per-module-kind scores summed per layer (exact for a first-order gain, which is linear; for
+    the measured interference, the sum of its module kinds' — their cross terms left out)."""
     out: dict[str, dict] = {}
     for g, s in scores.items():
         if g.startswith("_"):

@@ -92,6 +92,28 @@ def test_ablation_agrees_in_sign_with_attribution_for_the_top_group(tiny):
     assert att_scores[top]["gain"] * abl_scores[top]["gain"] > 0
 
 
+def test_interference_is_measured_not_extrapolated(tiny):
+    """At a trained model's optimum the task loss has no gradient, so first-order interference would
+    be 0 for every group; attribution measures it exactly (δ applied at 1), as ablation does."""
+    model, tok = load_model(tiny.model)
+    modules = read_gene_modules(tiny.gene)
+    harmful = _pairs(tiny.harmful, "response")[:4]
+    task = _pairs(tiny.task, "answer")[:4]
+    att_scores = score_groups(model, tok, modules, harmful=harmful, task=task, per_module_kind=False)
+    abl_scores = score_groups(model, tok, modules, harmful=harmful, task=task, method="ablation",
+                              per_module_kind=False)
+    enc = encode_pairs(tok, [p for p, _ in task], [t for _, t in task])
+    att = GeneAttachment(model, modules)
+    with att, att.fixed():
+        base = float(pairs_loss(model, enc))
+        for i, g in enumerate(att.groups):
+            att.set(torch.nn.functional.one_hot(torch.tensor(i), len(att.groups)).float())
+            measured = float(pairs_loss(model, enc)) - base
+            assert att_scores[g]["task"] == pytest.approx(measured, abs=1e-5)
+            assert abl_scores[g]["task"] == pytest.approx(measured, abs=1e-5)
+    assert any(abs(att_scores[g]["task"]) > 1e-3 for g in att.groups)
+
+
 def _scores(**gains):
     return {g: {"gain": v, "interference": 0.0, "task": 0.0, "score": v, "n_params": 10}
             for g, v in gains.items()}
