@@ -24,7 +24,7 @@ DEMO_METHODS = {
     "safelora": {"threshold": [0.35, 0.5]},
     "safemerge": {"threshold": [0.35, 0.5], "task_weight": [0.8]},
     "interpolate": {"t": [0.25, 0.5, 0.75]},
-    "safegene": {"rank": [16], "shots": [16], "ablations": [True]},
+    "safegene": {"rank": [1], "shots": [16], "ablations": [True]},
 }
 
 

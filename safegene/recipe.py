@@ -22,7 +22,7 @@ methods:                             # every value is a grid: a list of settings
   safelora: {threshold: [0.35, 0.5]}
   safemerge: {threshold: [0.35], task_weight: [0.8]}
   interpolate: {t: [0.25, 0.5]}
-  safegene: {rank: [16], shots: [16]}
+  safegene: {rank: [1], shots: [16]}
 generation: {max_new_tokens: 48, batch_size: 32}
 seed: 0
 device: cpu
@@ -48,7 +48,7 @@ METHOD_PARAMS: dict[str, dict[str, tuple[type, list]]] = {
     "safemerge": {"threshold": (float, [0.35, 0.5]), "task_weight": (float, [0.8]),
                   "dare": (float, [0.0])},
     "interpolate": {"t": (float, [0.25, 0.5, 0.75])},
-    "safegene": {"rank": (int, [16]), "shots": (int, [16]), "top_k": (int, []),
+    "safegene": {"rank": (int, [1]), "shots": (int, [16]), "top_k": (int, []),
                  "ablations": (bool, [True])},
 }
 METHODS_NEEDING_BASE = {"safelora", "safemerge"}

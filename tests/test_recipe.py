@@ -45,7 +45,7 @@ def test_good_recipe_resolves_paths_and_grids(layout):
     assert r.tasks[0].name == "arith" and r.tasks[0].adapter is None
     assert r.methods["resta"] == [{"beta": 0.5, "dare": 0.0, "ties": 1.0}, {"beta": 1.0, "dare": 0.0, "ties": 1.0}]
     assert r.methods["safelora"] == [{"number": 2}]
-    assert r.methods["safegene"] == [{"rank": 16, "shots": 16, "ablations": True}]
+    assert r.methods["safegene"] == [{"rank": 1, "shots": 16, "ablations": True}]
     assert r.seed == 3 and r.judges == ["keyword", "prefix"]
 
 
