@@ -75,8 +75,8 @@ def _add_select(sub) -> None:
     pol.add_argument("--budget", type=float, help="keep the best layers within this fraction of the "
                      "gene's parameters")
     p.add_argument("--method", choices=["attribution", "ablation"], default="attribution",
-                   help="attribution: first order, one backward pass per data set (default); "
-                   "ablation: one layer at a time, exact")
+                   help="attribution: safety gain to first order (one backward pass), interference "
+                   "measured (one forward pass per layer) (default); ablation: the gain measured too")
     p.add_argument("--per-module-kind", action="store_true",
                    help="select (layer, attention|MLP) groups instead of whole layers")
     p.add_argument("--examples", type=int, default=32, help="at most this many prompts per data set")
