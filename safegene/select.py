@@ -282,7 +282,8 @@ def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
                 for k in exact:
                     base[k] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id)
                     deltas[k] = torch.zeros(n)
-                for i in tqdm(range(n), desc="ablation", disable=not progress, leave=False):
+                for i in tqdm(range(n), desc="ablation" if method == "ablation" else "interference",
+                              disable=not progress, leave=False):
                     att.set(torch.nn.functional.one_hot(torch.tensor(i), n).float())
                     for k in exact:
                         deltas[k][i] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id) - base[k]
