@@ -17,13 +17,10 @@ import math
 import time
 from pathlib import Path
 
-import torch
-
-from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
-from safegene.apply import check_provenance
 from safegene.errors import SafeGeneError
-from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
-                             load_records, read_meta, refusal_targets, selection_to_groups, take)
+
+# torch and the modules that import it are imported inside the functions that use them, so the CLI
+# can read DEFAULTS (for --help) without loading torch.
 
 DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight=1.0, refusal_tokens=None,
                 task_margin=None, refusal_floor=None)
@@ -31,6 +28,8 @@ DEFAULTS = dict(lam=0.01, steps=150, lr=0.05, patience=25, init=0.0, task_weight
 
 def selected_groups(meta: dict, modules, *, per_module_kind: bool, layers=None) -> tuple[list[str], bool]:
     """The coefficient groups to fit: the gene's selection (or `layers`: a list, or "all")."""
+    from safegene.select import selection_to_groups
+
     kinds = sorted({g.kind for g in modules})
     gene_layers = sorted({g.layer for g in modules})
     if layers is None:
@@ -65,6 +64,10 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
               refusal_floor: float | None = DEFAULTS["refusal_floor"], seed: int = 0, batch_size: int = 32,
               progress: bool = False) -> dict:
     """Adam on α (float32) over `groups`; returns {"alpha": {group: value}, "curve": [...], ...}."""
+    import torch
+
+    from safegene.attach import GeneAttachment, encode_pairs, pairs_loss
+
     if not harmful:
         raise SafeGeneError("no harmful examples to calibrate on")
     torch.manual_seed(seed)
@@ -176,6 +179,11 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
     None nothing is written (the Python API's dry run). `model`/`tokenizer`: an already loaded
     target (skips loading). Returns the coefficients record.
     """
+    from safegene.apply import check_provenance
+    from safegene.attach import read_gene_modules
+    from safegene.select import (_answer, _check_out, _own_or_given, check_family, copy_gene, data_hash,
+                                 load_records, read_meta, refusal_targets, take)
+
     t0 = time.perf_counter()
     if steps < 1:
         raise SafeGeneError(f"--steps must be at least 1 (got {steps})")

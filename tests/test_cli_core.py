@@ -78,3 +78,18 @@ def test_select_bad_input(tiny, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert tinygene.tree(tiny.root) == before and not (tmp_path / "g").exists()
+
+
+def test_help_does_not_load_torch():
+    """`safegene --help` / `calibrate --help` build every subparser; none of them may import torch
+    (seconds of start-up for a usage message)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom safegene.cli import main\n"
+            "for argv in (['--help'], ['calibrate', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--lam" in done.stdout  # the calibrate help (with its defaults) was printed
