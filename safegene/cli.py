@@ -370,20 +370,20 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except OSError as exc:  # the machine, not the input: a full disk, a quota, a read-only place
         if args.debug or exc.errno not in _WRITE_ERRNOS:
-            if args.debug:
-                traceback.print_exc()
-            else:
-                print(f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
-                      file=sys.stderr)
-            return 1
+            return _internal_error(exc, args.debug)
         where = f": {exc.filename2 or exc.filename}" if (exc.filename2 or exc.filename) else ""
         print(f"safegene: error: cannot write ({exc.strerror}){where}; no output was written",
               file=sys.stderr)
         return 1
-    except Exception as exc:  # a bug, not bad input: say so, keep it on one line unless --debug
-        if args.debug:
-            traceback.print_exc()
-        else:
-            print(f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
-                  file=sys.stderr)
-        return 1
+    except Exception as exc:  # a bug, not bad input
+        return _internal_error(exc, args.debug)
+
+
+def _internal_error(exc: BaseException, debug: bool) -> int:
+    """A bug (not bad input): the traceback with --debug, else one line; exit code 1."""
+    if debug:
+        traceback.print_exc()
+    else:
+        print(f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+              file=sys.stderr)
+    return 1
