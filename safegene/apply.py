@@ -30,7 +30,8 @@ from safegene.family import check_compatible
 from safegene.gene import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Gene, adapter_config,
                            load_gene, normalize_coefficients)
 from safegene.io import (DEFAULT_SHARD_BYTES, ModelReader, ShardWriter, SpooledWriter,
-                         all_finite, atomic_output_dir, check_output_path, copy_side_files, hash_model_dir)
+                         all_finite, atomic_output_dir, check_output_path, copy_side_files, hash_model_dir,
+                         matches_hash)
 
 FORMS = ("merged", "adapter", "combined")
 APPLY_RECORD = "safegene_apply.json"
@@ -141,7 +142,7 @@ def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) 
     if isinstance(named, str) and named and (Path(named) / "config.json").is_file():
         bases.append(Path(named))
     for base in bases:
-        if hash_model_dir(base, full=recorded.startswith("sha256:")) != recorded:
+        if not matches_hash(base, recorded):
             msg = (f"{base} (the task LoRA's base) is not the aligned model the gene was extracted "
                    f"from ({src.get('path')}): their content hashes differ")
             if strict:

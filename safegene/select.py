@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from safegene.attach import (GeneAttachment, encode_pairs, group_key, pairs_loss, read_gene_modules,
-                             read_meta)
+from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules, read_meta
 from safegene.errors import SafeGeneError
 
 METHODS = ("attribution", "ablation")
@@ -141,31 +140,25 @@ def own_responses(model_path, prompts: list[str], *, adapter=None, model=None, t
 
 
 def aligned_path(gene_dir: str | Path, aligned: str | Path | None) -> Path | None:
-    """The aligned model: given explicitly, else found through the gene's provenance."""
+    """The aligned model: given explicitly, else the gene's recorded source (`sources.aligned`,
+    checked against its content hash), else the base its adapter_config names."""
     if aligned is not None:
         return Path(aligned)
-    meta = read_meta(gene_dir)
-    cands = []
-    src = meta.get("sources") or meta.get("source_models") or meta.get("provenance") or {}
-    if isinstance(src, dict):
-        a = src.get("aligned")
-        cands.append(a.get("path") if isinstance(a, dict) else a)
-    if isinstance(src, list):
-        cands += [s.get("path") for s in src if isinstance(s, dict) and s.get("role") == "aligned"]
-    cands.append(meta.get("aligned"))
+    src = read_meta(gene_dir).get("sources")
+    src = src.get("aligned") if isinstance(src, dict) else None
+    cands = [src.get("path") if isinstance(src, dict) else None]
     try:
         cands.append(json.loads((Path(gene_dir) / "adapter_config.json").read_text())
                      .get("base_model_name_or_path"))
     except (OSError, json.JSONDecodeError):
         pass
-    recorded = src.get("aligned") if isinstance(src, dict) else None
-    recorded = recorded.get("hash") if isinstance(recorded, dict) else None
+    recorded = src.get("hash") if isinstance(src, dict) else None
     for c in cands:
         if isinstance(c, str) and c and (Path(c) / "config.json").is_file():
             if isinstance(recorded, str):  # the provenance names a model by content: check it
-                from safegene.io import hash_model_dir
+                from safegene.io import matches_hash
 
-                if hash_model_dir(c, full=recorded.startswith("sha256:")) != recorded:
+                if not matches_hash(c, recorded):
                     raise SafeGeneError(f"the gene's aligned model {c} is not the one it was extracted "
                                         "from (content hash differs): pass --aligned DIR")
             return Path(c)

@@ -132,3 +132,8 @@ def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 1
                 fh.seek(start + (size - start) * i // samples)
                 h.update(fh.read(sample_bytes))
     return ("sha256:" if full else "sample-sha256:") + h.hexdigest()
+
+
+def matches_hash(path: str | os.PathLike, recorded: str) -> bool:
+    """Does the model directory still hash to `recorded` (computed the same way: full or sampled)?"""
+    return hash_model_dir(path, full=recorded.startswith("sha256:")) == recorded
