@@ -59,6 +59,7 @@ def main(argv=None) -> int:
         genes[r] = work / f"gene-r{r}"
         if not genes[r].exists():
             extract(models["aligned"]["path"], [models["degraded"]["path"]], genes[r], rank=r, progress=False)
+    modules = {r: read_gene_modules(gene) for r, gene in genes.items()}
     settings = EvalSettings(generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=64),
                             device="cpu", progress=False, hash_models=False)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
@@ -75,8 +76,7 @@ def main(argv=None) -> int:
                             task=data["tasks"][task]["shots"], shots=args.shots, layers="all", out=None,
                             model=model, tokenizer=tok)
             seconds = time.perf_counter() - t0
-            modules = read_gene_modules(gene)
-            att = GeneAttachment(model, modules, groups=list(rec["groups"]),
+            att = GeneAttachment(model, modules[r], groups=list(rec["groups"]),
                                  alpha=torch.tensor(list(rec["groups"].values())))
             with att, att.fixed():
                 row[r] = measure(f"{name}/r{r}", model, tok, datasets, settings)
