@@ -44,6 +44,22 @@ from safegene.select import select  # noqa: E402
 CONFIGS = ("none", "uniform", "select", "calibrate", "safegene")
 
 
+def zoo_gene(models: dict, work: Path, rank: int | None) -> Path:
+    """The zoo's aligned − degraded gene of `rank` under `work`, extracted on first use."""
+    from safegene.gene import extract
+
+    gene = work / f"gene-r{rank or 'default'}"
+    if not gene.exists():
+        extract(models["aligned"]["path"], [models["degraded"]["path"]], gene, rank=rank, progress=False)
+    return gene
+
+
+def eval_settings(max_new_tokens: int, batch_size: int = 64) -> EvalSettings:
+    """Greedy generation on CPU, no progress bars, no model hashing: the benchmarks' evaluation."""
+    return EvalSettings(generation=GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size),
+                        device="cpu", progress=False, hash_models=False)
+
+
 def measure(name, model, tok, datasets, settings) -> dict:
     samples = evaluate_model(ModelSpec.loaded(name, model, tok), datasets, make_judges(["keyword"]), settings)
     harm = [s.verdicts["keyword"] for s in samples if s.split == "harmful"]
@@ -85,7 +101,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from safegene.gene import extract
     from safegene.zoo.build import load_zoo
 
     zoo_dir = Path(args.zoo).resolve()
@@ -93,10 +108,8 @@ def main(argv=None) -> int:
     models, data = zoo["models"], zoo["data"]
     work = Path(args.work or zoo_dir / "bench-ablations")
     work.mkdir(parents=True, exist_ok=True)
-    gene = work / f"gene-r{args.rank or 'default'}"
     t0 = time.perf_counter()
-    if not gene.exists():
-        extract(models["aligned"]["path"], [models["degraded"]["path"]], gene, rank=args.rank, progress=False)
+    gene = zoo_gene(models, work, args.rank)
     t_extract = time.perf_counter() - t0
 
     def run_select(entry, out, task=None):
@@ -111,8 +124,7 @@ def main(argv=None) -> int:
         print(f"gene {gene.name}: selected {sel['groups']} on {args.select_on} in {t_select:.1f} s "
               f"(extract {t_extract:.1f} s)", flush=True)
 
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=50),
-                            device="cpu", progress=False, hash_models=False)
+    settings = eval_settings(args.max_new_tokens, batch_size=50)
     common = [load_data(data["harmful_test"], "harmful", limit=args.limit),
               load_data(data["benign_test"], "benign", limit=args.limit)]
     modules = read_gene_modules(gene)

@@ -33,14 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_ablations import measure  # noqa: E402
+from bench_ablations import eval_settings, measure, zoo_gene  # noqa: E402
 
 from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules  # noqa: E402
 from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
-from safegene.evaluate.generate import GenerationSettings  # noqa: E402
-from safegene.evaluate.run import EvalSettings  # noqa: E402
-from safegene.gene import extract  # noqa: E402
 from safegene.models import load_model  # noqa: E402
 from safegene.select import _answer, load_records, take  # noqa: E402
 from safegene.zoo.build import load_zoo  # noqa: E402
@@ -138,13 +135,10 @@ def main(argv=None) -> int:
     models, data = zoo["models"], zoo["data"]
     work = Path(args.work or Path(args.zoo) / "bench-ceiling")
     work.mkdir(parents=True, exist_ok=True)
-    gene = work / f"gene-r{args.rank}"
-    if not gene.exists():
-        extract(models["aligned"]["path"], [models["degraded"]["path"]], gene, rank=args.rank, progress=False)
+    gene = zoo_gene(models, work, args.rank)
     modules = read_gene_modules(gene)
     groups = sorted({str(g.layer) for g in modules}, key=int)
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=64),
-                            device="cpu", progress=False, hash_models=False)
+    settings = eval_settings(args.max_new_tokens)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
     aligned, atok = load_model(models["aligned"]["path"])
     al = measure("aligned", aligned, atok, common, settings)

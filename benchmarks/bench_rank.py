@@ -25,14 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_ablations import measure  # noqa: E402
+from bench_ablations import eval_settings, measure, zoo_gene  # noqa: E402
 
 from safegene.attach import GeneAttachment, read_gene_modules  # noqa: E402
 from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
-from safegene.evaluate.generate import GenerationSettings  # noqa: E402
-from safegene.evaluate.run import EvalSettings  # noqa: E402
-from safegene.gene import extract  # noqa: E402
 from safegene.models import load_model  # noqa: E402
 from safegene.zoo.build import load_zoo  # noqa: E402
 
@@ -54,14 +51,9 @@ def main(argv=None) -> int:
     models, data = zoo["models"], zoo["data"]
     work = Path(args.work or Path(args.zoo) / "bench-rank")
     work.mkdir(parents=True, exist_ok=True)
-    genes = {}
-    for r in sorted(args.ranks):
-        genes[r] = work / f"gene-r{r}"
-        if not genes[r].exists():
-            extract(models["aligned"]["path"], [models["degraded"]["path"]], genes[r], rank=r, progress=False)
+    genes = {r: zoo_gene(models, work, r) for r in sorted(args.ranks)}
     modules = {r: read_gene_modules(gene) for r, gene in genes.items()}
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=args.max_new_tokens, batch_size=64),
-                            device="cpu", progress=False, hash_models=False)
+    settings = eval_settings(args.max_new_tokens)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
     results: dict = {}
     for name in args.models or [n for n, m in models.items() if m.get("task")]:
