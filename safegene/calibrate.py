@@ -8,16 +8,19 @@ For a task model θ_t (a full checkpoint, or aligned + task LoRA left unmerged),
 
 full batch, a fixed number of steps with early stopping, seeded. Refusal targets are the data's
 refusals or else the aligned model's own greedy responses (generated once, cached). The result is
-a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were fitted.
+a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were fitted,
+including how many harmful shots the target answered before (a warning when under a quarter: the
+refusal loss then has little to correct).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from pathlib import Path
 
-from safegene.errors import SafeGeneError
+from safegene.errors import SafeGeneError, SafeGeneWarning
 
 # torch and the modules that import it are imported inside the functions that use them, so the CLI
 # can read DEFAULTS (for --help) without loading torch.
@@ -149,6 +152,20 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
             "curve": [round(c, 5) for c in curve[:: max(1, len(curve) // 20)]]}
 
 
+def complied_shots(prompts: list[str], target, adapter, model, tokenizer, *, max_new_tokens: int,
+                   progress: bool = False) -> int:
+    """How many of the harmful shots the target, as it is, answers instead of refusing (keyword
+    judge, greedy; generated once and cached). Calibration sees the harm only through these: a
+    target that refuses its shots but not other prompts gives it little to correct (small zoo:
+    task-classify refuses all 32 harmful shots and answers 14 % of the held-out prompts)."""
+    from safegene.evaluate.judges import keyword_judge
+    from safegene.select import own_responses
+
+    responses = own_responses(target, prompts, adapter=adapter, model=model, tokenizer=tokenizer,
+                              max_new_tokens=max_new_tokens, progress=progress)
+    return sum(keyword_judge(p, r) for p, r in zip(prompts, responses))
+
+
 def to_coefficients(alpha: dict[str, float]) -> dict:
     """Fitted α per group → the gene's coefficients schema ({"3": a} or {"attn": {"3": a}, ...})."""
     if any("." in g for g in alpha):
@@ -208,6 +225,13 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
 
         model, tokenizer = load_model(target, adapter, device=device, dtype=dtype)
     keep = _own_or_given(ben, target, adapter, model, tokenizer, max_new_tokens, progress) if ben else []
+    complied = complied_shots([r["prompt"] for r in harm], target, adapter, model, tokenizer,
+                              max_new_tokens=max_new_tokens, progress=progress)
+    if complied < len(harm) / 4:
+        name = f"{target} + {adapter}" if adapter else str(target)
+        warnings.warn(f"the target ({name}) already refuses {len(harm) - complied} of its {len(harm)} "
+                      "harmful shots: calibration sees little of the harm it is to correct; give harmful "
+                      "prompts this model answers", SafeGeneWarning, stacklevel=2)
     t_fit = time.perf_counter()
     fit = fit_alpha(model, tokenizer, modules, groups,
                     harmful=[(r["prompt"], t) for r, t in zip(harm, refusals)],
@@ -223,7 +247,8 @@ def calibrate(gene: str | Path, target: str | Path, *, harmful: str | Path, task
         "coefficients": to_coefficients(fit["alpha"]),
         "per_module_kind": per_module_kind,
         "target": {"path": str(target), "adapter": str(adapter) if adapter else None},
-        "data": {"harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm)},
+        "data": {"harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm),
+                             "complied": complied},
                  "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)},
                  "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)} if ben else None,
                  "refusal_targets_sha256": data_hash([{"t": t} for t in refusals])},

@@ -164,6 +164,26 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
         assert a1 >= 0.7 * a0
 
 
+def test_warns_when_the_target_already_refuses_its_shots(zoo):
+    """Calibration learns from the shots the target answers: a target that refuses (nearly) all of
+    them is flagged, and the count is recorded either way."""
+    import warnings
+
+    from safegene.errors import SafeGeneWarning
+
+    root, gene = zoo
+    data = root / "data"
+    kw = dict(harmful=data / "harmful_shots.jsonl", task=data / "tasks" / "howto" / "shots.jsonl", shots=16,
+              out=None, layers="all", steps=2)
+    with pytest.warns(SafeGeneWarning, match=r"aligned\) already refuses 1[3-6] of its 16 harmful shots"):
+        refusing = calibrate(gene, root / "models" / "aligned", **kw)
+    assert refusing["data"]["harmful"]["complied"] < 4
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SafeGeneWarning)
+        complying = calibrate(gene, root / "models" / "task-howto", **kw)
+    assert complying["data"]["harmful"]["complied"] >= 4
+
+
 def test_refusals_from_the_aligned_model_are_generated_once_and_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("SAFEGENE_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "harmful.txt"  # prompts only: refusals come from the gene's aligned model
