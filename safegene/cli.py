@@ -287,9 +287,18 @@ def _add_compare(sub) -> None:
     p.set_defaults(func=_run_compare)
 
 
+def _hide_library_progress() -> None:
+    """--quiet: also the bars transformers draws on its own (loading weights, writing shards)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _run_compare(args) -> int:
     from safegene.compare import format_table, run_compare
 
+    if args.quiet:
+        _hide_library_progress()
     report = run_compare(args.recipe, args.out, force=args.force, progress=not args.quiet)
     print(format_table(report))
     print(f"report: {args.out}/report.md")
@@ -314,7 +323,9 @@ def _run_demo(args) -> int:
     from safegene.compare import format_table
     from safegene.demo import run_demo
 
-    if not args.quiet:
+    if args.quiet:
+        _hide_library_progress()
+    else:
         _show_zoo_progress()
     report = run_demo(args.out, size=args.size, seed=args.seed, zoo=args.zoo, force=args.force,
                       progress=not args.quiet)

@@ -93,3 +93,25 @@ def test_help_does_not_load_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--lam" in done.stdout  # the calibrate help (with its defaults) was printed
+
+
+def test_quiet_hides_the_progress_bars_of_transformers(tiny, monkeypatch, capfd):
+    """`demo --quiet` loads many models: transformers' own "Loading weights" bars go too."""
+    from transformers.utils import logging as hf_logging
+
+    import safegene.demo
+    from safegene.errors import SafeGeneError
+    from safegene.models import load_model
+
+    def run_demo(*args, **kwargs):  # the part of a demo that draws the bars, then stop
+        load_model(tiny.model)
+        raise SafeGeneError("stopped here")
+
+    monkeypatch.setattr(safegene.demo, "run_demo", run_demo)
+    try:
+        assert main(["demo", "--out", "unused"]) == 2
+        assert "Loading weights" in capfd.readouterr().err
+        assert main(["demo", "--out", "unused", "--quiet"]) == 2
+        assert "Loading weights" not in capfd.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
