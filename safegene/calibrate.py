@@ -155,7 +155,7 @@ def fit_alpha(model, tokenizer, modules, groups: list[str], *, harmful: list[tup
 def complied_shots(prompts: list[str], target, adapter, model, tokenizer, *, max_new_tokens: int,
                    progress: bool = False) -> int:
     """How many of the harmful shots the target, as it is, answers instead of refusing (keyword
-    judge, greedy; generated once and cached). Calibration sees the harm only through these: a
+    judge, greedy; generated once and cached). Calibration learns mostly from these: a
     target that refuses its shots but not other prompts gives it little to correct (small zoo:
     task-classify refuses all 32 harmful shots and answers 14 % of the held-out prompts)."""
     from safegene.evaluate.judges import keyword_judge

@@ -142,10 +142,10 @@ def _run_calibrate(args) -> int:
                     lam=args.lam, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
                     dtype=args.dtype, force=args.force, progress=True, strict=args.strict)
     coefs = ", ".join(f"{g}={a:+.3f}" for g, a in rec["groups"].items())
-    harm = rec["data"]["harmful"]
-    print(f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful shots; refusal loss {rec['fit']['loss_initial']['refuse']:.3f} -> "
-          f"{rec['fit']['loss_final']['refuse']:.3f}, task loss {rec['fit']['loss_initial']['task']:.3f} -> "
-          f"{rec['fit']['loss_final']['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}")
+    harm, before, after = rec["data"]["harmful"], rec["fit"]["loss_initial"], rec["fit"]["loss_final"]
+    print(f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful shots; "
+          f"refusal loss {before['refuse']:.3f} -> {after['refuse']:.3f}, task loss {before['task']:.3f} -> "
+          f"{after['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}")
     return 0
 
 

@@ -27,3 +27,12 @@ def micro_zoo(tmp_path_factory) -> Path:
     cached = os.environ.get("SAFEGENE_MICRO_ZOO")
     out = Path(cached) if cached else tmp_path_factory.mktemp("zoo") / "micro"
     return build_zoo(out, size="micro", seed=0, progress=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def response_cache(tmp_path_factory) -> Path:
+    """Generated responses (refusal targets, the target's answers to its shots) are cached under the
+    session's temporary directory, not the user's ~/.cache/safegene."""
+    path = tmp_path_factory.mktemp("response-cache")
+    os.environ["SAFEGENE_CACHE"] = str(path)
+    return path
