@@ -32,16 +32,25 @@ HERE = Path(__file__).resolve()
 
 # --- checkpoint generation -------------------------------------------------------------------
 
+
 def llama_items(layers: int) -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) of a Llama checkpoint in Hugging Face's save order."""
     items = [("model.embed_tokens.weight", (VOCAB, HIDDEN))]
     for i in range(layers):
         p = f"model.layers.{i}."
-        items += [(p + "input_layernorm.weight", (HIDDEN,)),
-                  (p + "post_attention_layernorm.weight", (HIDDEN,))]
-        items += [(p + f"self_attn.{m}.weight", (HIDDEN, HIDDEN)) for m in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        items += [(p + "mlp.gate_proj.weight", (INTER, HIDDEN)), (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
-                  (p + "mlp.down_proj.weight", (HIDDEN, INTER))]
+        items += [
+            (p + "input_layernorm.weight", (HIDDEN,)),
+            (p + "post_attention_layernorm.weight", (HIDDEN,)),
+        ]
+        items += [
+            (p + f"self_attn.{m}.weight", (HIDDEN, HIDDEN))
+            for m in ("q_proj", "k_proj", "v_proj", "o_proj")
+        ]
+        items += [
+            (p + "mlp.gate_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.up_proj.weight", (INTER, HIDDEN)),
+            (p + "mlp.down_proj.weight", (HIDDEN, INTER)),
+        ]
     return items + [("model.norm.weight", (HIDDEN,)), ("lm_head.weight", (VOCAB, HIDDEN))]
 
 
@@ -58,10 +67,17 @@ def generate_pair(root: Path, layers: int, shard: str = "500MB") -> tuple[Path, 
     writers = []
     for d in dirs:
         d.mkdir(parents=True)
-        LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=layers,
-                    num_attention_heads=HEADS, num_key_value_heads=HEADS, vocab_size=VOCAB,
-                    tie_word_embeddings=False, dtype="bfloat16",
-                    architectures=["LlamaForCausalLM"]).save_pretrained(d)
+        LlamaConfig(
+            hidden_size=HIDDEN,
+            intermediate_size=INTER,
+            num_hidden_layers=layers,
+            num_attention_heads=HEADS,
+            num_key_value_heads=HEADS,
+            vocab_size=VOCAB,
+            tie_word_embeddings=False,
+            dtype="bfloat16",
+            architectures=["LlamaForCausalLM"],
+        ).save_pretrained(d)
         writers.append(ShardWriter(d, plan, parse_size(shard)))
     g = torch.Generator().manual_seed(0)
     for name, shape in items:
@@ -80,6 +96,7 @@ def dir_bytes(path: Path) -> int:
 
 
 # --- the reference programs (run as children: `bench_engine.py _<name> ...`) -----------------
+
 
 def _files(d: str) -> list[Path]:
     from safegene.io import find_weight_files
@@ -162,7 +179,8 @@ def mergekit_cmd(py: str, base: Path, model: Path, out: Path, cfg_path: Path) ->
         "models:\n"
         f"  - model: {model}\n"
         "    parameters:\n"
-        "      weight: 1.0\n")
+        "      weight: 1.0\n"
+    )
     exe = Path(py).parent / "mergekit-yaml"
     return [str(exe), str(cfg_path), str(out)]
 
@@ -179,72 +197,128 @@ def run_size(root: Path, layers: int, mergekit_python: str | None, repeat: int) 
     genes = {"rank16": root / "gene16", "dense": root / "gene_dense"}
     pair = ["--aligned", str(aligned), "--degraded", str(degraded)]
     for kind, flag in (("rank16", ["--rank", "16"]), ("dense", ["--dense"])):  # apply's inputs
-        subprocess.run(sg + ["extract", *pair, "--out", str(genes[kind]), *flag], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            sg + ["extract", *pair, "--out", str(genes[kind]), *flag],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     tasks = {
         "read floor (both inputs)": [py, me, "_floor_read", str(aligned), str(degraded)],
         "read+write floor (target)": [py, me, "_floor_read_write", str(degraded), str(out)],
         "naive load+sub+save": [py, me, "_naive", str(aligned), str(degraded), str(out)],
         "extract --dense": sg + ["extract", *pair, "--out", str(out), "--dense"],
         "extract --rank 16": sg + ["extract", *pair, "--out", str(out), "--rank", "16"],
-        "apply --as merged (rank 16)": sg + ["apply", "--gene", str(genes["rank16"]), "--target",
-                                             str(degraded), "--out", str(out), "--shard-size", "500MB"],
-        "apply --as merged (dense)": sg + ["apply", "--gene", str(genes["dense"]), "--target",
-                                           str(degraded), "--out", str(out), "--shard-size", "500MB"],
+        "apply --as merged (rank 16)": sg
+        + [
+            "apply",
+            "--gene",
+            str(genes["rank16"]),
+            "--target",
+            str(degraded),
+            "--out",
+            str(out),
+            "--shard-size",
+            "500MB",
+        ],
+        "apply --as merged (dense)": sg
+        + [
+            "apply",
+            "--gene",
+            str(genes["dense"]),
+            "--target",
+            str(degraded),
+            "--out",
+            str(out),
+            "--shard-size",
+            "500MB",
+        ],
     }
     if mergekit_python:
-        tasks["mergekit task_arithmetic"] = mergekit_cmd(mergekit_python, degraded, aligned, out,
-                                                         root / "mergekit.yml")
+        tasks["mergekit task_arithmetic"] = mergekit_cmd(
+            mergekit_python, degraded, aligned, out, root / "mergekit.yml"
+        )
     runs: dict[str, list[tuple[float, float, float]]] = {t: [] for t in tasks}
     for i in range(repeat):
         for name, cmd in tasks.items():
             shutil.rmtree(out, ignore_errors=True)
             runs[name].append(measure(cmd))
             w, c, r = runs[name][-1]
-            print(f"  [{i + 1}/{repeat}] {name:<28} {w:7.2f} s wall {c:7.2f} s cpu {r:6.2f} GB",
-                  flush=True)
+            print(
+                f"  [{i + 1}/{repeat}] {name:<28} {w:7.2f} s wall {c:7.2f} s cpu {r:6.2f} GB",
+                flush=True,
+            )
     shutil.rmtree(root)
-    return [{"layers": layers, "model_gb": size / 1e9, "task": name,
-             "wall_s": min(x[0] for x in rs), "cpu_s": min(x[1] for x in rs),
-             "peak_rss_gb": max(x[2] for x in rs), "runs": rs} for name, rs in runs.items()]
+    return [
+        {
+            "layers": layers,
+            "model_gb": size / 1e9,
+            "task": name,
+            "wall_s": min(x[0] for x in rs),
+            "cpu_s": min(x[1] for x in rs),
+            "peak_rss_gb": max(x[2] for x in rs),
+            "runs": rs,
+        }
+        for name, rs in runs.items()
+    ]
 
 
 def report(rows: list[dict]) -> str:
     """The table with ratios: extract vs the read floor, apply/mergekit vs the read+write floor."""
-    lines = ["| layers | model GB | task | wall s | CPU s | peak RSS GB | wall ratio | CPU ratio |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| layers | model GB | task | wall s | CPU s | peak RSS GB | wall ratio | CPU ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     by = {(r["layers"], r["task"]): r for r in rows}
     for r in rows:
-        floor = ("read+write floor (target)" if r["task"].startswith(("apply", "mergekit"))
-                 else "read floor (both inputs)")
+        floor = (
+            "read+write floor (target)"
+            if r["task"].startswith(("apply", "mergekit"))
+            else "read floor (both inputs)"
+        )
         f = by[(r["layers"], floor)]
         name = floor.split(" (")[0]
         wr = "" if "floor" in r["task"] else f"{r['wall_s'] / f['wall_s']:.2f}x {name}"
         cr = "" if "floor" in r["task"] else f"{r['cpu_s'] / f['cpu_s']:.2f}x"
-        lines.append(f"| {r['layers']} | {r['model_gb']:.2f} | {r['task']} | {r['wall_s']:.2f} | "
-                     f"{r['cpu_s']:.2f} | {r['peak_rss_gb']:.2f} | {wr} | {cr} |")
+        lines.append(
+            f"| {r['layers']} | {r['model_gb']:.2f} | {r['task']} | {r['wall_s']:.2f} | "
+            f"{r['cpu_s']:.2f} | {r['peak_rss_gb']:.2f} | {wr} | {cr} |"
+        )
     layers = sorted({r["layers"] for r in rows})
     if len(layers) == 2:
         lines.append("")
-        for task in ("extract --dense", "extract --rank 16", "apply --as merged (rank 16)",
-                     "apply --as merged (dense)", "naive load+sub+save", "mergekit task_arithmetic"):
+        for task in (
+            "extract --dense",
+            "extract --rank 16",
+            "apply --as merged (rank 16)",
+            "apply --as merged (dense)",
+            "naive load+sub+save",
+            "mergekit task_arithmetic",
+        ):
             if (layers[0], task) in by and (layers[1], task) in by:
                 a, b = by[(layers[0], task)]["peak_rss_gb"], by[(layers[1], task)]["peak_rss_gb"]
-                lines.append(f"- peak RSS at 2x depth, {task}: {a:.2f} -> {b:.2f} GB "
-                             f"({(b / a - 1) * 100:+.1f}%)")
+                lines.append(
+                    f"- peak RSS at 2x depth, {task}: {a:.2f} -> {b:.2f} GB "
+                    f"({(b / a - 1) * 100:+.1f}%)"
+                )
     return "\n".join(lines)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
-        {"_floor_read": floor_read, "_floor_read_write": floor_read_write,
-         "_naive": naive}[sys.argv[1]](*sys.argv[2:])
+        {"_floor_read": floor_read, "_floor_read_write": floor_read_write, "_naive": naive}[
+            sys.argv[1]
+        ](*sys.argv[2:])
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--root", default="/tmp/safegene-bench")
     ap.add_argument("--layers", type=int, default=13, help="depth of the first pair (13 -> 1.6 GB)")
     ap.add_argument("--mergekit-python", help="python of a venv with mergekit installed")
-    ap.add_argument("--repeat", type=int, default=2, help="rounds over all tasks (min time, max RSS)")
+    ap.add_argument(
+        "--repeat", type=int, default=2, help="rounds over all tasks (min time, max RSS)"
+    )
     ap.add_argument("--json", help="also write the raw rows here")
     args = ap.parse_args()
     root = Path(args.root)

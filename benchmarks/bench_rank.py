@@ -35,7 +35,9 @@ from safegene.zoo.build import load_zoo  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--zoo", required=True)
     ap.add_argument("--work", help="where the genes go (default: ZOO/bench-rank)")
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 4, 16])
@@ -64,23 +66,41 @@ def main(argv=None) -> int:
         row["none"] = measure(f"{name}/none", model, tok, datasets, settings)
         for r, gene in genes.items():
             t0 = time.perf_counter()
-            rec = calibrate(gene, entry["path"], adapter=entry.get("adapter"), harmful=data["harmful_shots"],
-                            task=data["tasks"][task]["shots"], shots=args.shots, layers="all", out=None,
-                            model=model, tokenizer=tok)
+            rec = calibrate(
+                gene,
+                entry["path"],
+                adapter=entry.get("adapter"),
+                harmful=data["harmful_shots"],
+                task=data["tasks"][task]["shots"],
+                shots=args.shots,
+                layers="all",
+                out=None,
+                model=model,
+                tokenizer=tok,
+            )
             seconds = time.perf_counter() - t0
-            att = GeneAttachment(model, modules[r], groups=list(rec["groups"]),
-                                 alpha=torch.tensor(list(rec["groups"].values())))
+            att = GeneAttachment(
+                model,
+                modules[r],
+                groups=list(rec["groups"]),
+                alpha=torch.tensor(list(rec["groups"].values())),
+            )
             with att, att.fixed():
                 row[r] = measure(f"{name}/r{r}", model, tok, datasets, settings)
             row[r].update(alpha=rec["groups"], seconds=round(seconds, 1))
-            print(f"{name} rank {r}: harmful {row[r]['harmful_rate']:.2f} over-refusal "
-                  f"{row[r]['over_refusal']:.2f} task {row[r]['task_accuracy']:.2f} "
-                  f"α {({g: round(a, 2) for g, a in rec['groups'].items()})} ({seconds:.0f} s)", flush=True)
+            print(
+                f"{name} rank {r}: harmful {row[r]['harmful_rate']:.2f} over-refusal "
+                f"{row[r]['over_refusal']:.2f} task {row[r]['task_accuracy']:.2f} "
+                f"α { ({g: round(a, 2) for g, a in rec['groups'].items()}) } ({seconds:.0f} s)",
+                flush=True,
+            )
         results[name] = row
         del model
     _print_table(results, sorted(genes))
     if args.json:
-        Path(args.json).write_text(json.dumps({"ranks": sorted(genes), "models": results}, indent=1, default=str))
+        Path(args.json).write_text(
+            json.dumps({"ranks": sorted(genes), "models": results}, indent=1, default=str)
+        )
     return 0
 
 
@@ -93,14 +113,24 @@ def _print_table(results: dict, ranks: list[int]) -> None:
         cells = []
         for r in ranks:
             m = row[r]
-            ratio = m["harmful_rate"] / row[top]["harmful_rate"] if row[top]["harmful_rate"] else float("nan")
-            cells.append(f"{m['harmful_rate']:.2f} / {m['over_refusal']:.2f} / {m['task_accuracy']:.2f}"
-                         f"{'' if m['task_accuracy'] >= floor - 1e-9 else ' ✗'} (×{ratio:.2f})")
+            ratio = (
+                m["harmful_rate"] / row[top]["harmful_rate"]
+                if row[top]["harmful_rate"]
+                else float("nan")
+            )
+            cells.append(
+                f"{m['harmful_rate']:.2f} / {m['over_refusal']:.2f} / {m['task_accuracy']:.2f}"
+                f"{'' if m['task_accuracy'] >= floor - 1e-9 else ' ✗'} (×{ratio:.2f})"
+            )
         none = row["none"]
-        print(f"| {name} | {none['harmful_rate']:.2f} / {none['over_refusal']:.2f} / "
-              f"{none['task_accuracy']:.2f} | " + " | ".join(cells) + " |")
-    print(f"(cells: harmful / over-refusal / task accuracy; ✗ below 95 % of the task model's accuracy; "
-          f"×: harmful rate relative to rank {top})")
+        print(
+            f"| {name} | {none['harmful_rate']:.2f} / {none['over_refusal']:.2f} / "
+            f"{none['task_accuracy']:.2f} | " + " | ".join(cells) + " |"
+        )
+    print(
+        f"(cells: harmful / over-refusal / task accuracy; ✗ below 95 % of the task model's accuracy; "
+        f"×: harmful rate relative to rank {top})"
+    )
 
 
 if __name__ == "__main__":

@@ -27,17 +27,34 @@ from tqdm.auto import tqdm
 
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.family import check_compatible
-from safegene.gene import (ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, Gene, adapter_config,
-                           load_gene, normalize_coefficients)
-from safegene.io import (DEFAULT_SHARD_BYTES, ModelReader, ShardWriter, SpooledWriter,
-                         all_finite, atomic_output_dir, check_output_path, copy_side_files, hash_model_dir,
-                         matches_hash)
+from safegene.gene import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    PEFT_PREFIX,
+    Gene,
+    adapter_config,
+    load_gene,
+    normalize_coefficients,
+)
+from safegene.io import (
+    DEFAULT_SHARD_BYTES,
+    ModelReader,
+    ShardWriter,
+    SpooledWriter,
+    all_finite,
+    atomic_output_dir,
+    check_output_path,
+    copy_side_files,
+    hash_model_dir,
+    matches_hash,
+)
 
 FORMS = ("merged", "adapter", "combined")
 APPLY_RECORD = "safegene_apply.json"
 
 
 # --- the task LoRA ---------------------------------------------------------------------------
+
 
 @dataclass
 class TaskLora:
@@ -77,8 +94,12 @@ def load_task_lora(path: str | os.PathLike) -> TaskLora:
         raise SafeGeneError(f"unreadable {path / ADAPTER_CONFIG}: {exc}") from exc
     if cfg.get("peft_type") != "LORA":
         raise SafeGeneError(f"{path} is a {cfg.get('peft_type')} adapter; only LoRA is supported")
-    for key, what in (("use_dora", "DoRA"), ("modules_to_save", "modules_to_save"),
-                      ("lora_bias", "LoRA biases"), ("fan_in_fan_out", "fan_in_fan_out")):
+    for key, what in (
+        ("use_dora", "DoRA"),
+        ("modules_to_save", "modules_to_save"),
+        ("lora_bias", "LoRA biases"),
+        ("fan_in_fan_out", "fan_in_fan_out"),
+    ):
         if cfg.get(key):
             raise SafeGeneError(f"the adapter {path} uses {what}, which cannot be combined exactly")
     reader = ModelReader(path, prefix="adapter_model", need_config=False)
@@ -92,16 +113,21 @@ def load_task_lora(path: str | os.PathLike) -> TaskLora:
             path_in_model = mod.removeprefix(PEFT_PREFIX)
             r = reader.entry(name).shape[0]
             rank = _pattern_value(cfg.get("rank_pattern"), path_in_model, cfg.get("r", r))
-            alpha = _pattern_value(cfg.get("alpha_pattern"), path_in_model, cfg.get("lora_alpha", rank))
-            scale = alpha / (rank ** 0.5 if cfg.get("use_rslora") else rank)
+            alpha = _pattern_value(
+                cfg.get("alpha_pattern"), path_in_model, cfg.get("lora_alpha", rank)
+            )
+            scale = alpha / (rank**0.5 if cfg.get("use_rslora") else rank)
             modules[path_in_model] = (name, kb, float(scale))
         elif ".lora_B." not in name:
-            raise SafeGeneError(f"the adapter {path} holds {name!r}, which is not a LoRA "
-                                "linear factor (embedding LoRA and extra tensors are unsupported)")
+            raise SafeGeneError(
+                f"the adapter {path} holds {name!r}, which is not a LoRA "
+                "linear factor (embedding LoRA and extra tensors are unsupported)"
+            )
     return TaskLora(path, cfg, modules, reader)
 
 
 # --- coefficients ----------------------------------------------------------------------------
+
 
 def read_coefficients_file(path: str | os.PathLike):
     """JSON file: a number, a per-layer list, or a dict (gene.py schema)."""
@@ -115,12 +141,15 @@ def read_coefficients_file(path: str | os.PathLike):
 
 def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:
     """{gene tensor: effective α} (selection applied; α == 0 entries dropped)."""
-    coefs = "gene" if coefficients is None else normalize_coefficients(coefficients, gene.num_layers)
+    coefs = (
+        "gene" if coefficients is None else normalize_coefficients(coefficients, gene.num_layers)
+    )
     alphas = {t: gene.coefficient(m.layer, m.kind, coefs) for t, m in gene.modules.items()}
     return {t: a for t, a in alphas.items() if a != 0.0}
 
 
 # --- provenance ------------------------------------------------------------------------------
+
 
 def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) -> str | None:
     """Does the target descend from the aligned model the gene was extracted from?
@@ -130,21 +159,29 @@ def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) 
     gene's recorded one is a SafeGeneWarning, or a SafeGeneError with `strict`. A full checkpoint
     records no ancestor: nothing to compare. Returns the warning's text, or None.
     """
-    src = (meta.get("sources") or {}).get("aligned") if isinstance(meta.get("sources"), dict) else None
+    src = (
+        (meta.get("sources") or {}).get("aligned")
+        if isinstance(meta.get("sources"), dict)
+        else None
+    )
     recorded = src.get("hash") if isinstance(src, dict) else None
     if adapter is None or not isinstance(recorded, str):
         return None
     bases = [Path(target)]
     try:
-        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get(
+            "base_model_name_or_path"
+        )
     except (OSError, ValueError, AttributeError):
         named = None
     if isinstance(named, str) and named and (Path(named) / "config.json").is_file():
         bases.append(Path(named))
     for base in bases:
         if not matches_hash(base, recorded):
-            msg = (f"{base} (the task LoRA's base) is not the aligned model the gene was extracted "
-                   f"from ({src.get('path')}): their content hashes differ")
+            msg = (
+                f"{base} (the task LoRA's base) is not the aligned model the gene was extracted "
+                f"from ({src.get('path')}): their content hashes differ"
+            )
             if strict:
                 raise SafeGeneError(msg + " (--strict)")
             warnings.warn(msg + "; --strict refuses this", SafeGeneWarning, stacklevel=2)
@@ -154,11 +191,21 @@ def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) 
 
 # --- entry point -----------------------------------------------------------------------------
 
-def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: str | os.PathLike,
-               *, form: str = "merged", adapter: str | os.PathLike | None = None,
-               coefficients=None, force: bool = False, shard_size: int = DEFAULT_SHARD_BYTES,
-               progress: bool | None = None, strict: bool = False,
-               allow_pickle: bool = False) -> Path:
+
+def apply_gene(
+    gene: str | os.PathLike | Gene,
+    target: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    form: str = "merged",
+    adapter: str | os.PathLike | None = None,
+    coefficients=None,
+    force: bool = False,
+    shard_size: int = DEFAULT_SHARD_BYTES,
+    progress: bool | None = None,
+    strict: bool = False,
+    allow_pickle: bool = False,
+) -> Path:
     """Apply `gene` to the model at `target` (plus the task LoRA `adapter`) and write `out`.
 
     form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
@@ -179,12 +226,18 @@ def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: s
         _check_family(gene, reader, task)
         check_provenance(gene.meta, target, adapter, strict=strict)
         alphas = resolve_coefficients(gene, coefficients)
-        record = {"gene": str(gene_path.absolute()), "target": str(Path(target).absolute()),
-                  "target_hash": hash_model_dir(target), "adapter": str(Path(adapter).absolute())
-                  if adapter else None, "form": form,
-                  "coefficients": normalize_coefficients(coefficients, gene.num_layers)
-                  if coefficients is not None else gene.coefficients,
-                  "selection": gene.selection, "applied": alphas}
+        record = {
+            "gene": str(gene_path.absolute()),
+            "target": str(Path(target).absolute()),
+            "target_hash": hash_model_dir(target),
+            "adapter": str(Path(adapter).absolute()) if adapter else None,
+            "form": form,
+            "coefficients": normalize_coefficients(coefficients, gene.num_layers)
+            if coefficients is not None
+            else gene.coefficients,
+            "selection": gene.selection,
+            "applied": alphas,
+        }
         with atomic_output_dir(out, force) as tmp:
             if form == "merged":
                 _write_merged(tmp, reader, gene, alphas, task, shard_size, progress)
@@ -204,30 +257,48 @@ def apply_gene(gene: str | os.PathLike | Gene, target: str | os.PathLike, out: s
 def _check_family(gene: Gene, reader: ModelReader, task: TaskLora | None) -> None:
     """Gene and task LoRA must fit the target; the first mismatch is named."""
     shapes = reader.shapes()
-    check_compatible(gene.fingerprint, reader.config(), shapes,
-                     tensors={t: m.shape for t, m in gene.modules.items()},
-                     what=f"target {reader.path}")
-    for mod in (task.modules if task else {}):
+    check_compatible(
+        gene.fingerprint,
+        reader.config(),
+        shapes,
+        tensors={t: m.shape for t, m in gene.modules.items()},
+        what=f"target {reader.path}",
+    )
+    for mod in task.modules if task else {}:
         weight = mod + ".weight"
         if weight not in shapes:
             raise SafeGeneError(f"the adapter {task.path} targets {mod!r}, which the target lacks")
         ea = task.reader.entry(task.modules[mod][0])
         eb = task.reader.entry(task.modules[mod][1])
         if (eb.shape[0], ea.shape[1]) != tuple(shapes[weight]) or ea.shape[0] != eb.shape[1]:
-            raise SafeGeneError(f"the adapter's factors for {mod!r} do not fit its shape "
-                                f"{tuple(shapes[weight])} in the target")
+            raise SafeGeneError(
+                f"the adapter's factors for {mod!r} do not fit its shape "
+                f"{tuple(shapes[weight])} in the target"
+            )
 
 
 # --- the three forms -------------------------------------------------------------------------
 
-def _write_merged(tmp: Path, reader: ModelReader, gene: Gene, alphas: dict, task: TaskLora | None,
-                  shard_size: int, progress) -> None:
+
+def _write_merged(
+    tmp: Path,
+    reader: ModelReader,
+    gene: Gene,
+    alphas: dict,
+    task: TaskLora | None,
+    shard_size: int,
+    progress,
+) -> None:
     items = [(n, reader.entry(n).dtype, reader.entry(n).shape) for n in reader.names()]
     writer = ShardWriter(tmp, items, max_shard_bytes=shard_size, check_finite=False)
     task_mods = task.modules if task else {}
     ws = reader.workspace
-    for name in tqdm(reader.names(), desc="apply (merged)", unit="tensor",
-                     disable=None if progress is None else not progress):
+    for name in tqdm(
+        reader.names(),
+        desc="apply (merged)",
+        unit="tensor",
+        disable=None if progress is None else not progress,
+    ):
         t = reader.get_temp(name, slot="target")  # scratch slots: see safegene.io.workspace
         if not all_finite(t):
             raise SafeGeneError(f"NaN or Inf in the target's tensor {name!r}")
@@ -242,16 +313,19 @@ def _write_merged(tmp: Path, reader: ModelReader, gene: Gene, alphas: dict, task
                 gene.add_to(w, name, alphas[name])
             t = ws.tensor("merged", t.shape, t.dtype).copy_(w)
             if not all_finite(t):
-                raise SafeGeneError(f"NaN or Inf in the merged tensor {name!r} (from the gene, "
-                                    "the adapter or the coefficients)")
+                raise SafeGeneError(
+                    f"NaN or Inf in the merged tensor {name!r} (from the gene, "
+                    "the adapter or the coefficients)"
+                )
         writer.write(name, t)
         del t
     writer.close()
     copy_side_files(reader.path, tmp)
 
 
-def _write_adapter(tmp: Path, gene: Gene, alphas: dict, task: TaskLora | None,
-                   base_model: str) -> None:
+def _write_adapter(
+    tmp: Path, gene: Gene, alphas: dict, task: TaskLora | None, base_model: str
+) -> None:
     """`adapter` (task None) or `combined` (task given) PEFT output, scaling 1 everywhere."""
     gene_mods = {gene.modules[t].module_path: (t, a) for t, a in alphas.items()}
     task_mods = task.modules if task else {}

@@ -25,8 +25,10 @@ import torch
 from safegene.errors import SafeGeneError
 
 KIND_OF = {"self_attn": "attn", "mlp": "mlp"}
-_KEY = re.compile(r"^(?:base_model\.model\.)?(?P<name>(?:.*\.)?layers\.(?P<layer>\d+)\."
-                  r"(?P<block>[A-Za-z_]+)\.(?P<proj>[A-Za-z0-9_]+))\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+_KEY = re.compile(
+    r"^(?:base_model\.model\.)?(?P<name>(?:.*\.)?layers\.(?P<layer>\d+)\."
+    r"(?P<block>[A-Za-z_]+)\.(?P<proj>[A-Za-z0-9_]+))\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
+)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class GeneModule:
 
 
 def group_key(layer: int, kind: str, per_module_kind: bool) -> str:
-    """"3" per layer, "3.attn" / "3.mlp" per module kind."""
+    """ "3" per layer, "3.attn" / "3.mlp" per module kind."""
     return f"{layer}.{kind}" if per_module_kind else str(layer)
 
 
@@ -124,7 +126,9 @@ def _read_peft_dir(gene_dir: Path) -> list[GeneModule]:
 
     cfg_path, w_path = gene_dir / "adapter_config.json", gene_dir / "adapter_model.safetensors"
     if not cfg_path.is_file() or not w_path.is_file():
-        raise SafeGeneError(f"not a gene (no safegene.json of a gene, no adapter_model.safetensors): {gene_dir}")
+        raise SafeGeneError(
+            f"not a gene (no safegene.json of a gene, no adapter_model.safetensors): {gene_dir}"
+        )
     try:
         config = json.loads(cfg_path.read_text())
         tensors = load_file(str(w_path))
@@ -145,8 +149,11 @@ def _read_peft_dir(gene_dir: Path) -> list[GeneModule]:
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise SafeGeneError(f"gene {gene_dir}: NaN/Inf in the factors of {name}")
         B = B * _scaling(config, name, A.shape[0])
-        modules.append(GeneModule(name=name, layer=e["layer"], kind=KIND_OF.get(e["block"], e["block"]),
-                                  A=A, B=B))
+        modules.append(
+            GeneModule(
+                name=name, layer=e["layer"], kind=KIND_OF.get(e["block"], e["block"]), A=A, B=B
+            )
+        )
     if not modules:
         raise SafeGeneError(f"gene {gene_dir} holds no per-layer LoRA factors")
     modules.sort(key=lambda g: (g.layer, g.name))
@@ -174,16 +181,20 @@ def resolve_modules(model, modules: list[GeneModule]) -> dict[str, torch.nn.Modu
             by_suffix[suffix] = (full, mod)
     found = {}
     for g in modules:
-        suffix = g.name[g.name.find("layers."):]
+        suffix = g.name[g.name.find("layers.") :]
         if suffix not in by_suffix:
-            raise SafeGeneError(f"the model has no module {g.name} that the gene targets: "
-                                "is it a model of the gene's family?")
+            raise SafeGeneError(
+                f"the model has no module {g.name} that the gene targets: "
+                "is it a model of the gene's family?"
+            )
         full, mod = by_suffix[suffix]
         shape = _linear_shape(mod)
         want = g.shape
         if shape != want:
-            raise SafeGeneError(f"family mismatch at {g.name}: the model's weight is {shape}, "
-                                f"the gene's δ is {want}")
+            raise SafeGeneError(
+                f"family mismatch at {g.name}: the model's weight is {shape}, "
+                f"the gene's δ is {want}"
+            )
         found[g.name] = mod
     return found
 
@@ -195,8 +206,15 @@ class GeneAttachment:
     order of `alpha`; modules whose group is not in `groups` are left out (α fixed at 0).
     """
 
-    def __init__(self, model, modules: list[GeneModule], *, per_module_kind: bool = False,
-                 groups: list[str] | None = None, alpha: torch.Tensor | None = None):
+    def __init__(
+        self,
+        model,
+        modules: list[GeneModule],
+        *,
+        per_module_kind: bool = False,
+        groups: list[str] | None = None,
+        alpha: torch.Tensor | None = None,
+    ):
         self.model = model
         self.per_module_kind = per_module_kind
         all_groups = []
@@ -211,8 +229,11 @@ class GeneAttachment:
         self.device, self.dtype = param.device, param.dtype
         for p in model.parameters():
             p.requires_grad_(False)
-        self.alpha = (torch.zeros(len(self.groups), dtype=torch.float32, device=self.device)
-                      if alpha is None else alpha.detach().to(self.device, torch.float32).clone())
+        self.alpha = (
+            torch.zeros(len(self.groups), dtype=torch.float32, device=self.device)
+            if alpha is None
+            else alpha.detach().to(self.device, torch.float32).clone()
+        )
         self.alpha.requires_grad_(True)
         self._nonzero = (self.alpha.detach() != 0).tolist()
         self.n_params = torch.zeros(len(self.groups), dtype=torch.long)
@@ -224,8 +245,14 @@ class GeneAttachment:
             self.n_params[gi] += g.n_params
             mod = targets[g.name]
             w = getattr(getattr(mod, "base_layer", mod), "weight")
-            self._bound.append((mod, gi, g.A.to(w.device, w.dtype),
-                                None if g.B is None else g.B.to(w.device, w.dtype)))
+            self._bound.append(
+                (
+                    mod,
+                    gi,
+                    g.A.to(w.device, w.dtype),
+                    None if g.B is None else g.B.to(w.device, w.dtype),
+                )
+            )
         self._handles = []
 
     def set(self, values) -> None:
@@ -243,11 +270,14 @@ class GeneAttachment:
             if B is not None:
                 delta = torch.nn.functional.linear(delta, B)
             return output + (a.to(delta.dtype) * delta).to(output.dtype)
+
         return hook
 
     def attach(self):
         if not self._handles:
-            self._handles = [mod.register_forward_hook(self._hook(gi, A, B)) for mod, gi, A, B in self._bound]
+            self._handles = [
+                mod.register_forward_hook(self._hook(gi, A, B)) for mod, gi, A, B in self._bound
+            ]
         return self
 
     def detach(self) -> None:
@@ -288,7 +318,9 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], template: st
         try:
             full = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
-                tokenize=False, chat_template=template)
+                tokenize=False,
+                chat_template=template,
+            )
         except Exception:  # a template without an assistant turn
             full = None
         if not full or not full.startswith(head):
@@ -297,15 +329,24 @@ def encode_pairs(tokenizer, prompts: list[str], targets: list[str], template: st
         full_ids = tokenizer(full, add_special_tokens=False)["input_ids"]
         n = len(head_ids)
         if full_ids[:n] != head_ids:  # a merge across the boundary: fall back to separate pieces
-            full_ids = head_ids + tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+            full_ids = (
+                head_ids + tokenizer(full[len(head) :], add_special_tokens=False)["input_ids"]
+            )
         if len(full_ids) <= n:
             raise SafeGeneError(f"empty target for prompt {prompt[:60]!r}")
         out.append((full_ids, n))
     return out
 
 
-def pairs_loss(model, encoded, *, batch_size: int = 16, pad_id: int = 0, reduce: bool = True,
-               max_length: int | None = None):
+def pairs_loss(
+    model,
+    encoded,
+    *,
+    batch_size: int = 16,
+    pad_id: int = 0,
+    reduce: bool = True,
+    max_length: int | None = None,
+):
     """Mean over examples of each example's mean NLL on its target tokens (differentiable).
 
     With reduce=False, the per-example losses (a 1-D tensor).
@@ -313,7 +354,7 @@ def pairs_loss(model, encoded, *, batch_size: int = 16, pad_id: int = 0, reduce:
     device = next(model.parameters()).device
     losses = []
     for start in range(0, len(encoded), batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = encoded[start : start + batch_size]
         if max_length:
             chunk = [(ids[:max_length], min(n, max_length - 1)) for ids, n in chunk]
         width = max(len(ids) for ids, _ in chunk)
@@ -321,14 +362,18 @@ def pairs_loss(model, encoded, *, batch_size: int = 16, pad_id: int = 0, reduce:
         mask = torch.zeros((len(chunk), width), dtype=torch.long)
         labels = torch.full((len(chunk), width), -100, dtype=torch.long)
         for i, (row, n) in enumerate(chunk):
-            ids[i, :len(row)] = torch.tensor(row)
-            mask[i, :len(row)] = 1
-            labels[i, n:len(row)] = torch.tensor(row[n:])
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, : len(row)] = 1
+            labels[i, n : len(row)] = torch.tensor(row[n:])
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         tgt = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                                ignore_index=-100, reduction="none").view(tgt.shape)
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            tgt.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
+        ).view(tgt.shape)
         valid = (tgt != -100).float()
         losses.append((nll * valid).sum(1) / valid.sum(1).clamp(min=1))
     per = torch.cat(losses)

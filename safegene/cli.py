@@ -29,8 +29,12 @@ class _Parser(argparse.ArgumentParser):
 def _command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand parser that also accepts --debug (after the command name, too)."""
     p = sub.add_parser(name, help=help, description=description or help)
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show Python tracebacks on errors")
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show Python tracebacks on errors",
+    )
     return p
 
 
@@ -55,31 +59,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_select(sub) -> None:
-    p = _command(sub, "select", "score the gene's layers on data and store a layer selection in it",
-                 "Score every layer (and module kind) of the gene on a degraded or task model: safety "
-                 "gain (how much the layer's delta lowers the refusal loss on harmful prompts) and "
-                 "interference (how much it raises the loss on benign and task data). Keep the best "
-                 "layers by one policy; scores and selection go into the gene's safegene.json (or a "
-                 "copy with --out).")
+    p = _command(
+        sub,
+        "select",
+        "score the gene's layers on data and store a layer selection in it",
+        "Score every layer (and module kind) of the gene on a degraded or task model: safety "
+        "gain (how much the layer's delta lowers the refusal loss on harmful prompts) and "
+        "interference (how much it raises the loss on benign and task data). Keep the best "
+        "layers by one policy; scores and selection go into the gene's safegene.json (or a "
+        "copy with --out).",
+    )
     p.add_argument("--gene", required=True, help="the gene directory (from `safegene extract`)")
-    p.add_argument("--model", required=True, help="the model to score on (a degraded or task model)")
+    p.add_argument(
+        "--model", required=True, help="the model to score on (a degraded or task model)"
+    )
     p.add_argument("--adapter", help="a PEFT LoRA adapter on --model (left unmerged)")
-    p.add_argument("--harmful", required=True, help="harmful prompts (JSONL/CSV/text); refusals are "
-                   "the data's \"response\" or the aligned model's own")
+    p.add_argument(
+        "--harmful",
+        required=True,
+        help="harmful prompts (JSONL/CSV/text); refusals are "
+        "the data's \"response\" or the aligned model's own",
+    )
     p.add_argument("--benign", help="benign prompts (targets: their responses or the model's own)")
     p.add_argument("--task", help="task examples with answers (adds task loss to interference)")
-    p.add_argument("--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)")
+    p.add_argument(
+        "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
+    )
     pol = p.add_mutually_exclusive_group()
     pol.add_argument("--top-k", type=int, help="keep the K best layers")
     pol.add_argument("--threshold", type=float, help="keep layers with score >= T (loss units)")
-    pol.add_argument("--budget", type=float, help="keep the best layers within this fraction of the "
-                     "gene's parameters")
-    p.add_argument("--method", choices=["attribution", "ablation"], default="attribution",
-                   help="attribution: safety gain to first order (one backward pass), interference "
-                   "measured (one forward pass per layer) (default); ablation: the gain measured too")
-    p.add_argument("--per-module-kind", action="store_true",
-                   help="select (layer, attention|MLP) groups instead of whole layers")
-    p.add_argument("--examples", type=int, default=32, help="at most this many prompts per data set")
+    pol.add_argument(
+        "--budget",
+        type=float,
+        help="keep the best layers within this fraction of the gene's parameters",
+    )
+    p.add_argument(
+        "--method",
+        choices=["attribution", "ablation"],
+        default="attribution",
+        help="attribution: safety gain to first order (one backward pass), interference "
+        "measured (one forward pass per layer) (default); ablation: the gain measured too",
+    )
+    p.add_argument(
+        "--per-module-kind",
+        action="store_true",
+        help="select (layer, attention|MLP) groups instead of whole layers",
+    )
+    p.add_argument(
+        "--examples", type=int, default=32, help="at most this many prompts per data set"
+    )
     p.add_argument("--out", help="write a copy of the gene here instead of updating it in place")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--device", default="cpu")
@@ -91,69 +119,145 @@ def _add_select(sub) -> None:
 def _run_select(args) -> int:
     from safegene.select import select
 
-    rec = select(args.gene, args.model, harmful=args.harmful, benign=args.benign, task=args.task,
-                 adapter=args.adapter, aligned=args.aligned, top_k=args.top_k, threshold=args.threshold,
-                 budget=args.budget, method=args.method, per_module_kind=args.per_module_kind,
-                 n_examples=args.examples, seed=args.seed, out=args.out, force=args.force,
-                 device=args.device, dtype=args.dtype, progress=True)
-    print(f"selected {', '.join(rec['groups'])} ({rec['param_fraction']:.0%} of the gene's parameters, "
-          f"{rec['method']}, {rec['seconds']} s) -> {args.out or args.gene}")
+    rec = select(
+        args.gene,
+        args.model,
+        harmful=args.harmful,
+        benign=args.benign,
+        task=args.task,
+        adapter=args.adapter,
+        aligned=args.aligned,
+        top_k=args.top_k,
+        threshold=args.threshold,
+        budget=args.budget,
+        method=args.method,
+        per_module_kind=args.per_module_kind,
+        n_examples=args.examples,
+        seed=args.seed,
+        out=args.out,
+        force=args.force,
+        device=args.device,
+        dtype=args.dtype,
+        progress=True,
+    )
+    print(
+        f"selected {', '.join(rec['groups'])} ({rec['param_fraction']:.0%} of the gene's parameters, "
+        f"{rec['method']}, {rec['seconds']} s) -> {args.out or args.gene}"
+    )
     return 0
 
 
 def _add_calibrate(sub) -> None:
     from safegene.calibrate import DEFAULTS
 
-    p = _command(sub, "calibrate", "learn per-layer coefficients of the gene for one target, few-shot",
-                 "Fit one coefficient per selected layer (optionally per module kind) by gradient "
-                 "descent on the coefficients only, the target frozen: refusal loss on K harmful "
-                 "prompts plus task loss on K task examples plus a penalty on the coefficients. "
-                 "Writes GENE2, a copy of the gene that carries the coefficients.")
-    p.add_argument("--gene", required=True, help="the gene directory, with a selection (`safegene select`)")
-    p.add_argument("--target", required=True, help="the task model (a full checkpoint, or the base of --adapter)")
+    p = _command(
+        sub,
+        "calibrate",
+        "learn per-layer coefficients of the gene for one target, few-shot",
+        "Fit one coefficient per selected layer (optionally per module kind) by gradient "
+        "descent on the coefficients only, the target frozen: refusal loss on K harmful "
+        "prompts plus task loss on K task examples plus a penalty on the coefficients. "
+        "Writes GENE2, a copy of the gene that carries the coefficients.",
+    )
+    p.add_argument(
+        "--gene", required=True, help="the gene directory, with a selection (`safegene select`)"
+    )
+    p.add_argument(
+        "--target",
+        required=True,
+        help="the task model (a full checkpoint, or the base of --adapter)",
+    )
     p.add_argument("--adapter", help="the task LoRA on --target (left unmerged)")
-    p.add_argument("--harmful", required=True, help="harmful prompts (refusals: the data's, else the aligned model's)")
+    p.add_argument(
+        "--harmful",
+        required=True,
+        help="harmful prompts (refusals: the data's, else the aligned model's)",
+    )
     p.add_argument("--task", required=True, help="task examples with answers")
     p.add_argument("--benign", help="optional benign prompts whose current responses are kept")
     p.add_argument("--shots", type=int, default=16, help="K examples of each kind (default 16)")
     p.add_argument("--out", required=True, help="GENE2: the calibrated copy of the gene")
-    p.add_argument("--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)")
-    p.add_argument("--per-module-kind", action="store_true",
-                   help="one coefficient per (layer, attention|MLP) instead of per layer")
-    p.add_argument("--all-layers", action="store_true", help="ignore the selection, fit every layer")
-    p.add_argument("--lam", type=float, default=DEFAULTS["lam"], help="L2 penalty on the coefficients")
-    p.add_argument("--steps", type=int, default=DEFAULTS["steps"], help="Adam steps (early stopping)")
+    p.add_argument(
+        "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
+    )
+    p.add_argument(
+        "--per-module-kind",
+        action="store_true",
+        help="one coefficient per (layer, attention|MLP) instead of per layer",
+    )
+    p.add_argument(
+        "--all-layers", action="store_true", help="ignore the selection, fit every layer"
+    )
+    p.add_argument(
+        "--lam", type=float, default=DEFAULTS["lam"], help="L2 penalty on the coefficients"
+    )
+    p.add_argument(
+        "--steps", type=int, default=DEFAULTS["steps"], help="Adam steps (early stopping)"
+    )
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32|bf16|fp16 (bf16 on GPU; coefficients stay float32)")
+    p.add_argument(
+        "--dtype", default=None, help="float32|bf16|fp16 (bf16 on GPU; coefficients stay float32)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--strict", action="store_true", help="refuse (instead of warning) when the task "
-                   "LoRA's base is not the aligned model the gene was extracted from (content hash)")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (instead of warning) when the task "
+        "LoRA's base is not the aligned model the gene was extracted from (content hash)",
+    )
     p.set_defaults(func=_run_calibrate)
 
 
 def _run_calibrate(args) -> int:
     from safegene.calibrate import calibrate
 
-    rec = calibrate(args.gene, args.target, harmful=args.harmful, task=args.task, out=args.out,
-                    shots=args.shots, adapter=args.adapter, aligned=args.aligned, benign=args.benign,
-                    per_module_kind=args.per_module_kind, layers="all" if args.all_layers else None,
-                    lam=args.lam, steps=args.steps, lr=args.lr, seed=args.seed, device=args.device,
-                    dtype=args.dtype, force=args.force, progress=True, strict=args.strict)
+    rec = calibrate(
+        args.gene,
+        args.target,
+        harmful=args.harmful,
+        task=args.task,
+        out=args.out,
+        shots=args.shots,
+        adapter=args.adapter,
+        aligned=args.aligned,
+        benign=args.benign,
+        per_module_kind=args.per_module_kind,
+        layers="all" if args.all_layers else None,
+        lam=args.lam,
+        steps=args.steps,
+        lr=args.lr,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        force=args.force,
+        progress=True,
+        strict=args.strict,
+    )
     coefs = ", ".join(f"{g}={a:+.3f}" for g, a in rec["groups"].items())
-    harm, before, after = rec["data"]["harmful"], rec["fit"]["loss_initial"], rec["fit"]["loss_final"]
-    print(f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful shots; "
-          f"refusal loss {before['refuse']:.3f} -> {after['refuse']:.3f}, task loss {before['task']:.3f} -> "
-          f"{after['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}")
+    harm, before, after = (
+        rec["data"]["harmful"],
+        rec["fit"]["loss_initial"],
+        rec["fit"]["loss_final"],
+    )
+    print(
+        f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful shots; "
+        f"refusal loss {before['refuse']:.3f} -> {after['refuse']:.3f}, task loss {before['task']:.3f} -> "
+        f"{after['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}"
+    )
     return 0
 
 
 def _add_eval(sub) -> None:
     from safegene.evaluate.cli import DESCRIPTION, add_eval_arguments
 
-    p = _command(sub, "eval", "evaluate a model: harmful rate, over-refusal, task accuracy, with CIs",
-                 DESCRIPTION)
+    p = _command(
+        sub,
+        "eval",
+        "evaluate a model: harmful rate, over-refusal, task accuracy, with CIs",
+        DESCRIPTION,
+    )
     add_eval_arguments(p)
     p.set_defaults(func=_run_eval)
 
@@ -165,61 +269,114 @@ def _run_eval(args) -> int:
 
 
 def _add_extract(sub) -> None:
-    p = _command(sub, "extract", "extract the safety gene δ = aligned − mean(degraded) as LoRA factors",
-                 "Extract the safety gene: δ = W_aligned − mean(W_degraded) per module, in float32, "
-                 "streamed one tensor at a time, compressed by truncated SVD into a PEFT LoRA "
-                 "directory (plus safegene.json), or kept dense with --dense.")
+    p = _command(
+        sub,
+        "extract",
+        "extract the safety gene δ = aligned − mean(degraded) as LoRA factors",
+        "Extract the safety gene: δ = W_aligned − mean(W_degraded) per module, in float32, "
+        "streamed one tensor at a time, compressed by truncated SVD into a PEFT LoRA "
+        "directory (plus safegene.json), or kept dense with --dense.",
+    )
     p.add_argument("--aligned", required=True, metavar="DIR", help="the aligned model (HF dir)")
-    p.add_argument("--degraded", required=True, nargs="+", metavar="DIR",
-                   help="one or more degraded models of the same family (their mean is used)")
+    p.add_argument(
+        "--degraded",
+        required=True,
+        nargs="+",
+        metavar="DIR",
+        help="one or more degraded models of the same family (their mean is used)",
+    )
     p.add_argument("--out", required=True, metavar="GENE", help="output gene directory")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--rank", type=int, help="fixed LoRA rank per module (default 64, capped "
-                      "at the matrix size)")
-    size.add_argument("--energy", type=float, help="smallest rank keeping this fraction of Σσ² "
-                      "per module, e.g. 0.9")
-    p.add_argument("--modules", nargs="+", metavar="M", help="module kinds (attn mlp norm embed "
-                   "lm_head) or names (q_proj ...); default: attn mlp")
+    size.add_argument(
+        "--rank",
+        type=int,
+        help="fixed LoRA rank per module (default 64, capped at the matrix size)",
+    )
+    size.add_argument(
+        "--energy",
+        type=float,
+        help="smallest rank keeping this fraction of Σσ² per module, e.g. 0.9",
+    )
+    p.add_argument(
+        "--modules",
+        nargs="+",
+        metavar="M",
+        help="module kinds (attn mlp norm embed lm_head) or names (q_proj ...); default: attn mlp",
+    )
     p.add_argument("--dense", action="store_true", help="keep δ uncompressed (float32 safetensors)")
     p.add_argument("--device", default="cpu", help="device for the SVD (e.g. cuda)")
     p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true", help="read pickle-only (*.bin) models "
-                   "with torch.load(weights_only=True) instead of refusing them")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickle-only (*.bin) models "
+        "with torch.load(weights_only=True) instead of refusing them",
+    )
     p.set_defaults(func=_run_extract)
 
 
 def _run_extract(args) -> int:
     from safegene.gene import extract
 
-    out = extract(args.aligned, args.degraded, args.out, rank=args.rank, energy=args.energy,
-                  modules=args.modules, dense=args.dense, force=args.force, device=args.device,
-                  seed=args.seed, allow_pickle=args.allow_pickle)
+    out = extract(
+        args.aligned,
+        args.degraded,
+        args.out,
+        rank=args.rank,
+        energy=args.energy,
+        modules=args.modules,
+        dense=args.dense,
+        force=args.force,
+        device=args.device,
+        seed=args.seed,
+        allow_pickle=args.allow_pickle,
+    )
     print(f"gene written to {out}")
     return 0
 
 
 def _add_apply(sub) -> None:
-    p = _command(sub, "apply", "apply a gene to a target: merged checkpoint, adapter or combined",
-                 "Apply θ = θ_target (+ task LoRA) + Σ α·δ. Coefficients: --coef, --coefs FILE, "
-                 "else the gene's calibrated ones, else 1; the gene's layer selection is honoured.")
+    p = _command(
+        sub,
+        "apply",
+        "apply a gene to a target: merged checkpoint, adapter or combined",
+        "Apply θ = θ_target (+ task LoRA) + Σ α·δ. Coefficients: --coef, --coefs FILE, "
+        "else the gene's calibrated ones, else 1; the gene's layer selection is honoured.",
+    )
     p.add_argument("--gene", required=True, metavar="GENE", help="gene directory")
     p.add_argument("--target", required=True, metavar="DIR", help="target model (HF dir)")
     p.add_argument("--adapter", metavar="LORA", help="the target's task LoRA (PEFT dir)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--as", dest="form", default="merged", choices=["merged", "adapter", "combined"],
-                   help="merged: full checkpoint; adapter: PEFT LoRA of the gene; combined: task "
-                   "LoRA + gene in one PEFT LoRA (default merged)")
+    p.add_argument(
+        "--as",
+        dest="form",
+        default="merged",
+        choices=["merged", "adapter", "combined"],
+        help="merged: full checkpoint; adapter: PEFT LoRA of the gene; combined: task "
+        "LoRA + gene in one PEFT LoRA (default merged)",
+    )
     coefs = p.add_mutually_exclusive_group()
     coefs.add_argument("--coef", type=float, help="one coefficient for every selected layer")
-    coefs.add_argument("--coefs", metavar="FILE", help="JSON: a number, a per-layer list, or "
-                       "{layer: α} / {kind: {layer: α}}")
+    coefs.add_argument(
+        "--coefs",
+        metavar="FILE",
+        help="JSON: a number, a per-layer list, or {layer: α} / {kind: {layer: α}}",
+    )
     p.add_argument("--shard-size", default="5GB", help="max bytes per output shard (merged)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--allow-pickle", action="store_true", help="read a pickle-only (*.bin) target "
-                   "with torch.load(weights_only=True) instead of refusing it")
-    p.add_argument("--strict", action="store_true", help="refuse (instead of warning) when the task "
-                   "LoRA's base is not the aligned model the gene was extracted from (content hash)")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a pickle-only (*.bin) target "
+        "with torch.load(weights_only=True) instead of refusing it",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (instead of warning) when the task "
+        "LoRA's base is not the aligned model the gene was extracted from (content hash)",
+    )
     p.set_defaults(func=_run_apply)
 
 
@@ -227,11 +384,23 @@ def _run_apply(args) -> int:
     from safegene.apply import apply_gene, read_coefficients_file
     from safegene.io import parse_size
 
-    coefs = args.coef if args.coef is not None else (
-        read_coefficients_file(args.coefs) if args.coefs else None)
-    out = apply_gene(args.gene, args.target, args.out, form=args.form, adapter=args.adapter,
-                     coefficients=coefs, force=args.force, shard_size=parse_size(args.shard_size),
-                     strict=args.strict, allow_pickle=args.allow_pickle)
+    coefs = (
+        args.coef
+        if args.coef is not None
+        else (read_coefficients_file(args.coefs) if args.coefs else None)
+    )
+    out = apply_gene(
+        args.gene,
+        args.target,
+        args.out,
+        form=args.form,
+        adapter=args.adapter,
+        coefficients=coefs,
+        force=args.force,
+        shard_size=parse_size(args.shard_size),
+        strict=args.strict,
+        allow_pickle=args.allow_pickle,
+    )
     print(f"{args.form} output written to {out}")
     return 0
 
@@ -240,19 +409,38 @@ def _add_zoo(sub) -> None:
     p = _command(sub, "zoo", "the embedded model family (build it with `safegene zoo build`)")
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND", parser_class=_Parser)
     zsub.required = True
-    b = _command(zsub, "build", "build the embedded model family on the CPU (minutes)",
-                 "Build a small real model family: a BPE tokenizer with a chat template; base "
-                 "(complies with everything), aligned (refuses harmful requests), degraded (aligned "
-                 "after a small harmful fine-tune) and, per task (howto, arith, classify), a full "
-                 "fine-tune and a PEFT LoRA of aligned on benign data; JSONL data splits; and zoo.json "
-                 "with metrics measured from real generations. Rerunning into the same --out skips "
-                 "finished stages.")
-    b.add_argument("--out", required=True, metavar="DIR", help="zoo directory (created; resumed if it exists)")
-    b.add_argument("--size", default="small", choices=["micro", "small"],
-                   help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)")
-    b.add_argument("--seed", type=int, default=0, help="seed of data, initialisation and data order")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the recipe's, 1; same threads, same weights)")
-    b.add_argument("--no-measure", action="store_true", help="skip the measurements (zoo.json without metrics)")
+    b = _command(
+        zsub,
+        "build",
+        "build the embedded model family on the CPU (minutes)",
+        "Build a small real model family: a BPE tokenizer with a chat template; base "
+        "(complies with everything), aligned (refuses harmful requests), degraded (aligned "
+        "after a small harmful fine-tune) and, per task (howto, arith, classify), a full "
+        "fine-tune and a PEFT LoRA of aligned on benign data; JSONL data splits; and zoo.json "
+        "with metrics measured from real generations. Rerunning into the same --out skips "
+        "finished stages.",
+    )
+    b.add_argument(
+        "--out", required=True, metavar="DIR", help="zoo directory (created; resumed if it exists)"
+    )
+    b.add_argument(
+        "--size",
+        default="small",
+        choices=["micro", "small"],
+        help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)",
+    )
+    b.add_argument(
+        "--seed", type=int, default=0, help="seed of data, initialisation and data order"
+    )
+    b.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: the recipe's, 1; same threads, same weights)",
+    )
+    b.add_argument(
+        "--no-measure", action="store_true", help="skip the measurements (zoo.json without metrics)"
+    )
     b.set_defaults(func=_run_zoo_build)
 
 
@@ -268,18 +456,23 @@ def _run_zoo_build(args) -> int:
     from safegene.zoo import build_zoo
 
     _show_zoo_progress()
-    out = build_zoo(args.out, args.size, args.seed, threads=args.threads,
-                    measure_models=not args.no_measure)
+    out = build_zoo(
+        args.out, args.size, args.seed, threads=args.threads, measure_models=not args.no_measure
+    )
     print(f"zoo written to {out} (see {out / 'zoo.json'})")
     return 0
 
 
 def _add_compare(sub) -> None:
-    p = _command(sub, "compare", "every defence on every task model of a recipe, one table",
-                 "Run SafeGene (and its ablations) and every baseline (RESTA, SafeLoRA, SafeMERGE-style, "
-                 "interpolation) over their grids on the task models of RECIPE.yaml, evaluate all with "
-                 "the same data and judges, and write report.json, report.md, samples.jsonl and Pareto "
-                 "plots to --out. The recipe format is documented in safegene/recipe.py.")
+    p = _command(
+        sub,
+        "compare",
+        "every defence on every task model of a recipe, one table",
+        "Run SafeGene (and its ablations) and every baseline (RESTA, SafeLoRA, SafeMERGE-style, "
+        "interpolation) over their grids on the task models of RECIPE.yaml, evaluate all with "
+        "the same data and judges, and write report.json, report.md, samples.jsonl and Pareto "
+        "plots to --out. The recipe format is documented in safegene/recipe.py.",
+    )
     p.add_argument("recipe", help="the YAML recipe")
     p.add_argument("--out", required=True, help="report directory (must not exist unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
@@ -306,15 +499,27 @@ def _run_compare(args) -> int:
 
 
 def _add_demo(sub) -> None:
-    p = _command(sub, "demo", "the main job: build the embedded model family and compare every defence on it",
-                 "Build the zoo (or reuse it), write its compare recipe and run `safegene compare` on it. "
-                 "Everything goes under --out: zoo/, recipe.yaml, report/.")
+    p = _command(
+        sub,
+        "demo",
+        "the main job: build the embedded model family and compare every defence on it",
+        "Build the zoo (or reuse it), write its compare recipe and run `safegene compare` on it. "
+        "Everything goes under --out: zoo/, recipe.yaml, report/.",
+    )
     p.add_argument("--out", default="demo-out", help="working directory (default: demo-out)")
-    p.add_argument("--size", choices=("micro", "small"), default="small",
-                   help="zoo size: small (the real demo) or micro (a quick smoke run)")
+    p.add_argument(
+        "--size",
+        choices=("micro", "small"),
+        default="small",
+        help="zoo size: small (the real demo) or micro (a quick smoke run)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed for the zoo and the comparison")
-    p.add_argument("--zoo", metavar="DIR", help="use this already built zoo instead of building DIR/zoo")
-    p.add_argument("--force", action="store_true", help="rerun the comparison over an existing report")
+    p.add_argument(
+        "--zoo", metavar="DIR", help="use this already built zoo instead of building DIR/zoo"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="rerun the comparison over an existing report"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_run_demo)
 
@@ -327,18 +532,34 @@ def _run_demo(args) -> int:
         _hide_library_progress()
     else:
         _show_zoo_progress()
-    report = run_demo(args.out, size=args.size, seed=args.seed, zoo=args.zoo, force=args.force,
-                      progress=not args.quiet)
+    report = run_demo(
+        args.out,
+        size=args.size,
+        seed=args.seed,
+        zoo=args.zoo,
+        force=args.force,
+        progress=not args.quiet,
+    )
     print(format_table(report))
     print(f"report: {args.out}/report/report.md")
     return 0
 
 
-_COMMANDS: list = [_add_zoo, _add_extract, _add_select, _add_calibrate, _add_apply, _add_eval,
-                   _add_compare, _add_demo]
+_COMMANDS: list = [
+    _add_zoo,
+    _add_extract,
+    _add_select,
+    _add_calibrate,
+    _add_apply,
+    _add_eval,
+    _add_compare,
+    _add_demo,
+]
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning):
+def _show_warning(
+    message, category, filename, lineno, file=None, line=None, _default=warnings.showwarning
+):
     if issubclass(category, SafeGeneWarning):  # the user's concern: one line, no source location
         print(f"safegene: warning: {message}", file=sys.stderr)
     else:
@@ -374,8 +595,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         parts = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-        print("safegene: error: " + " ".join([parts[0], "; ".join(parts[1:])]).strip(),  # one line
-              file=sys.stderr)
+        print(
+            "safegene: error: " + " ".join([parts[0], "; ".join(parts[1:])]).strip(),  # one line
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("safegene: interrupted", file=sys.stderr)
@@ -384,8 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug or exc.errno not in _WRITE_ERRNOS:
             return _internal_error(exc, args.debug)
         where = f": {exc.filename2 or exc.filename}" if (exc.filename2 or exc.filename) else ""
-        print(f"safegene: error: cannot write ({exc.strerror}){where}; no output was written",
-              file=sys.stderr)
+        print(
+            f"safegene: error: cannot write ({exc.strerror}){where}; no output was written",
+            file=sys.stderr,
+        )
         return 1
     except Exception as exc:  # a bug, not bad input
         return _internal_error(exc, args.debug)
@@ -396,6 +621,8 @@ def _internal_error(exc: BaseException, debug: bool) -> int:
     if debug:
         traceback.print_exc()
     else:
-        print(f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
-              file=sys.stderr)
+        print(
+            f"safegene: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+            file=sys.stderr,
+        )
     return 1

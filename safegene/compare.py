@@ -44,6 +44,7 @@ def setting_label(setting: dict) -> str:
 
 # --- the baselines ---------------------------------------------------------------------------
 
+
 def baseline_variants(recipe: Recipe, task: TaskSpec) -> Iterator[Variant]:
     """Every baseline setting of the recipe's grids for one task model."""
     from safegene.baselines.interpolate import interpolate
@@ -53,25 +54,68 @@ def baseline_variants(recipe: Recipe, task: TaskSpec) -> Iterator[Variant]:
 
     common = dict(adapter=task.adapter, progress=False)
     for s in recipe.methods.get("resta", []):
-        yield Variant("resta", s, lambda d, s=s: (resta(
-            task.model, recipe.aligned, recipe.degraded, d, beta=s["beta"], dare_rate=s["dare"],
-            ties_density=s["ties"], seed=recipe.seed, **common), None))
+        yield Variant(
+            "resta",
+            s,
+            lambda d, s=s: (
+                resta(
+                    task.model,
+                    recipe.aligned,
+                    recipe.degraded,
+                    d,
+                    beta=s["beta"],
+                    dare_rate=s["dare"],
+                    ties_density=s["ties"],
+                    seed=recipe.seed,
+                    **common,
+                ),
+                None,
+            ),
+        )
     for s in recipe.methods.get("safelora", []):
+
         def build_safelora(d, s=s):
-            out = safelora(task.model, recipe.aligned, recipe.base, d, threshold=s.get("threshold"),
-                           number=s.get("number"), **common)
+            out = safelora(
+                task.model,
+                recipe.aligned,
+                recipe.base,
+                d,
+                threshold=s.get("threshold"),
+                number=s.get("number"),
+                **common,
+            )
             return (task.model, out) if task.adapter else (out, None)
+
         yield Variant("safelora", s, build_safelora)
     for s in recipe.methods.get("safemerge", []):
-        yield Variant("safemerge", s, lambda d, s=s: (safemerge(
-            task.model, recipe.aligned, recipe.base, d, threshold=s["threshold"],
-            task_weight=s["task_weight"], dare_rate=s["dare"], seed=recipe.seed, **common), None))
+        yield Variant(
+            "safemerge",
+            s,
+            lambda d, s=s: (
+                safemerge(
+                    task.model,
+                    recipe.aligned,
+                    recipe.base,
+                    d,
+                    threshold=s["threshold"],
+                    task_weight=s["task_weight"],
+                    dare_rate=s["dare"],
+                    seed=recipe.seed,
+                    **common,
+                ),
+                None,
+            ),
+        )
     for s in recipe.methods.get("interpolate", []):
-        yield Variant("interpolate", s, lambda d, s=s: (interpolate(
-            task.model, recipe.aligned, d, t=s["t"], **common), None))
+        yield Variant(
+            "interpolate",
+            s,
+            lambda d, s=s: (interpolate(task.model, recipe.aligned, d, t=s["t"], **common), None),
+        )
 
 
 # --- SafeGene --------------------------------------------------------------------------------
+
 
 def express(gene: Path, task: TaskSpec, out: Path, coefficients=None) -> tuple[Path, Path]:
     """The gene on the task model as stock PEFT: an adapter on a full fine-tune, or one adapter
@@ -79,13 +123,21 @@ def express(gene: Path, task: TaskSpec, out: Path, coefficients=None) -> tuple[P
     from safegene.apply import apply_gene
 
     form = "combined" if task.adapter else "adapter"
-    apply_gene(gene, task.model, out, form=form, adapter=task.adapter, coefficients=coefficients,
-               progress=False)
+    apply_gene(
+        gene,
+        task.model,
+        out,
+        form=form,
+        adapter=task.adapter,
+        coefficients=coefficients,
+        progress=False,
+    )
     return task.model, out
 
 
-def safegene_variants(recipe: Recipe, task: TaskSpec, genes: dict[int, Path],
-                      keep: Path) -> Iterator[Variant]:
+def safegene_variants(
+    recipe: Recipe, task: TaskSpec, genes: dict[int, Path], keep: Path
+) -> Iterator[Variant]:
     """SafeGene (select → calibrate → express) and, when asked, its three ablations.
 
     Selection and calibration use only the recipe's few-shot data (harmful_shots, the task's
@@ -96,10 +148,18 @@ def safegene_variants(recipe: Recipe, task: TaskSpec, genes: dict[int, Path],
     for s in recipe.methods.get("safegene", []):
         gene = genes[s["rank"]]
         shown = {k: v for k, v in s.items() if k != "ablations"}
-        tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
-        shots = dict(harmful=recipe.harmful_shots, task=task.shots, adapter=task.adapter,
-                     aligned=recipe.aligned, seed=recipe.seed, device=recipe.device,
-                     dtype=recipe.dtype)
+        tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (
+            f"-top{s['top_k']}" if "top_k" in s else ""
+        )
+        shots = dict(
+            harmful=recipe.harmful_shots,
+            task=task.shots,
+            adapter=task.adapter,
+            aligned=recipe.aligned,
+            seed=recipe.seed,
+            device=recipe.device,
+            dtype=recipe.dtype,
+        )
 
         def selected(tag=tag, gene=gene, s=s) -> Path:
             out = keep / f"{tag}-selected"
@@ -115,9 +175,14 @@ def safegene_variants(recipe: Recipe, task: TaskSpec, genes: dict[int, Path],
         yield Variant("safegene", shown, calibrated)
         if not s["ablations"]:
             continue
-        yield Variant("gene-uniform", shown, lambda d, gene=gene: express(gene, task, d, coefficients=1.0))
-        yield Variant("gene-select", shown, lambda d, selected=selected: express(selected(), task, d,
-                                                                                coefficients=1.0))
+        yield Variant(
+            "gene-uniform", shown, lambda d, gene=gene: express(gene, task, d, coefficients=1.0)
+        )
+        yield Variant(
+            "gene-select",
+            shown,
+            lambda d, selected=selected: express(selected(), task, d, coefficients=1.0),
+        )
 
         def calibrated_all(d, tag=tag, gene=gene, s=s) -> tuple[Path, Path]:
             out = keep / f"{tag}-calibrated-all-layers"
@@ -133,24 +198,43 @@ def extract_genes(recipe: Recipe, out: Path) -> dict[int, Path]:
 
     genes = {}
     for rank in sorted({s["rank"] for s in recipe.methods.get("safegene", [])}):
-        genes[rank] = extract(recipe.aligned, recipe.degraded, out / f"gene-r{rank}", rank=rank,
-                              device=recipe.device, seed=recipe.seed, progress=False)
+        genes[rank] = extract(
+            recipe.aligned,
+            recipe.degraded,
+            out / f"gene-r{rank}",
+            rank=rank,
+            device=recipe.device,
+            seed=recipe.seed,
+            progress=False,
+        )
     return genes
 
 
 # --- running ---------------------------------------------------------------------------------
 
+
 def _eval_setup(recipe: Recipe, progress: bool):
     from safegene.evaluate import EvalSettings, GenerationSettings, load_data, make_judges
 
-    settings = EvalSettings(generation=GenerationSettings(seed=recipe.seed, **recipe.generation),
-                            device=recipe.device, dtype=recipe.dtype, seed=recipe.seed,
-                            progress=progress, hash_models=False)
+    settings = EvalSettings(
+        generation=GenerationSettings(seed=recipe.seed, **recipe.generation),
+        device=recipe.device,
+        dtype=recipe.dtype,
+        seed=recipe.seed,
+        progress=progress,
+        hash_models=False,
+    )
     guard = recipe.guard or {}
-    judges = make_judges(recipe.judges, guard_model=guard.get("model"),
-                         guard_format=guard.get("format", "llamaguard3"), device=recipe.device)
-    common = [load_data(recipe.harmful_test, "harmful", name="harmful_test"),
-              load_data(recipe.benign_test, "benign", name="benign_test")]
+    judges = make_judges(
+        recipe.judges,
+        guard_model=guard.get("model"),
+        guard_format=guard.get("format", "llamaguard3"),
+        device=recipe.device,
+    )
+    common = [
+        load_data(recipe.harmful_test, "harmful", name="harmful_test"),
+        load_data(recipe.benign_test, "benign", name="benign_test"),
+    ]
     tasks = {t.name: load_data(t.test, "task", name=f"{t.name}_test") for t in recipe.tasks}
     return settings, judges, common, tasks
 
@@ -160,15 +244,25 @@ def _log(progress: bool, message: str) -> None:
         print(f"[compare {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def run_compare(recipe: Recipe | str | Path, out: str | Path, *, force: bool = False,
-                progress: bool = True) -> dict:
+def run_compare(
+    recipe: Recipe | str | Path, out: str | Path, *, force: bool = False, progress: bool = True
+) -> dict:
     """Run the comparison of a recipe and write the report directory `out` atomically."""
     from safegene.evaluate import ModelSpec, evaluate_model
 
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
-    out = check_output_path(out, force, inputs=(
-        recipe.aligned, *recipe.degraded, recipe.base, *(t.model for t in recipe.tasks),
-        *(t.adapter for t in recipe.tasks), (recipe.guard or {}).get("model")))  # inputs stay intact
+    out = check_output_path(
+        out,
+        force,
+        inputs=(
+            recipe.aligned,
+            *recipe.degraded,
+            recipe.base,
+            *(t.model for t in recipe.tasks),
+            *(t.adapter for t in recipe.tasks),
+            (recipe.guard or {}).get("model"),
+        ),
+    )  # inputs stay intact
     settings, judges, common, task_sets = _eval_setup(recipe, progress)
     judge_info = [j.describe() for j in judges]
     t0 = time.time()
@@ -177,17 +271,25 @@ def run_compare(recipe: Recipe | str | Path, out: str | Path, *, force: bool = F
         scratch.mkdir()
         keep.mkdir()
         _log(progress, "evaluating the aligned model")
-        samples = evaluate_model(ModelSpec("aligned", path=str(recipe.aligned)),
-                                 common + list(task_sets.values()), judges, settings)
+        samples = evaluate_model(
+            ModelSpec("aligned", path=str(recipe.aligned)),
+            common + list(task_sets.values()),
+            judges,
+            settings,
+        )
         groups: dict[tuple[str, str, str], list] = {}
         for task in recipe.tasks:
             groups[(task.name, "aligned", "")] = [
-                s for s in samples if s.split != "task" or s.dataset == task_sets[task.name].name]
+                s for s in samples if s.split != "task" or s.dataset == task_sets[task.name].name
+            ]
         genes = extract_genes(recipe, keep) if "safegene" in recipe.methods else {}
         for task in recipe.tasks:
             data = common + [task_sets[task.name]]
-            variants = [Variant("task", {}, lambda d, task=task: (task.model, task.adapter)),
-                        *baseline_variants(recipe, task), *safegene_variants(recipe, task, genes, keep)]
+            variants = [
+                Variant("task", {}, lambda d, task=task: (task.model, task.adapter)),
+                *baseline_variants(recipe, task),
+                *safegene_variants(recipe, task, genes, keep),
+            ]
             for v in variants:
                 label = setting_label(v.setting)
                 _log(progress, f"{task.name}: {v.method} {label}".rstrip())
@@ -218,11 +320,19 @@ def _report(recipe: Recipe, groups: dict, judge_info: list[dict], settings, seco
     order = {t.name: i for i, t in enumerate(recipe.tasks)}
     rows.sort(key=lambda r: order[r["task_model"]])
     summaries = [summarize_task(rows, t.name) for t in recipe.tasks]
-    return {"format": "safegene-compare", "format_version": 1, "rows": rows, "tasks": summaries,
-            "judge": judge_info[0]["name"], "judges": judge_info,
-            "recipe": str(recipe.source), "seed": recipe.seed,
-            "generation": settings.generation.describe(), "versions": versions(),
-            "wall_s": round(seconds, 1)}
+    return {
+        "format": "safegene-compare",
+        "format_version": 1,
+        "rows": rows,
+        "tasks": summaries,
+        "judge": judge_info[0]["name"],
+        "judges": judge_info,
+        "recipe": str(recipe.source),
+        "seed": recipe.seed,
+        "generation": settings.generation.describe(),
+        "versions": versions(),
+        "wall_s": round(seconds, 1),
+    }
 
 
 def _write(tmp: Path, report: dict, samples: list) -> None:
@@ -234,9 +344,12 @@ def _write(tmp: Path, report: dict, samples: list) -> None:
             fh.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
     (tmp / "report.md").write_text(render_markdown(report["tasks"], judge=report["judge"]))
     for t in report["tasks"]:
-        plot_pareto([r for r in report["rows"] if r["task_model"] == t["task_model"]],
-                    tmp / f"pareto-{t['task_model']}.png", title=f"{t['task_model']}: safety–utility",
-                    judge=report["judge"])
+        plot_pareto(
+            [r for r in report["rows"] if r["task_model"] == t["task_model"]],
+            tmp / f"pareto-{t['task_model']}.png",
+            title=f"{t['task_model']}: safety–utility",
+            judge=report["judge"],
+        )
     plot_pareto(report["rows"], tmp / "pareto.png", title="All task models", judge=report["judge"])
 
 

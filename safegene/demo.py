@@ -28,8 +28,14 @@ DEMO_METHODS = {
 }
 
 
-def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = None,
-               methods: dict | None = None, seed: int = 0) -> dict:
+def zoo_recipe(
+    zoo_dir: Path,
+    relative_to: Path,
+    *,
+    generation: dict | None = None,
+    methods: dict | None = None,
+    seed: int = 0,
+) -> dict:
     """The compare recipe of a built zoo: every task as a full fine-tune and as a LoRA."""
     zoo_file = zoo_dir / "zoo.json"
     if not zoo_file.is_file():
@@ -44,12 +50,21 @@ def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = No
     for name, m in models.items():
         if m.get("task"):
             split = data["tasks"][m["task"]]
-            tasks.append({"name": name.removeprefix("task-"), "model": rel(m["path"]),
-                          "adapter": rel(m["adapter"]), "shots": rel(split["shots"]),
-                          "test": rel(split["test"])})
+            tasks.append(
+                {
+                    "name": name.removeprefix("task-"),
+                    "model": rel(m["path"]),
+                    "adapter": rel(m["adapter"]),
+                    "shots": rel(split["shots"]),
+                    "test": rel(split["test"]),
+                }
+            )
     return {
-        "family": {"aligned": rel(models["aligned"]["path"]),
-                   "degraded": [rel(models["degraded"]["path"])], "base": rel(models["base"]["path"])},
+        "family": {
+            "aligned": rel(models["aligned"]["path"]),
+            "degraded": [rel(models["degraded"]["path"])],
+            "base": rel(models["base"]["path"]),
+        },
         "data": {k: rel(data[k]) for k in ("harmful_test", "benign_test", "harmful_shots")},
         "tasks": tasks,
         "judges": ["keyword", "prefix"],
@@ -61,9 +76,17 @@ def zoo_recipe(zoo_dir: Path, relative_to: Path, *, generation: dict | None = No
     }
 
 
-def run_demo(out: str | Path = "demo-out", *, size: str = "small", seed: int = 0,
-             zoo: str | Path | None = None, methods: dict | None = None,
-             tasks: list[str] | None = None, force: bool = False, progress: bool = True) -> dict:
+def run_demo(
+    out: str | Path = "demo-out",
+    *,
+    size: str = "small",
+    seed: int = 0,
+    zoo: str | Path | None = None,
+    methods: dict | None = None,
+    tasks: list[str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict:
     """Build/reuse the zoo, write the recipe, run compare; returns the compare report.
 
     `zoo`: an already built zoo to use instead of DIR/zoo. `methods`, `tasks`: a smaller grid or
@@ -77,10 +100,15 @@ def run_demo(out: str | Path = "demo-out", *, size: str = "small", seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     report_dir = out / "report"
     if report_dir.exists() and not force:
-        raise SafeGeneError(f"{report_dir} exists; pass --force to run the comparison again "
-                            "(the zoo is reused either way)")
-    zoo_dir = Path(zoo).absolute() if zoo else build_zoo(out / "zoo", size=size, seed=seed,
-                                                         progress=progress)
+        raise SafeGeneError(
+            f"{report_dir} exists; pass --force to run the comparison again "
+            "(the zoo is reused either way)"
+        )
+    zoo_dir = (
+        Path(zoo).absolute()
+        if zoo
+        else build_zoo(out / "zoo", size=size, seed=seed, progress=progress)
+    )
     recipe = zoo_recipe(zoo_dir, out, seed=seed, methods=methods)
     if tasks is not None:
         unknown = set(tasks) - {t["name"] for t in recipe["tasks"]}

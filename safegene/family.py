@@ -19,9 +19,15 @@ from dataclasses import dataclass
 from safegene.errors import SafeGeneError
 
 _LLAMA_LAYER = {
-    "self_attn.q_proj": "attn", "self_attn.k_proj": "attn", "self_attn.v_proj": "attn",
-    "self_attn.o_proj": "attn", "mlp.gate_proj": "mlp", "mlp.up_proj": "mlp", "mlp.down_proj": "mlp",
-    "input_layernorm": "norm", "post_attention_layernorm": "norm",
+    "self_attn.q_proj": "attn",
+    "self_attn.k_proj": "attn",
+    "self_attn.v_proj": "attn",
+    "self_attn.o_proj": "attn",
+    "mlp.gate_proj": "mlp",
+    "mlp.up_proj": "mlp",
+    "mlp.down_proj": "mlp",
+    "input_layernorm": "norm",
+    "post_attention_layernorm": "norm",
 }
 _GLOBAL = {"model.embed_tokens": "embed", "model.norm": "norm", "lm_head": "lm_head"}
 
@@ -31,14 +37,29 @@ FAMILIES: dict[str, dict] = {
     "mistral": {"layer_modules": _LLAMA_LAYER, "global_modules": _GLOBAL},
     "qwen2": {"layer_modules": _LLAMA_LAYER, "global_modules": _GLOBAL},  # + q/k/v biases
     "gemma": {"layer_modules": _LLAMA_LAYER, "global_modules": _GLOBAL},
-    "gemma2": {"layer_modules": {**_LLAMA_LAYER, "pre_feedforward_layernorm": "norm",
-                                 "post_feedforward_layernorm": "norm"}, "global_modules": _GLOBAL},
-    "phi3": {"layer_modules": {"self_attn.qkv_proj": "attn", "self_attn.o_proj": "attn",
-                               "mlp.gate_up_proj": "mlp", "mlp.down_proj": "mlp",
-                               "input_layernorm": "norm", "post_attention_layernorm": "norm"},
-             "global_modules": _GLOBAL},
+    "gemma2": {
+        "layer_modules": {
+            **_LLAMA_LAYER,
+            "pre_feedforward_layernorm": "norm",
+            "post_feedforward_layernorm": "norm",
+        },
+        "global_modules": _GLOBAL,
+    },
+    "phi3": {
+        "layer_modules": {
+            "self_attn.qkv_proj": "attn",
+            "self_attn.o_proj": "attn",
+            "mlp.gate_up_proj": "mlp",
+            "mlp.down_proj": "mlp",
+            "input_layernorm": "norm",
+            "post_attention_layernorm": "norm",
+        },
+        "global_modules": _GLOBAL,
+    },
 }
-LAYER_RE = re.compile(r"^(?P<prefix>.*?\blayers)\.(?P<layer>\d+)\.(?P<path>.+)\.(?P<param>weight|bias)$")
+LAYER_RE = re.compile(
+    r"^(?P<prefix>.*?\blayers)\.(?P<layer>\d+)\.(?P<path>.+)\.(?P<param>weight|bias)$"
+)
 GLOBAL_RE = re.compile(r"^(?P<path>.+)\.(?P<param>weight|bias)$")
 KINDS = ("attn", "mlp", "norm", "embed", "lm_head", "other")
 DEFAULT_KINDS = ("attn", "mlp")
@@ -110,28 +131,47 @@ def fingerprint(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
     resized vocabulary or tied head does not change the family)."""
     cfg = config.get("text_config") or config
     model_type = cfg.get("model_type") or config.get("model_type")
-    layer_shapes = {n: list(s) for n, s in sorted(shapes.items())
-                    if parse_name(n, model_type).layer is not None}
+    layer_shapes = {
+        n: list(s) for n, s in sorted(shapes.items()) if parse_name(n, model_type).layer is not None
+    }
     digest = hashlib.sha256(json.dumps(layer_shapes, sort_keys=True).encode()).hexdigest()
-    return {"model_type": model_type, "num_layers": num_layers(config),
-            "hidden_size": cfg.get("hidden_size"), "layer_tensors_sha256": digest}
+    return {
+        "model_type": model_type,
+        "num_layers": num_layers(config),
+        "hidden_size": cfg.get("hidden_size"),
+        "layer_tensors_sha256": digest,
+    }
 
 
-def check_compatible(expected: dict, config: dict, shapes: dict[str, tuple[int, ...]],
-                     tensors: dict[str, tuple[int, ...]] | None = None, what: str = "target") -> None:
+def check_compatible(
+    expected: dict,
+    config: dict,
+    shapes: dict[str, tuple[int, ...]],
+    tensors: dict[str, tuple[int, ...]] | None = None,
+    what: str = "target",
+) -> None:
     """Raise SafeGeneError naming the first mismatch between a family fingerprint (`expected`,
     e.g. a gene's) and a checkpoint (`config`, `shapes`): model_type, layer count, hidden size,
     then each tensor in `tensors` (name -> required shape) missing or of another shape."""
     got = fingerprint(config, shapes)
     for key in ("model_type", "num_layers", "hidden_size"):
         if expected.get(key) != got[key]:
-            raise SafeGeneError(f"family mismatch: the gene was extracted from {key}="
-                                f"{expected.get(key)!r} but the {what} has {key}={got[key]!r}")
+            raise SafeGeneError(
+                f"family mismatch: the gene was extracted from {key}="
+                f"{expected.get(key)!r} but the {what} has {key}={got[key]!r}"
+            )
     for name, shape in (tensors or {}).items():
         if name not in shapes:
             raise SafeGeneError(f"family mismatch: the {what} has no tensor {name!r}")
         if tuple(shapes[name]) != tuple(shape):
-            raise SafeGeneError(f"family mismatch: {name!r} has shape {tuple(shapes[name])} in the "
-                                f"{what} but {tuple(shape)} in the gene")
-    if expected.get("layer_tensors_sha256") not in (None, got["layer_tensors_sha256"]) and not tensors:
-        raise SafeGeneError(f"family mismatch: the {what}'s decoder-layer tensors differ from the gene's")
+            raise SafeGeneError(
+                f"family mismatch: {name!r} has shape {tuple(shapes[name])} in the "
+                f"{what} but {tuple(shape)} in the gene"
+            )
+    if (
+        expected.get("layer_tensors_sha256") not in (None, got["layer_tensors_sha256"])
+        and not tensors
+    ):
+        raise SafeGeneError(
+            f"family mismatch: the {what}'s decoder-layer tensors differ from the gene's"
+        )

@@ -52,9 +52,23 @@ import torch
 from tqdm.auto import tqdm
 
 from safegene.errors import SafeGeneError
-from safegene.family import DEFAULT_KINDS, KINDS, TensorName, check_compatible, fingerprint, parse_name
-from safegene.io import (ModelReader, ShardWriter, SpooledWriter, all_finite, atomic_output_dir,
-                         check_output_path, hash_model_dir)
+from safegene.family import (
+    DEFAULT_KINDS,
+    KINDS,
+    TensorName,
+    check_compatible,
+    fingerprint,
+    parse_name,
+)
+from safegene.io import (
+    ModelReader,
+    ShardWriter,
+    SpooledWriter,
+    all_finite,
+    atomic_output_dir,
+    check_output_path,
+    hash_model_dir,
+)
 
 FORMAT = "safegene-gene"
 FORMAT_VERSION = 1
@@ -71,6 +85,7 @@ RANDOMIZED_MAX_RANK_SHARE = 0.25
 
 # --- coefficients and selection --------------------------------------------------------------
 
+
 def _is_layer_key(k) -> bool:
     return isinstance(k, int) or (isinstance(k, str) and (k.isdigit() or k == "global"))
 
@@ -86,15 +101,19 @@ def normalize_coefficients(value, num_layers: int | None = None):
         return _finite(value, "coefficient")
     if isinstance(value, (list, tuple)):
         if num_layers is not None and len(value) != num_layers:
-            raise SafeGeneError(f"a per-layer coefficient list needs {num_layers} values, got {len(value)}")
+            raise SafeGeneError(
+                f"a per-layer coefficient list needs {num_layers} values, got {len(value)}"
+            )
         return {str(i): _finite(v, f"coefficient of layer {i}") for i, v in enumerate(value)}
     if isinstance(value, dict):
         if all(_is_layer_key(k) for k in value):
             return {str(k): _finite(v, f"coefficient of layer {k}") for k, v in value.items()}
         bad = [k for k in value if k not in KINDS]
         if bad:
-            raise SafeGeneError(f"coefficient key {bad[0]!r} is neither a layer index nor a module "
-                                f"kind ({', '.join(KINDS)})")
+            raise SafeGeneError(
+                f"coefficient key {bad[0]!r} is neither a layer index nor a module "
+                f"kind ({', '.join(KINDS)})"
+            )
         return {k: normalize_coefficients(v, num_layers) for k, v in value.items()}
     raise SafeGeneError(f"cannot read coefficients of type {type(value).__name__}")
 
@@ -115,7 +134,9 @@ def normalize_selection(value):
     if isinstance(value, dict):
         bad = [k for k in value if k not in KINDS]
         if bad:
-            raise SafeGeneError(f"selection key {bad[0]!r} is not a module kind ({', '.join(KINDS)})")
+            raise SafeGeneError(
+                f"selection key {bad[0]!r} is not a module kind ({', '.join(KINDS)})"
+            )
         return {k: normalize_selection(v) for k, v in value.items()}
     try:
         return sorted({int(v) for v in value})
@@ -144,6 +165,7 @@ def is_selected(selection, layer: int | None, kind: str) -> bool:
 
 
 # --- the artifact ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class GeneModule:
@@ -181,16 +203,26 @@ class Gene:
             self.meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:
             raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
-        if (not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT
-                or self.meta.get("format_version") != FORMAT_VERSION):
+        if (
+            not isinstance(self.meta, dict)
+            or self.meta.get("format") != FORMAT
+            or self.meta.get("format_version") != FORMAT_VERSION
+        ):
             raise SafeGeneError(f"{meta_path} is not a version-{FORMAT_VERSION} SafeGene gene")
         try:
             self.kind = self.meta["kind"]
-            self.modules = {name: GeneModule(name, None if m["layer"] is None else int(m["layer"]),
-                                             m["module"], m["kind"],
-                                             tuple(int(d) for d in m["shape"]), m.get("rank"),
-                                             m.get("rel_error", 0.0))
-                            for name, m in self.meta["modules"].items()}
+            self.modules = {
+                name: GeneModule(
+                    name,
+                    None if m["layer"] is None else int(m["layer"]),
+                    m["module"],
+                    m["kind"],
+                    tuple(int(d) for d in m["shape"]),
+                    m.get("rank"),
+                    m.get("rel_error", 0.0),
+                )
+                for name, m in self.meta["modules"].items()
+            }
             int(self.meta["fingerprint"]["num_layers"])
             normalize_selection(self.meta.get("selection"))  # SafeGeneError when malformed
             normalize_coefficients(self.meta.get("coefficients"))
@@ -199,7 +231,9 @@ class Gene:
         except SafeGeneError as exc:
             raise SafeGeneError(f"malformed {meta_path}: {exc}") from None
         if self.kind not in ("lora", "dense"):
-            raise SafeGeneError(f"malformed {meta_path}: kind {self.kind!r} is neither lora nor dense")
+            raise SafeGeneError(
+                f"malformed {meta_path}: kind {self.kind!r} is neither lora nor dense"
+            )
         prefix = "adapter_model" if self.kind == "lora" else DENSE_PREFIX
         self._reader = ModelReader(self.path, prefix=prefix, need_config=False)
 
@@ -230,15 +264,24 @@ class Gene:
     def factors(self, tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(lora_A, lora_B) in float32 for one module, δ = lora_B @ lora_A."""
         if self.kind != "lora":
-            raise SafeGeneError(f"the gene {self.path} is dense and has no LoRA factors; "
-                                "extract it with --rank or --energy for adapter outputs")
+            raise SafeGeneError(
+                f"the gene {self.path} is dense and has no LoRA factors; "
+                "extract it with --rank or --energy for adapter outputs"
+            )
         key = PEFT_PREFIX + self.modules[tensor].module_path
         a = self._reader.get(key + ".lora_A.weight", torch.float32)
         b = self._reader.get(key + ".lora_B.weight", torch.float32)
         shape = self.modules[tensor].shape
-        if a.dim() != 2 or b.dim() != 2 or (b.shape[0], a.shape[1]) != tuple(shape) or a.shape[0] != b.shape[1]:
-            raise SafeGeneError(f"the gene's factors for {tensor!r} ({tuple(b.shape)} @ {tuple(a.shape)}) "
-                                f"do not make its recorded shape {tuple(shape)}: {self.path} is corrupt")
+        if (
+            a.dim() != 2
+            or b.dim() != 2
+            or (b.shape[0], a.shape[1]) != tuple(shape)
+            or a.shape[0] != b.shape[1]
+        ):
+            raise SafeGeneError(
+                f"the gene's factors for {tensor!r} ({tuple(b.shape)} @ {tuple(a.shape)}) "
+                f"do not make its recorded shape {tuple(shape)}: {self.path} is corrupt"
+            )
         return a, b
 
     def delta(self, tensor: str) -> torch.Tensor:
@@ -270,8 +313,16 @@ def load_gene(path: str | os.PathLike) -> Gene:
     return Gene(path)
 
 
-def save_gene(gene: Gene | str | os.PathLike, out: str | os.PathLike, *, selection="keep",
-              coefficients="keep", scores="keep", force: bool = False, **extra) -> Path:
+def save_gene(
+    gene: Gene | str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    selection="keep",
+    coefficients="keep",
+    scores="keep",
+    force: bool = False,
+    **extra,
+) -> Path:
     """Write a copy of `gene` at `out` (atomically) with updated selection/coefficients/scores.
 
     Pass the value to set (None clears it); "keep" keeps the gene's own. `extra` sets further
@@ -302,6 +353,7 @@ def write_gene_meta(directory: str | os.PathLike, meta: dict) -> None:
 
 # --- compression -----------------------------------------------------------------------------
 
+
 @dataclass
 class Compressed:
     a: torch.Tensor  # r × in
@@ -322,8 +374,13 @@ def choose_rank(s: torch.Tensor, rank: int | None, energy: float | None) -> int:
     return max(1, min(int((kept < energy - 1e-12).sum()) + 1, s.numel()))
 
 
-def compress(delta: torch.Tensor, rank: int | None = DEFAULT_RANK, energy: float | None = None,
-             seed: int = 0, norm: float | None = None) -> Compressed:
+def compress(
+    delta: torch.Tensor,
+    rank: int | None = DEFAULT_RANK,
+    energy: float | None = None,
+    seed: int = 0,
+    norm: float | None = None,
+) -> Compressed:
     """Truncated SVD of a float32 δ into LoRA factors (B = U√S, A = √S Vᵀ, so δ ≈ B @ A).
 
     Exact SVD (torch.linalg.svd) for small matrices, for `energy` (it needs the full spectrum)
@@ -359,14 +416,16 @@ def compress(delta: torch.Tensor, rank: int | None = DEFAULT_RANK, energy: float
     if rel2 < 1e-3:
         rel = float(torch.linalg.matrix_norm(torch.addmm(delta, b, a, alpha=-1.0))) / norm
     else:
-        rel = rel2 ** 0.5
+        rel = rel2**0.5
     return Compressed(a, b, rel, method)
 
 
 # --- extraction ------------------------------------------------------------------------------
 
-def gene_tensors(names: list[str], shapes: dict, model_type: str | None,
-                 modules: list[str] | None, dense: bool) -> list[TensorName]:
+
+def gene_tensors(
+    names: list[str], shapes: dict, model_type: str | None, modules: list[str] | None, dense: bool
+) -> list[TensorName]:
     """Which tensors the gene covers: by kind ("attn", "mlp", "norm", "embed", "lm_head") or
     short module name ("q_proj"); default attention and MLP projections. The LoRA form takes
     2-D weights only; norms and biases need --dense."""
@@ -375,14 +434,18 @@ def gene_tensors(names: list[str], shapes: dict, model_type: str | None,
     known = {p.kind for p in parsed} | {p.module for p in parsed} | set(KINDS)
     unknown = sorted(wanted - known)
     if unknown:
-        raise SafeGeneError(f"unknown module or kind {unknown[0]!r}; choose kinds "
-                            f"{', '.join(KINDS)} or module names such as q_proj")
+        raise SafeGeneError(
+            f"unknown module or kind {unknown[0]!r}; choose kinds "
+            f"{', '.join(KINDS)} or module names such as q_proj"
+        )
     chosen = [p for p in parsed if p.kind in wanted or p.module in wanted]
     if not dense:
         not_lora = [p.name for p in chosen if len(shapes[p.name]) != 2 and p.param == "weight"]
         if any(p.kind == "norm" for p in chosen) or not_lora:
-            raise SafeGeneError("norm and other non-matrix deltas cannot be LoRA factors; "
-                                "drop 'norm' from --modules or pass --dense")
+            raise SafeGeneError(
+                "norm and other non-matrix deltas cannot be LoRA factors; "
+                "drop 'norm' from --modules or pass --dense"
+            )
         if any(p.kind == "embed" for p in chosen):
             raise SafeGeneError("embedding deltas are only stored with --dense")
         chosen = [p for p in chosen if p.param == "weight"]
@@ -391,8 +454,9 @@ def gene_tensors(names: list[str], shapes: dict, model_type: str | None,
     return chosen
 
 
-def _delta(tensor: str, aligned: ModelReader, degraded: list[ModelReader],
-           device) -> tuple[torch.Tensor, float]:
+def _delta(
+    tensor: str, aligned: ModelReader, degraded: list[ModelReader], device
+) -> tuple[torch.Tensor, float]:
     """(δ, ‖δ‖_F) with δ = aligned − mean(degraded) in float32; SafeGeneError on NaN/Inf.
 
     On CPU δ lives in the aligned reader's scratch slot: valid until the next call. The degraded
@@ -403,8 +467,11 @@ def _delta(tensor: str, aligned: ModelReader, degraded: list[ModelReader],
         delta.sub_(_f32(degraded[0], tensor, "degraded", device))
     else:
         first = _f32(degraded[0], tensor, "degraded", device)
-        acc = (degraded[0].workspace.tensor("acc", first.shape, torch.float32) if first.is_cpu
-               else torch.empty_like(first)).copy_(first)
+        acc = (
+            degraded[0].workspace.tensor("acc", first.shape, torch.float32)
+            if first.is_cpu
+            else torch.empty_like(first)
+        ).copy_(first)
         for r in degraded[1:]:
             acc.add_(_f32(r, tensor, "degraded", device))
         delta.sub_(acc.div_(len(degraded)))
@@ -422,8 +489,9 @@ def _f32(reader: ModelReader, tensor: str, slot: str, device) -> torch.Tensor:
     return reader.get_temp(tensor, slot=slot).to(device, torch.float32)
 
 
-def _open_family(aligned: str, degraded: list[str],
-                 allow_pickle: bool = False) -> tuple[ModelReader, list[ModelReader], dict]:
+def _open_family(
+    aligned: str, degraded: list[str], allow_pickle: bool = False
+) -> tuple[ModelReader, list[ModelReader], dict]:
     a = ModelReader(aligned, allow_pickle=allow_pickle)
     fp = fingerprint(a.config(), a.shapes())
     ds = []
@@ -434,11 +502,21 @@ def _open_family(aligned: str, degraded: list[str],
     return a, ds, fp
 
 
-def extract(aligned: str | os.PathLike, degraded: list[str | os.PathLike] | str,
-            out: str | os.PathLike, *, rank: int | None = None, energy: float | None = None,
-            modules: list[str] | None = None, dense: bool = False, force: bool = False,
-            device: str = "cpu", seed: int = 0, progress: bool | None = None,
-            allow_pickle: bool = False) -> Path:
+def extract(
+    aligned: str | os.PathLike,
+    degraded: list[str | os.PathLike] | str,
+    out: str | os.PathLike,
+    *,
+    rank: int | None = None,
+    energy: float | None = None,
+    modules: list[str] | None = None,
+    dense: bool = False,
+    force: bool = False,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool | None = None,
+    allow_pickle: bool = False,
+) -> Path:
     """Extract the gene δ = aligned − mean(degraded) and write it at `out` (see module doc).
 
     rank/energy: truncated SVD (rank DEFAULT_RANK when neither is given); dense: no compression.
@@ -459,18 +537,44 @@ def extract(aligned: str | os.PathLike, degraded: list[str | os.PathLike] | str,
     a, ds, fp = _open_family(str(aligned), [str(d) for d in degraded], allow_pickle)
     try:
         targets = gene_tensors(a.names(), a.shapes(), fp["model_type"], modules, dense)
-        sources = {"aligned": {"path": str(Path(aligned).absolute()), "hash": hash_model_dir(aligned)},
-                   "degraded": [{"path": str(Path(d).absolute()), "hash": hash_model_dir(d)}
-                                for d in degraded]}
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-                "kind": "dense" if dense else "lora", "fingerprint": fp, "sources": sources,
-                "compression": {"method": "none" if dense else None, "rank": rank if not dense else None,
-                                "energy": energy, "seed": seed},
-                "modules": {}, "scores": None, "selection": None, "coefficients": None}
+        sources = {
+            "aligned": {"path": str(Path(aligned).absolute()), "hash": hash_model_dir(aligned)},
+            "degraded": [
+                {"path": str(Path(d).absolute()), "hash": hash_model_dir(d)} for d in degraded
+            ],
+        }
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": "dense" if dense else "lora",
+            "fingerprint": fp,
+            "sources": sources,
+            "compression": {
+                "method": "none" if dense else None,
+                "rank": rank if not dense else None,
+                "energy": energy,
+                "seed": seed,
+            },
+            "modules": {},
+            "scores": None,
+            "selection": None,
+            "coefficients": None,
+        }
         with atomic_output_dir(out, force) as tmp:
             write = _write_dense if dense else _write_lora
-            write(tmp, targets, a, ds, meta, rank=rank, energy=energy, seed=seed,
-                  device=device, progress=progress, base_model=str(Path(aligned).absolute()))
+            write(
+                tmp,
+                targets,
+                a,
+                ds,
+                meta,
+                rank=rank,
+                energy=energy,
+                seed=seed,
+                device=device,
+                progress=progress,
+                base_model=str(Path(aligned).absolute()),
+            )
             write_gene_meta(tmp, meta)
     finally:
         a.close()
@@ -480,8 +584,15 @@ def extract(aligned: str | os.PathLike, degraded: list[str | os.PathLike] | str,
 
 
 def _module_meta(p: TensorName, shape, rank, rel_error, norm) -> dict:
-    return {"layer": p.layer, "module": p.module, "kind": p.kind, "shape": list(shape),
-            "rank": rank, "rel_error": rel_error, "delta_norm": norm}
+    return {
+        "layer": p.layer,
+        "module": p.module,
+        "kind": p.kind,
+        "shape": list(shape),
+        "rank": rank,
+        "rel_error": rel_error,
+        "delta_norm": norm,
+    }
 
 
 def _write_dense(tmp: Path, targets, a, ds, meta, *, device, progress, **_) -> None:
@@ -495,13 +606,15 @@ def _write_dense(tmp: Path, targets, a, ds, meta, *, device, progress, **_) -> N
     writer.close()
 
 
-def _write_lora(tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, progress,
-                base_model) -> None:
+def _write_lora(
+    tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, progress, base_model
+) -> None:
     writer = SpooledWriter(tmp / ADAPTER_WEIGHTS)
     ranks, methods = {}, Counter()
     try:
-        for i, p in enumerate(tqdm(targets, desc="extract (svd)", unit="tensor",
-                                   disable=_quiet(progress))):
+        for i, p in enumerate(
+            tqdm(targets, desc="extract (svd)", unit="tensor", disable=_quiet(progress))
+        ):
             delta, norm = _delta(p.name, a, ds, device)
             c = compress(delta, rank, energy, seed=seed + i, norm=norm)
             key = PEFT_PREFIX + p.module_path
@@ -528,6 +641,7 @@ def _quiet(progress: bool | None) -> bool | None:
 
 # --- PEFT adapter config ---------------------------------------------------------------------
 
+
 def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> dict:
     """A PEFT LoRA config for modules {module path: rank} with scaling exactly 1 everywhere.
 
@@ -540,12 +654,25 @@ def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> d
     r = Counter(ranks.values()).most_common(1)[0][0]
     pattern = {m: k for m, k in ranks.items() if k != r}
     return {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": r, "lora_alpha": r, "rank_pattern": pattern, "alpha_pattern": dict(pattern),
-        "target_modules": _target_modules(list(ranks), num_layers), "lora_dropout": 0.0, "bias": "none",
-        "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "modules_to_save": None,
-        "init_lora_weights": True, "inference_mode": True, "layers_to_transform": None,
-        "layers_pattern": None, "revision": None,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "target_modules": _target_modules(list(ranks), num_layers),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "modules_to_save": None,
+        "init_lora_weights": True,
+        "inference_mode": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "revision": None,
     }
 
 

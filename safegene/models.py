@@ -13,8 +13,14 @@ import torch
 
 from safegene.errors import SafeGeneError
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
@@ -24,7 +30,9 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     try:
         return _DTYPES[name.lower()]
     except KeyError:
-        raise SafeGeneError(f"unknown dtype {name!r}; choose one of {sorted(set(_DTYPES))} or auto") from None
+        raise SafeGeneError(
+            f"unknown dtype {name!r}; choose one of {sorted(set(_DTYPES))} or auto"
+        ) from None
 
 
 def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
@@ -41,7 +49,8 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
         if not allow_pickle:
             raise SafeGeneError(
                 f"{path} holds only pickle weights ({pickles[0]}); convert them to safetensors "
-                "or pass --allow-pickle to load them with weights_only=True")
+                "or pass --allow-pickle to load them with weights_only=True"
+            )
     return path
 
 
@@ -66,9 +75,15 @@ def load_tokenizer(path: str | Path):
     return tok
 
 
-def load_model(path: str | Path, adapter: str | Path | None = None, *, device: str = "cpu",
-               dtype: str | torch.dtype | None = None, allow_pickle: bool = False,
-               device_map: str | None = None):
+def load_model(
+    path: str | Path,
+    adapter: str | Path | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    device_map: str | None = None,
+):
     """(model, tokenizer) in eval mode; with `adapter`, a PeftModel over the model (not merged)."""
     from transformers import AutoModelForCausalLM
 
@@ -82,10 +97,17 @@ def load_model(path: str | Path, adapter: str | Path | None = None, *, device: s
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     except pickle.UnpicklingError as exc:  # weights_only=True met something other than tensors
-        detail = next((ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), "")
-        detail = detail.split(". Please")[0].removeprefix("WeightsUnpickler error: ") or "not plain tensors"
-        raise SafeGeneError(f"refused to unpickle the weights in {path} ({detail}): loading them would "
-                            "run code; convert the checkpoint to safetensors where it is trusted") from None
+        detail = next(
+            (ln.strip() for ln in str(exc).splitlines() if "Unsupported global" in ln), ""
+        )
+        detail = (
+            detail.split(". Please")[0].removeprefix("WeightsUnpickler error: ")
+            or "not plain tensors"
+        )
+        raise SafeGeneError(
+            f"refused to unpickle the weights in {path} ({detail}): loading them would "
+            "run code; convert the checkpoint to safetensors where it is trusted"
+        ) from None
     except (OSError, ValueError) as exc:
         raise SafeGeneError(f"cannot load the model in {path}: {exc}") from exc
     if adapter is not None:

@@ -45,17 +45,29 @@ from safegene.errors import SafeGeneError
 METHOD_PARAMS: dict[str, dict[str, tuple[type, list]]] = {
     "resta": {"beta": (float, [0.25, 0.5, 1.0]), "dare": (float, [0.0]), "ties": (float, [1.0])},
     "safelora": {"threshold": (float, [0.35, 0.5]), "number": (int, [])},
-    "safemerge": {"threshold": (float, [0.35, 0.5]), "task_weight": (float, [0.8]),
-                  "dare": (float, [0.0])},
+    "safemerge": {
+        "threshold": (float, [0.35, 0.5]),
+        "task_weight": (float, [0.8]),
+        "dare": (float, [0.0]),
+    },
     "interpolate": {"t": (float, [0.25, 0.5, 0.75])},
-    "safegene": {"rank": (int, [1]), "shots": (int, [16]), "top_k": (int, []),
-                 "ablations": (bool, [True])},
+    "safegene": {
+        "rank": (int, [1]),
+        "shots": (int, [16]),
+        "top_k": (int, []),
+        "ablations": (bool, [True]),
+    },
 }
 METHODS_NEEDING_BASE = {"safelora", "safemerge"}
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
 GUARD_FORMATS = {"llamaguard3", "harmbench"}
-GENERATION_KEYS = {"max_new_tokens": int, "batch_size": int, "do_sample": bool,
-                   "temperature": float, "top_p": float}
+GENERATION_KEYS = {
+    "max_new_tokens": int,
+    "batch_size": int,
+    "do_sample": bool,
+    "temperature": float,
+    "top_p": float,
+}
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,9 @@ class _Problems:
     def raise_if_any(self) -> None:
         if self.items:
             lines = "\n".join(f"  {p}" for p in self.items)
-            raise SafeGeneError(f"invalid recipe {self.source} ({len(self.items)} problem(s)):\n{lines}")
+            raise SafeGeneError(
+                f"invalid recipe {self.source} ({len(self.items)} problem(s)):\n{lines}"
+            )
 
 
 def _path(raw: Any, where: str, root: Path, problems: _Problems, *, kind: str) -> Path | None:
@@ -153,7 +167,9 @@ def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
         full = {p: list(default) for p, (_, default) in spec.items()}
         for p, values in params.items():
             if p not in spec:
-                problems.add(f"{where}.{p}", f"unknown hyperparameter; choose from {', '.join(spec)}")
+                problems.add(
+                    f"{where}.{p}", f"unknown hyperparameter; choose from {', '.join(spec)}"
+                )
                 continue
             typ = spec[p][0]
             values = values if isinstance(values, list) else [values]
@@ -184,12 +200,27 @@ def load_recipe(path: str | Path) -> Recipe:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SafeGeneError(f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise SafeGeneError(
+            f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}"
+        ) from None
     if not isinstance(raw, dict):
         raise SafeGeneError(f"recipe {path} must be a YAML mapping")
     root, problems = path.resolve().parent, _Problems(str(path))
-    for key in sorted(set(raw) - {"family", "data", "tasks", "judges", "methods", "generation",
-                                   "guard", "seed", "device", "dtype"}):
+    for key in sorted(
+        set(raw)
+        - {
+            "family",
+            "data",
+            "tasks",
+            "judges",
+            "methods",
+            "generation",
+            "guard",
+            "seed",
+            "device",
+            "dtype",
+        }
+    ):
         problems.add(key, "unknown field")
 
     family = raw.get("family") or {}
@@ -202,17 +233,24 @@ def load_recipe(path: str | Path) -> Recipe:
     if not isinstance(degraded_raw, list) or not degraded_raw:
         problems.add("family.degraded", "expected one or more model paths")
         degraded_raw = []
-    degraded = [_path(d, f"family.degraded[{i}]", root, problems, kind="dir")
-                for i, d in enumerate(degraded_raw)]
-    base = (_path(family["base"], "family.base", root, problems, kind="dir")
-            if family.get("base") is not None else None)
+    degraded = [
+        _path(d, f"family.degraded[{i}]", root, problems, kind="dir")
+        for i, d in enumerate(degraded_raw)
+    ]
+    base = (
+        _path(family["base"], "family.base", root, problems, kind="dir")
+        if family.get("base") is not None
+        else None
+    )
 
     data = raw.get("data") or {}
     if not isinstance(data, dict):
         problems.add("data", "expected a mapping with harmful_test, benign_test, harmful_shots")
         data = {}
-    files = {k: _path(data.get(k), f"data.{k}", root, problems, kind="file")
-             for k in ("harmful_test", "benign_test", "harmful_shots")}
+    files = {
+        k: _path(data.get(k), f"data.{k}", root, problems, kind="file")
+        for k in ("harmful_test", "benign_test", "harmful_shots")
+    }
 
     tasks = []
     raw_tasks = raw.get("tasks")
@@ -232,13 +270,18 @@ def load_recipe(path: str | Path) -> Recipe:
             problems.add(f"{where}.name", f"duplicate task name {name!r}")
         names.add(name)
         model = _path(t.get("model"), f"{where}.model", root, problems, kind="dir")
-        adapter = (_path(t["adapter"], f"{where}.adapter", root, problems, kind="dir")
-                   if t.get("adapter") is not None else None)
+        adapter = (
+            _path(t["adapter"], f"{where}.adapter", root, problems, kind="dir")
+            if t.get("adapter") is not None
+            else None
+        )
         shots = _path(t.get("shots"), f"{where}.shots", root, problems, kind="file")
         test = _path(t.get("test"), f"{where}.test", root, problems, kind="file")
         for key, f in (("shots", shots), ("test", test)):
             if f is not None and f.is_file() and not _task_file_has_answers(f):
-                problems.add(f"{where}.{key}", f"task data must be JSONL rows with an \"answer\": {f}")
+                problems.add(
+                    f"{where}.{key}", f'task data must be JSONL rows with an "answer": {f}'
+                )
         tasks.append(TaskSpec(str(name), model, adapter, shots, test))
 
     judges = raw.get("judges", ["keyword"])
@@ -248,7 +291,9 @@ def load_recipe(path: str | Path) -> Recipe:
         judges = []
     for j in judges:
         if j not in KNOWN_JUDGES:
-            problems.add("judges", f"unknown judge {j!r}; choose from {', '.join(sorted(KNOWN_JUDGES))}")
+            problems.add(
+                "judges", f"unknown judge {j!r}; choose from {', '.join(sorted(KNOWN_JUDGES))}"
+            )
 
     guard = None
     if "guard" in judges:
@@ -256,15 +301,19 @@ def load_recipe(path: str | Path) -> Recipe:
         if not isinstance(g, dict) or "model" not in g:
             problems.add("guard.model", "the guard judge needs a local guard model directory")
         else:
-            guard = {"model": _path(g["model"], "guard.model", root, problems, kind="dir"),
-                     "format": g.get("format", "llamaguard3")}
+            guard = {
+                "model": _path(g["model"], "guard.model", root, problems, kind="dir"),
+                "format": g.get("format", "llamaguard3"),
+            }
             if guard["format"] not in GUARD_FORMATS:
                 problems.add("guard.format", f"choose from {', '.join(sorted(GUARD_FORMATS))}")
 
     methods = _methods(raw.get("methods"), problems)
     if base is None:
         for m in sorted(METHODS_NEEDING_BASE & set(methods)):
-            problems.add(f"methods.{m}", "needs family.base (the pretrained model before alignment)")
+            problems.add(
+                f"methods.{m}", "needs family.base (the pretrained model before alignment)"
+            )
 
     generation = raw.get("generation") or {}
     if not isinstance(generation, dict):
@@ -272,14 +321,29 @@ def load_recipe(path: str | Path) -> Recipe:
         generation = {}
     for key, value in generation.items():
         if key not in GENERATION_KEYS:
-            problems.add(f"generation.{key}", f"unknown setting; choose from {', '.join(GENERATION_KEYS)}")
+            problems.add(
+                f"generation.{key}", f"unknown setting; choose from {', '.join(GENERATION_KEYS)}"
+            )
         elif not _is_type(value, GENERATION_KEYS[key]):
-            problems.add(f"generation.{key}", f"expected {GENERATION_KEYS[key].__name__}, got {value!r}")
+            problems.add(
+                f"generation.{key}", f"expected {GENERATION_KEYS[key].__name__}, got {value!r}"
+            )
     seed = raw.get("seed", 0)
     if not _is_type(seed, int):
         problems.add("seed", f"expected an integer, got {seed!r}")
     problems.raise_if_any()
-    return Recipe(aligned=aligned, degraded=degraded, base=base, tasks=tasks, judges=list(judges),
-                  methods=methods, generation=generation, guard=guard, seed=int(seed),
-                  device=str(raw.get("device", "cpu")), dtype=str(raw.get("dtype", "float32")),
-                  source=path.resolve(), **files)
+    return Recipe(
+        aligned=aligned,
+        degraded=degraded,
+        base=base,
+        tasks=tasks,
+        judges=list(judges),
+        methods=methods,
+        generation=generation,
+        guard=guard,
+        seed=int(seed),
+        device=str(raw.get("device", "cpu")),
+        dtype=str(raw.get("dtype", "float32")),
+        source=path.resolve(),
+        **files,
+    )

@@ -37,14 +37,22 @@ META = "safegene.json"
 # --- data ----------------------------------------------------------------------------------------
 
 
-def load_records(path: str | Path, *, split: str = "harmful", name: str | None = None,
-                 zoo: str | Path | None = None) -> list[dict]:
+def load_records(
+    path: str | Path,
+    *,
+    split: str = "harmful",
+    name: str | None = None,
+    zoo: str | Path | None = None,
+) -> list[dict]:
     """Records {"prompt", "answer"?} through the project's data loader (JSONL, CSV, text, zoo splits)."""
     from safegene.evaluate.data import load_data
 
     ds = load_data(path, split, zoo=zoo, name=name)
     answers = ds.answers or [None] * len(ds.prompts)
-    return [{"prompt": p, **({"answer": a} if a is not None else {})} for p, a in zip(ds.prompts, answers)]
+    return [
+        {"prompt": p, **({"answer": a} if a is not None else {})}
+        for p, a in zip(ds.prompts, answers)
+    ]
 
 
 def data_hash(records: list[dict]) -> str:
@@ -64,7 +72,9 @@ def take(records: list[dict], k: int | None, *, seed: int, name: str) -> list[di
     if k < 1:
         raise SafeGeneError(f"--shots must be at least 1 (got {k})")
     if k > len(records):
-        raise SafeGeneError(f"asked for {k} {name} examples but the {name} data has only {len(records)}")
+        raise SafeGeneError(
+            f"asked for {k} {name} examples but the {name} data has only {len(records)}"
+        )
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(records), generator=g)[:k].tolist()
     return [records[i] for i in sorted(idx)]
@@ -85,7 +95,8 @@ def _answer(rec: dict) -> str | None:
 
 def _cache_dir() -> Path:
     root = os.environ.get("SAFEGENE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "safegene")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "safegene"
+    )
     return Path(root) / "responses"
 
 
@@ -96,23 +107,41 @@ def model_id(path: str | Path, adapter: str | Path | None = None) -> str:
     h = hash_model_dir(path)
     if adapter is not None:
         a = Path(adapter)
-        h += "|" + hashlib.sha256(b"".join((a / f).read_bytes() for f in
-                                           ("adapter_config.json", "adapter_model.safetensors")
-                                           if (a / f).is_file())).hexdigest()
+        h += (
+            "|"
+            + hashlib.sha256(
+                b"".join(
+                    (a / f).read_bytes()
+                    for f in ("adapter_config.json", "adapter_model.safetensors")
+                    if (a / f).is_file()
+                )
+            ).hexdigest()
+        )
     return h
 
 
-def own_responses(model_path, prompts: list[str], *, adapter=None, model=None, tokenizer=None,
-                  device: str = "cpu", dtype=None, max_new_tokens: int = 48, progress: bool = False,
-                  cache: bool = True) -> list[str]:
+def own_responses(
+    model_path,
+    prompts: list[str],
+    *,
+    adapter=None,
+    model=None,
+    tokenizer=None,
+    device: str = "cpu",
+    dtype=None,
+    max_new_tokens: int = 48,
+    progress: bool = False,
+    cache: bool = True,
+) -> list[str]:
     """A model's own greedy responses to `prompts`, generated once and cached on disk.
 
     The cache key is the model's identity (weights' names, sizes, mtimes) plus the prompts' hash.
     """
     from safegene.evaluate.generate import generate
 
-    key = hashlib.sha256((model_id(model_path, adapter) + f"|{max_new_tokens}|" + "\x00".join(prompts))
-                         .encode()).hexdigest()[:32]
+    key = hashlib.sha256(
+        (model_id(model_path, adapter) + f"|{max_new_tokens}|" + "\x00".join(prompts)).encode()
+    ).hexdigest()[:32]
     path = _cache_dir() / f"{key}.json"
     if cache and path.is_file():
         try:
@@ -125,8 +154,14 @@ def own_responses(model_path, prompts: list[str], *, adapter=None, model=None, t
         from safegene.models import load_model
 
         model, tokenizer = load_model(model_path, adapter, device=device, dtype=dtype)
-    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, progress=progress,
-                   desc="reference responses")
+    out = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+        desc="reference responses",
+    )
     out = [o if o.strip() else (tokenizer.eos_token or ".") for o in out]
     if cache:
         try:
@@ -148,8 +183,11 @@ def aligned_path(gene_dir: str | Path, aligned: str | Path | None) -> Path | Non
     src = src.get("aligned") if isinstance(src, dict) else None
     cands = [src.get("path") if isinstance(src, dict) else None]
     try:
-        cands.append(json.loads((Path(gene_dir) / "adapter_config.json").read_text())
-                     .get("base_model_name_or_path"))
+        cands.append(
+            json.loads((Path(gene_dir) / "adapter_config.json").read_text()).get(
+                "base_model_name_or_path"
+            )
+        )
     except (OSError, json.JSONDecodeError):
         pass
     recorded = src.get("hash") if isinstance(src, dict) else None
@@ -159,14 +197,24 @@ def aligned_path(gene_dir: str | Path, aligned: str | Path | None) -> Path | Non
                 from safegene.io import matches_hash
 
                 if not matches_hash(c, recorded):
-                    raise SafeGeneError(f"the gene's aligned model {c} is not the one it was extracted "
-                                        "from (content hash differs): pass --aligned DIR")
+                    raise SafeGeneError(
+                        f"the gene's aligned model {c} is not the one it was extracted "
+                        "from (content hash differs): pass --aligned DIR"
+                    )
             return Path(c)
     return None
 
 
-def refusal_targets(records: list[dict], *, gene_dir=None, aligned=None, device="cpu", dtype=None,
-                    max_new_tokens: int = 48, progress: bool = False) -> list[str]:
+def refusal_targets(
+    records: list[dict],
+    *,
+    gene_dir=None,
+    aligned=None,
+    device="cpu",
+    dtype=None,
+    max_new_tokens: int = 48,
+    progress: bool = False,
+) -> list[str]:
     """Each harmful record's refusal: its "response", else the aligned model's own (cached)."""
     from safegene.evaluate.judges import is_refusal_keyword
 
@@ -174,12 +222,24 @@ def refusal_targets(records: list[dict], *, gene_dir=None, aligned=None, device=
     have = [a if a is not None and is_refusal_keyword(a) else None for a in map(_answer, records)]
     missing = [i for i, t in enumerate(have) if t is None]
     if missing:
-        path = aligned_path(gene_dir, aligned) if gene_dir is not None else (Path(aligned) if aligned else None)
+        path = (
+            aligned_path(gene_dir, aligned)
+            if gene_dir is not None
+            else (Path(aligned) if aligned else None)
+        )
         if path is None:
-            raise SafeGeneError("the harmful data has no \"response\" refusals and the aligned model is "
-                                "unknown (not in the gene's provenance): pass --aligned DIR")
-        gen = own_responses(path, [records[i]["prompt"] for i in missing], device=device, dtype=dtype,
-                            max_new_tokens=max_new_tokens, progress=progress)
+            raise SafeGeneError(
+                'the harmful data has no "response" refusals and the aligned model is '
+                "unknown (not in the gene's provenance): pass --aligned DIR"
+            )
+        gen = own_responses(
+            path,
+            [records[i]["prompt"] for i in missing],
+            device=device,
+            dtype=dtype,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
         for i, t in zip(missing, gen):
             have[i] = t
     return have  # type: ignore[return-value]
@@ -208,7 +268,7 @@ def check_family(gene_dir, model_path, modules=None) -> None:
     for g in modules or []:
         name = g.name + ".weight"
         if name not in shapes:  # checkpoints without the "model." prefix, or a wrapper's prefix
-            hits = [n for n in shapes if n.endswith(name[name.find("layers."):])]
+            hits = [n for n in shapes if n.endswith(name[name.find("layers.") :])]
             name = hits[0] if hits else name
         need[name] = g.shape
     if fp:
@@ -218,22 +278,26 @@ def check_family(gene_dir, model_path, modules=None) -> None:
             if name not in shapes:
                 raise SafeGeneError(f"family mismatch: the target has no tensor {name!r}")
             if tuple(shapes[name]) != tuple(shape):
-                raise SafeGeneError(f"family mismatch: {name!r} has shape {tuple(shapes[name])} in the "
-                                    f"target but {tuple(shape)} in the gene")
+                raise SafeGeneError(
+                    f"family mismatch: {name!r} has shape {tuple(shapes[name])} in the "
+                    f"target but {tuple(shape)} in the gene"
+                )
 
 
 # --- scores --------------------------------------------------------------------------------------
 
 
-def _loss_grad(att: GeneAttachment, encoded, *, batch_size: int, pad_id: int) -> tuple[float, torch.Tensor]:
+def _loss_grad(
+    att: GeneAttachment, encoded, *, batch_size: int, pad_id: int
+) -> tuple[float, torch.Tensor]:
     """Mean target loss and its gradient with respect to α, batch by batch (bounded memory)."""
     n = len(encoded)
     total = 0.0
     grad = torch.zeros_like(att.alpha)
     for start in range(0, n, batch_size):
-        chunk = encoded[start:start + batch_size]
+        chunk = encoded[start : start + batch_size]
         loss = pairs_loss(att.model, chunk, batch_size=batch_size, pad_id=pad_id) * (len(chunk) / n)
-        g, = torch.autograd.grad(loss, att.alpha)
+        (g,) = torch.autograd.grad(loss, att.alpha)
         grad += g
         total += loss.item()
     return total, grad
@@ -244,10 +308,19 @@ def _loss(att: GeneAttachment, encoded, *, batch_size: int, pad_id: int) -> floa
     return float(pairs_loss(att.model, encoded, batch_size=batch_size, pad_id=pad_id))
 
 
-def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
-                 benign: list[tuple[str, str]] | None = None, task: list[tuple[str, str]] | None = None,
-                 method: str = "attribution", per_module_kind: bool = True, batch_size: int = 16,
-                 progress: bool = False) -> dict[str, dict]:
+def score_groups(
+    model,
+    tokenizer,
+    modules,
+    *,
+    harmful: list[tuple[str, str]],
+    benign: list[tuple[str, str]] | None = None,
+    task: list[tuple[str, str]] | None = None,
+    method: str = "attribution",
+    per_module_kind: bool = True,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> dict[str, dict]:
     """{group: {"gain", "interference", "task", "score", "n_params"}} for every group of the gene.
 
     `harmful`, `benign`, `task` are (prompt, target) pairs. Loss units (mean NLL per target token).
@@ -258,15 +331,20 @@ def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
         raise SafeGeneError("no harmful prompts to score the layers on")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     sets = {"harmful": harmful, "benign": benign or [], "task": task or []}
-    enc = {k: encode_pairs(tokenizer, [p for p, _ in v], [t for _, t in v]) for k, v in sets.items() if v}
+    enc = {
+        k: encode_pairs(tokenizer, [p for p, _ in v], [t for _, t in v])
+        for k, v in sets.items()
+        if v
+    }
     att = GeneAttachment(model, modules, per_module_kind=per_module_kind)
     deltas: dict[str, torch.Tensor] = {}
     base: dict[str, float] = {}
     exact = [k for k in enc if method == "ablation" or k != "harmful"]
     with att:
         if method == "attribution":
-            base["harmful"], deltas["harmful"] = _loss_grad(att, enc["harmful"], batch_size=batch_size,
-                                                            pad_id=pad_id)
+            base["harmful"], deltas["harmful"] = _loss_grad(
+                att, enc["harmful"], batch_size=batch_size, pad_id=pad_id
+            )
         if exact:
             from tqdm.auto import tqdm
 
@@ -275,19 +353,30 @@ def score_groups(model, tokenizer, modules, *, harmful: list[tuple[str, str]],
                 for k in exact:
                     base[k] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id)
                     deltas[k] = torch.zeros(n)
-                for i in tqdm(range(n), desc="ablation" if method == "ablation" else "interference",
-                              disable=not progress, leave=False):
+                for i in tqdm(
+                    range(n),
+                    desc="ablation" if method == "ablation" else "interference",
+                    disable=not progress,
+                    leave=False,
+                ):
                     att.set(torch.nn.functional.one_hot(torch.tensor(i), n).float())
                     for k in exact:
-                        deltas[k][i] = _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id) - base[k]
+                        deltas[k][i] = (
+                            _loss(att, enc[k], batch_size=batch_size, pad_id=pad_id) - base[k]
+                        )
     scores = {}
     zero = torch.zeros(len(att.groups))
     for i, g in enumerate(att.groups):
         gain = -float(deltas["harmful"][i])
         inter = float(deltas.get("benign", zero)[i])
         tsk = float(deltas.get("task", zero)[i])
-        scores[g] = {"gain": gain, "interference": inter, "task": tsk, "score": gain - inter - tsk,
-                     "n_params": int(att.n_params[i])}
+        scores[g] = {
+            "gain": gain,
+            "interference": inter,
+            "task": tsk,
+            "score": gain - inter - tsk,
+            "n_params": int(att.n_params[i]),
+        }
     scores["_base_loss"] = base  # type: ignore[assignment]
     return scores
 
@@ -300,8 +389,9 @@ def per_layer(scores: dict[str, dict]) -> dict[str, dict]:
         if g.startswith("_"):
             continue
         layer = g.split(".")[0]
-        acc = out.setdefault(layer, {"gain": 0.0, "interference": 0.0, "task": 0.0, "score": 0.0,
-                                     "n_params": 0})
+        acc = out.setdefault(
+            layer, {"gain": 0.0, "interference": 0.0, "task": 0.0, "score": 0.0, "n_params": 0}
+        )
         for k in acc:
             acc[k] += s[k]
     return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
@@ -310,8 +400,13 @@ def per_layer(scores: dict[str, dict]) -> dict[str, dict]:
 # --- policies ------------------------------------------------------------------------------------
 
 
-def choose(scores: dict[str, dict], *, top_k: int | None = None, threshold: float | None = None,
-           budget: float | None = None) -> list[str]:
+def choose(
+    scores: dict[str, dict],
+    *,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    budget: float | None = None,
+) -> list[str]:
     """Groups kept by one policy; groups whose δ does not lower the refusal loss are never kept.
 
     top_k: the k best by score (among those with a positive gain); threshold: score ≥ T; budget:
@@ -330,7 +425,9 @@ def choose(scores: dict[str, dict], *, top_k: int | None = None, threshold: floa
         kept = [g for g, _ in useful[:top_k]]
     elif budget is not None:
         if not 0 < budget <= 1:
-            raise SafeGeneError(f"--budget is a fraction of the gene's parameters in (0, 1] (got {budget})")
+            raise SafeGeneError(
+                f"--budget is a fraction of the gene's parameters in (0, 1] (got {budget})"
+            )
         total = sum(s["n_params"] for _, s in items)
         kept, used = [], 0
         for g, s in useful:
@@ -341,23 +438,44 @@ def choose(scores: dict[str, dict], *, top_k: int | None = None, threshold: floa
                 used += s["n_params"]
     else:
         t = 0.0 if threshold is None else threshold
-        kept = [g for g, s in useful if s["score"] > t or (threshold is not None and s["score"] == t)]
+        kept = [
+            g for g, s in useful if s["score"] > t or (threshold is not None and s["score"] == t)
+        ]
     if not kept:
-        raise SafeGeneError("no layer passes the selection policy (no δ lowers the refusal loss "
-                            "there): loosen the policy or check the data")
+        raise SafeGeneError(
+            "no layer passes the selection policy (no δ lowers the refusal loss "
+            "there): loosen the policy or check the data"
+        )
     return sorted(kept, key=lambda g: (int(g.split(".")[0]), g))
 
 
 # --- the command ---------------------------------------------------------------------------------
 
 
-def select(gene: str | Path, model: str | Path, *, harmful: str | Path, benign: str | Path | None = None,
-           task: str | Path | None = None, adapter: str | Path | None = None, aligned: str | Path | None = None,
-           top_k: int | None = None, threshold: float | None = None, budget: float | None = None,
-           method: str = "attribution", per_module_kind: bool = False, n_examples: int | None = 32,
-           seed: int = 0, out: str | Path | None = None, force: bool = False, device: str = "cpu",
-           dtype: str | None = None, batch_size: int = 16, max_new_tokens: int = 48,
-           progress: bool = False) -> dict:
+def select(
+    gene: str | Path,
+    model: str | Path,
+    *,
+    harmful: str | Path,
+    benign: str | Path | None = None,
+    task: str | Path | None = None,
+    adapter: str | Path | None = None,
+    aligned: str | Path | None = None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    budget: float | None = None,
+    method: str = "attribution",
+    per_module_kind: bool = False,
+    n_examples: int | None = 32,
+    seed: int = 0,
+    out: str | Path | None = None,
+    force: bool = False,
+    device: str = "cpu",
+    dtype: str | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 48,
+    progress: bool = False,
+) -> dict:
     """Score the gene's layers on `model` (a degraded or task model) and store the selection.
 
     Writes the scores and selection into `out`'s safegene.json (a copy of the gene), or into the
@@ -371,32 +489,50 @@ def select(gene: str | Path, model: str | Path, *, harmful: str | Path, benign: 
     meta = read_meta(gene)
     check_family(gene, model, modules)
     harm = load_records(harmful, split="harmful")
-    harm = take(harm, min(n_examples, len(harm)) if n_examples and harm else None, seed=seed, name="harmful")
+    harm = take(
+        harm, min(n_examples, len(harm)) if n_examples and harm else None, seed=seed, name="harmful"
+    )
     ben = load_records(benign, split="benign") if benign else []
     tsk = load_records(task, split="task") if task else []
     if ben:
         ben = take(ben, min(n_examples, len(ben)) if n_examples else None, seed=seed, name="benign")
     if tsk:
         tsk = take(tsk, min(n_examples, len(tsk)) if n_examples else None, seed=seed, name="task")
-    refusals = refusal_targets(harm, gene_dir=gene, aligned=aligned, device=device, dtype=dtype,
-                               max_new_tokens=max_new_tokens, progress=progress)
+    refusals = refusal_targets(
+        harm,
+        gene_dir=gene,
+        aligned=aligned,
+        device=device,
+        dtype=dtype,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
     from safegene.models import load_model
 
     net, tok = load_model(model, adapter, device=device, dtype=dtype)
     ben_targets = _own_or_given(ben, model, adapter, net, tok, max_new_tokens, progress)
     tsk_targets = [_answer(r) for r in tsk]
     if any(t is None for t in tsk_targets):
-        raise SafeGeneError("every task example needs an \"answer\" (or \"response\")")
-    fine = score_groups(net, tok, modules, harmful=[(r["prompt"], t) for r, t in zip(harm, refusals)],
-                        benign=[(r["prompt"], t) for r, t in zip(ben, ben_targets)],
-                        task=[(r["prompt"], t) for r, t in zip(tsk, tsk_targets)],
-                        method=method, per_module_kind=True if method == "attribution" else per_module_kind,
-                        batch_size=batch_size, progress=progress)
+        raise SafeGeneError('every task example needs an "answer" (or "response")')
+    fine = score_groups(
+        net,
+        tok,
+        modules,
+        harmful=[(r["prompt"], t) for r, t in zip(harm, refusals)],
+        benign=[(r["prompt"], t) for r, t in zip(ben, ben_targets)],
+        task=[(r["prompt"], t) for r, t in zip(tsk, tsk_targets)],
+        method=method,
+        per_module_kind=True if method == "attribution" else per_module_kind,
+        batch_size=batch_size,
+        progress=progress,
+    )
     base_loss = fine.pop("_base_loss")
     layers = per_layer(fine)
     if method == "ablation" and not per_module_kind:
         fine = {}
-    groups = choose(fine if per_module_kind else layers, top_k=top_k, threshold=threshold, budget=budget)
+    groups = choose(
+        fine if per_module_kind else layers, top_k=top_k, threshold=threshold, budget=budget
+    )
     n_total = sum(g.n_params for g in modules)
     n_kept = sum((fine if per_module_kind else layers)[g]["n_params"] for g in groups)
     record = {
@@ -406,17 +542,28 @@ def select(gene: str | Path, model: str | Path, *, harmful: str | Path, benign: 
         "method": method,
         "policy": {"top_k": top_k, "threshold": threshold, "budget": budget},
         "param_fraction": n_kept / max(n_total, 1),
-        "model": {"path": str(model), "adapter": str(adapter) if adapter else None,
-                  "id": model_id(model, adapter)},
-        "data": {"harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm)},
-                 "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)} if ben else None,
-                 "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)} if tsk else None},
+        "model": {
+            "path": str(model),
+            "adapter": str(adapter) if adapter else None,
+            "id": model_id(model, adapter),
+        },
+        "data": {
+            "harmful": {"path": str(harmful), "n": len(harm), "sha256": data_hash(harm)},
+            "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)}
+            if ben
+            else None,
+            "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)} if tsk else None,
+        },
         "base_loss": base_loss,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    scores_record = {"method": method, "units": "mean NLL per target token",
-                     "layers": layers, "module_kinds": fine}
+    scores_record = {
+        "method": method,
+        "units": "mean NLL per target token",
+        "layers": layers,
+        "module_kinds": fine,
+    }
     _store(gene, out, force, meta, scores_record, record)
     return record
 
@@ -427,8 +574,15 @@ def _own_or_given(records, model_path, adapter, net, tok, max_new_tokens, progre
     given = [_answer(r) for r in records]
     missing = [i for i, t in enumerate(given) if t is None]
     if missing:
-        gen = own_responses(model_path, [records[i]["prompt"] for i in missing], adapter=adapter,
-                            model=net, tokenizer=tok, max_new_tokens=max_new_tokens, progress=progress)
+        gen = own_responses(
+            model_path,
+            [records[i]["prompt"] for i in missing],
+            adapter=adapter,
+            model=net,
+            tokenizer=tok,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
+        )
         for i, t in zip(missing, gen):
             given[i] = t
     return given
@@ -470,8 +624,10 @@ def selection_to_groups(selection) -> list[str] | None:
     if selection is None:
         return None
     if isinstance(selection, dict):
-        return sorted((f"{int(layer)}.{kind}" for kind, layers in selection.items() for layer in layers),
-                      key=lambda g: (int(g.split(".")[0]), g))
+        return sorted(
+            (f"{int(layer)}.{kind}" for kind, layers in selection.items() for layer in layers),
+            key=lambda g: (int(g.split(".")[0]), g),
+        )
     return [str(int(layer)) for layer in sorted(selection)]
 
 

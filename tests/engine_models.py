@@ -8,17 +8,31 @@ from pathlib import Path
 import torch
 
 FAMILIES = ("llama", "mistral", "qwen2", "gemma", "phi3")
-_COMMON = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2)
+_COMMON = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    pad_token_id=0,
+    bos_token_id=1,
+    eos_token_id=2,
+)
 
 
 def tiny_config(family: str, **overrides):
     """A tiny config of the real transformers class for `family`."""
     import transformers as tf
 
-    cls = {"llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-           "gemma": tf.GemmaConfig, "phi3": tf.Phi3Config}[family]
+    cls = {
+        "llama": tf.LlamaConfig,
+        "mistral": tf.MistralConfig,
+        "qwen2": tf.Qwen2Config,
+        "gemma": tf.GemmaConfig,
+        "phi3": tf.Phi3Config,
+    }[family]
     kw = dict(_COMMON)
     if family == "gemma":
         kw["head_dim"] = 8
@@ -59,13 +73,16 @@ def save(model, path: Path, shard: str | None = None, dtype=None) -> Path:
     return Path(path)
 
 
-def family_pair(root: Path, family: str, shard: str | None = None, seed: int = 0,
-                **overrides) -> tuple[Path, Path]:
+def family_pair(
+    root: Path, family: str, shard: str | None = None, seed: int = 0, **overrides
+) -> tuple[Path, Path]:
     """(aligned dir, degraded dir) of one tiny family, the degraded = aligned + noise."""
     aligned = build_model(family, seed, **overrides)
     degraded = perturbed(aligned, seed + 100)
-    return (save(aligned, root / f"{family}-aligned", shard),
-            save(degraded, root / f"{family}-degraded", shard))
+    return (
+        save(aligned, root / f"{family}-aligned", shard),
+        save(degraded, root / f"{family}-degraded", shard),
+    )
 
 
 def state(path: Path) -> dict[str, torch.Tensor]:

@@ -22,11 +22,23 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("apply")
     aligned, degraded = em.family_pair(root, "llama", shard="40KB")
     gene = extract(aligned, [degraded], root / "gene", energy=0.8, progress=False)
-    task_model = get_peft_model(em.build_model("llama"), LoraConfig(
-        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False))
+    task_model = get_peft_model(
+        em.build_model("llama"),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False,
+        ),
+    )
     task_model.save_pretrained(root / "task_lora")
-    return {"root": root, "aligned": aligned, "degraded": degraded, "gene": gene,
-            "lora": root / "task_lora"}
+    return {
+        "root": root,
+        "aligned": aligned,
+        "degraded": degraded,
+        "gene": gene,
+        "lora": root / "task_lora",
+    }
 
 
 def _logits(path, adapter=None):
@@ -47,16 +59,18 @@ def test_gene_ranks_differ_and_config_scales_by_one(setup):
 
 
 def test_peft_gene_equals_merged(setup, tmp_path):
-    merged = apply_gene(setup["gene"], setup["degraded"], tmp_path / "m", shard_size=40_000,
-                        progress=False)
+    merged = apply_gene(
+        setup["gene"], setup["degraded"], tmp_path / "m", shard_size=40_000, progress=False
+    )
     peft = _logits(setup["degraded"], adapter=setup["gene"])
     torch.testing.assert_close(_logits(merged), peft, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(peft, _logits(setup["degraded"]), atol=1e-3)  # the gene did act
 
 
 def test_sharded_in_sharded_out(setup, tmp_path):
-    merged = apply_gene(setup["gene"], setup["degraded"], tmp_path / "m", shard_size=30_000,
-                        progress=False)
+    merged = apply_gene(
+        setup["gene"], setup["degraded"], tmp_path / "m", shard_size=30_000, progress=False
+    )
     index = json.loads((merged / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) > 1 and shards == sorted(p.name for p in merged.glob("*.safetensors"))
@@ -69,23 +83,44 @@ def test_sharded_in_sharded_out(setup, tmp_path):
 
 
 def test_combined_equals_task_lora_then_gene(setup, tmp_path):
-    combined = apply_gene(setup["gene"], setup["aligned"], tmp_path / "c", form="combined",
-                          adapter=setup["lora"], coefficients=0.7, progress=False)
-    task_merged = apply_gene(setup["gene"], setup["aligned"], tmp_path / "t", adapter=setup["lora"],
-                             coefficients=0.0, progress=False)  # task LoRA merged, gene off
+    combined = apply_gene(
+        setup["gene"],
+        setup["aligned"],
+        tmp_path / "c",
+        form="combined",
+        adapter=setup["lora"],
+        coefficients=0.7,
+        progress=False,
+    )
+    task_merged = apply_gene(
+        setup["gene"],
+        setup["aligned"],
+        tmp_path / "t",
+        adapter=setup["lora"],
+        coefficients=0.0,
+        progress=False,
+    )  # task LoRA merged, gene off
     both = apply_gene(setup["gene"], task_merged, tmp_path / "b", coefficients=0.7, progress=False)
-    torch.testing.assert_close(_logits(setup["aligned"], adapter=combined), _logits(both),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(setup["aligned"], adapter=combined), _logits(both), atol=1e-4, rtol=1e-4
+    )
     # and the task-only merge agrees with stock PEFT on the task LoRA
-    torch.testing.assert_close(_logits(task_merged), _logits(setup["aligned"], setup["lora"]),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(task_merged), _logits(setup["aligned"], setup["lora"]), atol=1e-4, rtol=1e-4
+    )
     cfg = json.loads((combined / "adapter_config.json").read_text())
     assert cfg["r"] == cfg["lora_alpha"] and cfg["rank_pattern"] == cfg["alpha_pattern"]
 
 
 def test_adapter_form_scales_lora_b(setup, tmp_path):
-    out = apply_gene(setup["gene"], setup["degraded"], tmp_path / "a", form="adapter",
-                     coefficients=[0.5, 2.0], progress=False)
+    out = apply_gene(
+        setup["gene"],
+        setup["degraded"],
+        tmp_path / "a",
+        form="adapter",
+        coefficients=[0.5, 2.0],
+        progress=False,
+    )
     from safetensors.torch import load_file
 
     got = load_file(out / "adapter_model.safetensors")
@@ -95,15 +130,21 @@ def test_adapter_form_scales_lora_b(setup, tmp_path):
         key = "base_model.model." + m.module_path
         assert torch.equal(got[key + ".lora_A.weight"], a)
         torch.testing.assert_close(got[key + ".lora_B.weight"], b * (0.5, 2.0)[m.layer])
-    merged = apply_gene(setup["gene"], setup["degraded"], tmp_path / "m", coefficients=[0.5, 2.0],
-                        progress=False)
-    torch.testing.assert_close(_logits(setup["degraded"], adapter=out), _logits(merged),
-                               atol=1e-4, rtol=1e-4)
+    merged = apply_gene(
+        setup["gene"], setup["degraded"], tmp_path / "m", coefficients=[0.5, 2.0], progress=False
+    )
+    torch.testing.assert_close(
+        _logits(setup["degraded"], adapter=out), _logits(merged), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_stored_selection_and_coefficients_are_honoured(setup, tmp_path):
-    gene2 = save_gene(setup["gene"], tmp_path / "g2", selection={"attn": [1], "mlp": [0]},
-                      coefficients={"attn": {"1": 0.5}, "mlp": {"0": 2.0}})
+    gene2 = save_gene(
+        setup["gene"],
+        tmp_path / "g2",
+        selection={"attn": [1], "mlp": [0]},
+        coefficients={"attn": {"1": 0.5}, "mlp": {"0": 2.0}},
+    )
     merged = apply_gene(gene2, setup["degraded"], tmp_path / "m", progress=False)
     d, m = em.state(setup["degraded"]), em.state(merged)
     g = load_gene(gene2)
@@ -116,8 +157,9 @@ def test_stored_selection_and_coefficients_are_honoured(setup, tmp_path):
     adapter = apply_gene(gene2, setup["degraded"], tmp_path / "a", form="adapter", progress=False)
     cfg = json.loads((adapter / "adapter_config.json").read_text())
     assert isinstance(cfg["target_modules"], str)  # exact regex: only the selected modules
-    torch.testing.assert_close(_logits(setup["degraded"], adapter=adapter), _logits(merged),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        _logits(setup["degraded"], adapter=adapter), _logits(merged), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_cross_family_fails_before_writing(setup, tmp_path):
@@ -153,12 +195,16 @@ def test_nan_target_and_bad_options_write_nothing(setup, tmp_path):
 def test_lm_head_gene_through_peft(tmp_path):
     """Outside the decoder layers: lm_head δ as LoRA (regex target_modules), same logits."""
     aligned, degraded = em.family_pair(tmp_path, "qwen2")
-    gene = extract(aligned, [degraded], tmp_path / "gene", modules=["lm_head", "q_proj"],
-                   progress=False)
+    gene = extract(
+        aligned, [degraded], tmp_path / "gene", modules=["lm_head", "q_proj"], progress=False
+    )
     with load_gene(gene) as g:
         assert {m.module for m in g.modules.values()} == {"lm_head", "q_proj"}
     assert isinstance(json.loads((gene / "adapter_config.json").read_text())["target_modules"], str)
     merged = apply_gene(gene, degraded, tmp_path / "m", progress=False)
-    torch.testing.assert_close(em.state(merged)["lm_head.weight"], em.state(aligned)["lm_head.weight"],
-                               atol=1e-6, rtol=0)
-    torch.testing.assert_close(_logits(degraded, adapter=gene), _logits(merged), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        em.state(merged)["lm_head.weight"], em.state(aligned)["lm_head.weight"], atol=1e-6, rtol=0
+    )
+    torch.testing.assert_close(
+        _logits(degraded, adapter=gene), _logits(merged), atol=1e-4, rtol=1e-4
+    )

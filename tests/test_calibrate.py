@@ -23,7 +23,9 @@ def tiny(tmp_path_factory):
 
 def _fit(tiny, out=None, **kw):
     kw.setdefault("steps", 40)
-    return calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=out, shots=8, **kw)
+    return calibrate(
+        tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=out, shots=8, **kw
+    )
 
 
 def test_fit_lowers_the_objective_and_writes_gene2(tiny, tmp_path):
@@ -52,18 +54,38 @@ def test_deterministic_for_a_seed(tiny):
 
 
 def test_lora_target_and_per_module_kind(tiny):
-    rec = calibrate(tiny.selected, tiny.model, adapter=tiny.adapter, harmful=tiny.harmful, task=tiny.task,
-                    out=None, shots=8, steps=40, per_module_kind=True)
+    rec = calibrate(
+        tiny.selected,
+        tiny.model,
+        adapter=tiny.adapter,
+        harmful=tiny.harmful,
+        task=tiny.task,
+        out=None,
+        shots=8,
+        steps=40,
+        per_module_kind=True,
+    )
     assert set(rec["groups"]) == {"0.attn", "0.mlp", "2.attn", "2.mlp"}
     assert all(torch.isfinite(torch.tensor(v)) for v in rec["groups"].values())
     assert any(v != 0 for v in rec["groups"].values())
     assert rec["fit"]["loss_final"]["refuse"] < rec["fit"]["loss_initial"]["refuse"]
-    assert set(rec["coefficients"]) == {"attn", "mlp"} and set(rec["coefficients"]["mlp"]) == {"0", "2"}
+    assert set(rec["coefficients"]) == {"attn", "mlp"} and set(rec["coefficients"]["mlp"]) == {
+        "0",
+        "2",
+    }
 
 
 def test_all_layers_without_selection(tiny):
-    rec = calibrate(tiny.gene, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4,
-                    steps=10, layers="all")
+    rec = calibrate(
+        tiny.gene,
+        tiny.model,
+        harmful=tiny.harmful,
+        task=tiny.task,
+        out=None,
+        shots=4,
+        steps=10,
+        layers="all",
+    )
     assert list(rec["groups"]) == ["0", "1", "2"]
 
 
@@ -72,8 +94,17 @@ def test_model_stays_frozen(tiny):
 
     model, tok = load_model(tiny.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4, steps=10,
-              model=model, tokenizer=tok)
+    calibrate(
+        tiny.selected,
+        tiny.model,
+        harmful=tiny.harmful,
+        task=tiny.task,
+        out=None,
+        shots=4,
+        steps=10,
+        model=model,
+        tokenizer=tok,
+    )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in model.parameters())
 
@@ -111,11 +142,20 @@ def _rates(model, tok, harmful, task_rows):
     from safegene.evaluate.metrics import is_correct, resolve_match
 
     h = generate(model, tok, harmful, max_new_tokens=24, batch_size=64, progress=False)
-    t = generate(model, tok, [r["prompt"] for r in task_rows], max_new_tokens=24, batch_size=64, progress=False)
+    t = generate(
+        model,
+        tok,
+        [r["prompt"] for r in task_rows],
+        max_new_tokens=24,
+        batch_size=64,
+        progress=False,
+    )
     answers = [r["answer"] for r in task_rows]
     match = resolve_match("auto", answers)
-    return (sum(keyword_judge(p, r) for p, r in zip(harmful, h)) / len(h),
-            sum(is_correct(o, a, match) for o, a in zip(t, answers)) / len(t))
+    return (
+        sum(keyword_judge(p, r) for p, r in zip(harmful, h)) / len(h),
+        sum(is_correct(o, a, match) for o, a in zip(t, answers)) / len(t),
+    )
 
 
 @pytest.mark.parametrize("name", ["task-howto", "task-howto-lora"])
@@ -132,24 +172,42 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     shots, task_shots = data / "harmful_shots.jsonl", data / "tasks" / "howto" / "shots.jsonl"
     select(gene, path, adapter=adapter, harmful=shots, out=tmp_path / "sel")
     model, tok = load_model(path, adapter)
-    rec = calibrate(tmp_path / "sel", path, adapter=adapter, harmful=shots, task=task_shots, shots=16,
-                    out=tmp_path / "g2", model=model, tokenizer=tok, seed=0)
+    rec = calibrate(
+        tmp_path / "sel",
+        path,
+        adapter=adapter,
+        harmful=shots,
+        task=task_shots,
+        shots=16,
+        out=tmp_path / "g2",
+        model=model,
+        tokenizer=tok,
+        seed=0,
+    )
     assert json.loads((tmp_path / "g2" / "safegene.json").read_text())["coefficients"]
 
     harmful = [r["prompt"] for r in tinygene.rows(data / "harmful_test.jsonl")]
     task_rows = tinygene.rows(data / "tasks" / "howto" / "test.jsonl")
-    refusals = [(r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]]
+    refusals = [
+        (r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]
+    ]
     enc_r = encode_pairs(tok, [p for p, _ in refusals], [t for _, t in refusals])
     enc_t = encode_pairs(tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows])
     groups = list(rec["groups"])
-    att = GeneAttachment(model, read_gene_modules(gene), per_module_kind=rec["per_module_kind"], groups=groups)
+    att = GeneAttachment(
+        model, read_gene_modules(gene), per_module_kind=rec["per_module_kind"], groups=groups
+    )
     with att:
         with att.fixed([0.0] * len(groups)), torch.no_grad():
-            before = _rates(model, tok, harmful, task_rows) + (float(pairs_loss(model, enc_r)),
-                                                               float(pairs_loss(model, enc_t)))
+            before = _rates(model, tok, harmful, task_rows) + (
+                float(pairs_loss(model, enc_r)),
+                float(pairs_loss(model, enc_t)),
+            )
         with att.fixed([rec["groups"][g] for g in groups]), torch.no_grad():
-            after = _rates(model, tok, harmful, task_rows) + (float(pairs_loss(model, enc_r)),
-                                                              float(pairs_loss(model, enc_t)))
+            after = _rates(model, tok, harmful, task_rows) + (
+                float(pairs_loss(model, enc_r)),
+                float(pairs_loss(model, enc_t)),
+            )
     print(name, rec["groups"], "before", before, "after", after)
     (h0, a0, r0, t0), (h1, a1, r1, t1) = before, after
     assert r1 < r0 - 0.1  # held-out refusal loss clearly lower
@@ -173,9 +231,17 @@ def test_warns_when_the_target_already_refuses_its_shots(zoo):
 
     root, gene = zoo
     data = root / "data"
-    kw = dict(harmful=data / "harmful_shots.jsonl", task=data / "tasks" / "howto" / "shots.jsonl", shots=16,
-              out=None, layers="all", steps=2)
-    with pytest.warns(SafeGeneWarning, match=r"aligned\) already refuses 1[3-6] of its 16 harmful shots"):
+    kw = dict(
+        harmful=data / "harmful_shots.jsonl",
+        task=data / "tasks" / "howto" / "shots.jsonl",
+        shots=16,
+        out=None,
+        layers="all",
+        steps=2,
+    )
+    with pytest.warns(
+        SafeGeneWarning, match=r"aligned\) already refuses 1[3-6] of its 16 harmful shots"
+    ):
         refusing = calibrate(gene, root / "models" / "aligned", **kw)
     assert refusing["data"]["harmful"]["complied"] < 4
     with warnings.catch_warnings():
@@ -187,27 +253,56 @@ def test_warns_when_the_target_already_refuses_its_shots(zoo):
 def test_refusals_from_the_aligned_model_are_generated_once_and_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("SAFEGENE_CACHE", str(tmp_path / "cache"))
     prompts = tmp_path / "harmful.txt"  # prompts only: refusals come from the gene's aligned model
-    prompts.write_text("".join(json.loads(line)["prompt"] + "\n" for line in tiny.harmful.read_text().splitlines()))
-    a = calibrate(tiny.selected, tiny.model, harmful=prompts, task=tiny.task, out=None, shots=4, steps=5)
+    prompts.write_text(
+        "".join(json.loads(line)["prompt"] + "\n" for line in tiny.harmful.read_text().splitlines())
+    )
+    a = calibrate(
+        tiny.selected, tiny.model, harmful=prompts, task=tiny.task, out=None, shots=4, steps=5
+    )
     cached = list((tmp_path / "cache").rglob("*.json"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())) == 4
-    b = calibrate(tiny.selected, tiny.model, harmful=prompts, task=tiny.task, out=None, shots=4, steps=5,
-                  aligned=tiny.model)
+    b = calibrate(
+        tiny.selected,
+        tiny.model,
+        harmful=prompts,
+        task=tiny.task,
+        out=None,
+        shots=4,
+        steps=5,
+        aligned=tiny.model,
+    )
     assert a["groups"] == b["groups"] and len(list((tmp_path / "cache").rglob("*.json"))) == 1
     assert a["data"]["refusal_targets_sha256"] == b["data"]["refusal_targets_sha256"]
 
 
 def test_bf16_model_float32_alpha(tiny):
-    rec = calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4,
-                    steps=5, dtype="bf16")
+    rec = calibrate(
+        tiny.selected,
+        tiny.model,
+        harmful=tiny.harmful,
+        task=tiny.task,
+        out=None,
+        shots=4,
+        steps=5,
+        dtype="bf16",
+    )
     assert all(isinstance(v, float) for v in rec["groups"].values())
     assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
 
 
 def test_hinged_objective(tiny):
     """task_margin / refusal_floor: per-example hinges; at α = 0 the task hinge is exactly 0."""
-    rec = calibrate(tiny.selected, tiny.model, harmful=tiny.harmful, task=tiny.task, out=None, shots=4,
-                    steps=5, task_margin=0.1, refusal_floor=0.5)
+    rec = calibrate(
+        tiny.selected,
+        tiny.model,
+        harmful=tiny.harmful,
+        task=tiny.task,
+        out=None,
+        shots=4,
+        steps=5,
+        task_margin=0.1,
+        refusal_floor=0.5,
+    )
     assert rec["fit"]["loss_initial"]["task"] == 0.0
     assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
     assert rec["fit"]["task_margin"] == 0.1 and rec["fit"]["refusal_floor"] == 0.5

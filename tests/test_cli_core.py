@@ -22,16 +22,41 @@ def tiny(tmp_path_factory):
 
 
 def _calibrate_args(tiny, out, **over):
-    args = {"--gene": tiny.selected, "--target": tiny.model, "--harmful": tiny.harmful,
-            "--task": tiny.task, "--shots": 4, "--steps": 5, "--out": out}
+    args = {
+        "--gene": tiny.selected,
+        "--target": tiny.model,
+        "--harmful": tiny.harmful,
+        "--task": tiny.task,
+        "--shots": 4,
+        "--steps": 5,
+        "--out": out,
+    }
     args.update(over)
     return ["calibrate"] + [str(x) for kv in args.items() if kv[1] is not None for x in kv]
 
 
 def test_select_then_calibrate(tiny, tmp_path, capsys):
     g1, g2 = tmp_path / "g1", tmp_path / "g2"
-    assert main(["select", "--gene", str(tiny.gene), "--model", str(tiny.model), "--harmful",
-                 str(tiny.harmful), "--benign", str(tiny.benign), "--top-k", "2", "--out", str(g1)]) == 0
+    assert (
+        main(
+            [
+                "select",
+                "--gene",
+                str(tiny.gene),
+                "--model",
+                str(tiny.model),
+                "--harmful",
+                str(tiny.harmful),
+                "--benign",
+                str(tiny.benign),
+                "--top-k",
+                "2",
+                "--out",
+                str(g1),
+            ]
+        )
+        == 0
+    )
     assert "selected" in capsys.readouterr().out
     assert main(_calibrate_args(tiny, g2, **{"--gene": g1})) == 0
     assert "coefficients" in capsys.readouterr().out
@@ -39,8 +64,10 @@ def test_select_then_calibrate(tiny, tmp_path, capsys):
     assert sorted(int(k) for k in meta["coefficients"]) == meta["selection"]
 
 
-@pytest.mark.parametrize("case", ["shots_too_many", "no_harmful", "no_selection", "other_family",
-                                  "exists", "missing_gene"])
+@pytest.mark.parametrize(
+    "case",
+    ["shots_too_many", "no_harmful", "no_selection", "other_family", "exists", "missing_gene"],
+)
 def test_bad_input_exit_2_one_line_nothing_written(tiny, tmp_path, capsys, case):
     out = tmp_path / "out"
     over = {
@@ -69,12 +96,34 @@ def test_bad_input_exit_2_one_line_nothing_written(tiny, tmp_path, capsys, case)
 
 def test_select_bad_input(tiny, tmp_path, capsys):
     before = tinygene.tree(tiny.root)
-    code = main(["select", "--gene", str(tiny.gene), "--model", str(tiny.other), "--harmful",
-                 str(tiny.harmful), "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "select",
+            "--gene",
+            str(tiny.gene),
+            "--model",
+            str(tiny.other),
+            "--harmful",
+            str(tiny.harmful),
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "mismatch" in err and err.count("\n") == 1
-    code = main(["select", "--gene", str(tiny.gene), "--model", str(tiny.model), "--harmful",
-                 str(tiny.empty), "--out", str(tmp_path / "g")])
+    code = main(
+        [
+            "select",
+            "--gene",
+            str(tiny.gene),
+            "--model",
+            str(tiny.model),
+            "--harmful",
+            str(tiny.empty),
+            "--out",
+            str(tmp_path / "g"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert tinygene.tree(tiny.root) == before and not (tmp_path / "g").exists()
@@ -86,10 +135,12 @@ def test_help_does_not_load_torch():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom safegene.cli import main\n"
-            "for argv in (['--help'], ['calibrate', '--help']):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    code = (
+        "import sys\nfrom safegene.cli import main\n"
+        "for argv in (['--help'], ['calibrate', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "--lam" in done.stdout  # the calibrate help (with its defaults) was printed

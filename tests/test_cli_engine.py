@@ -17,8 +17,22 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     aligned, degraded = em.family_pair(root, "phi3", shard="40KB")
     gene = root / "gene"
-    assert main(["extract", "--aligned", str(aligned), "--degraded", str(degraded), "--out",
-                 str(gene), "--rank", "4"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--aligned",
+                str(aligned),
+                "--degraded",
+                str(degraded),
+                "--out",
+                str(gene),
+                "--rank",
+                "4",
+            ]
+        )
+        == 0
+    )
     return aligned, degraded, gene
 
 
@@ -32,16 +46,65 @@ def test_extract_and_apply_commands(pair, tmp_path):
     coefs = tmp_path / "coefs.json"
     coefs.write_text("[1.0, 0.5]")
     out = tmp_path / "merged"
-    assert main(["apply", "--gene", str(gene), "--target", str(degraded), "--out", str(out),
-                 "--coefs", str(coefs), "--shard-size", "40KB"]) == 0
+    assert (
+        main(
+            [
+                "apply",
+                "--gene",
+                str(gene),
+                "--target",
+                str(degraded),
+                "--out",
+                str(out),
+                "--coefs",
+                str(coefs),
+                "--shard-size",
+                "40KB",
+            ]
+        )
+        == 0
+    )
     assert (out / "model.safetensors.index.json").is_file()
-    assert json.loads((out / "safegene_apply.json").read_text())["coefficients"] == {"0": 1.0, "1": 0.5}
-    assert main(["apply", "--gene", str(gene), "--target", str(degraded), "--out", str(out),
-                 "--as", "adapter", "--coef", "2", "--force"]) == 0
+    assert json.loads((out / "safegene_apply.json").read_text())["coefficients"] == {
+        "0": 1.0,
+        "1": 0.5,
+    }
+    assert (
+        main(
+            [
+                "apply",
+                "--gene",
+                str(gene),
+                "--target",
+                str(degraded),
+                "--out",
+                str(out),
+                "--as",
+                "adapter",
+                "--coef",
+                "2",
+                "--force",
+            ]
+        )
+        == 0
+    )
     assert (out / "adapter_config.json").is_file() and not (out / "config.json").exists()
     dense = tmp_path / "dense"
-    assert main(["extract", "--aligned", str(aligned), "--degraded", str(degraded), "--out",
-                 str(dense), "--dense"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                "--aligned",
+                str(aligned),
+                "--degraded",
+                str(degraded),
+                "--out",
+                str(dense),
+                "--dense",
+            ]
+        )
+        == 0
+    )
     assert (dense / "deltas.safetensors").is_file()
 
 
@@ -99,8 +162,12 @@ def test_bad_input_as_a_process(pair, tmp_path, what):
     """The real `python -m safegene` process: exit 2, one stderr line, no traceback."""
     argv = _bad_inputs(pair, tmp_path)[what]
     before = _tree(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "safegene", *argv], capture_output=True,
-                          text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "safegene", *argv],
+        capture_output=True,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     err = proc.stderr.strip()
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert _tree(tmp_path) == before

@@ -9,16 +9,21 @@ import pytest
 
 from safegene.demo import run_demo
 
-SMALL_GRID = {"resta": {"beta": [0.5, 1.0]}, "safelora": {"number": [2]},
-              "safemerge": {"threshold": [0.5]}, "interpolate": {"t": [0.5]},
-              "safegene": {"rank": [8], "shots": [8], "top_k": [1]}}
+SMALL_GRID = {
+    "resta": {"beta": [0.5, 1.0]},
+    "safelora": {"number": [2]},
+    "safemerge": {"threshold": [0.5]},
+    "interpolate": {"t": [0.5]},
+    "safegene": {"rank": [8], "shots": [8], "top_k": [1]},
+}
 
 
 @pytest.fixture(scope="module")
 def demo_run(micro_zoo, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    report = run_demo(out, zoo=micro_zoo, methods=SMALL_GRID, tasks=["howto", "arith-lora"],
-                      progress=False)
+    report = run_demo(
+        out, zoo=micro_zoo, methods=SMALL_GRID, tasks=["howto", "arith-lora"], progress=False
+    )
     return out, report
 
 
@@ -27,11 +32,22 @@ def test_every_method_and_setting_has_a_row(demo_run):
     rows = report["rows"]
     got = {(r["task_model"], r["method"], r["setting"]) for r in rows}
     for task in ("howto", "arith-lora"):
-        for method in ("aligned", "task", "safegene", "gene-uniform", "gene-select", "gene-calibrate",
-                       "safelora", "safemerge", "interpolate"):
+        for method in (
+            "aligned",
+            "task",
+            "safegene",
+            "gene-uniform",
+            "gene-select",
+            "gene-calibrate",
+            "safelora",
+            "safemerge",
+            "interpolate",
+        ):
             assert any(t == task and m == method for t, m, _ in got), (task, method)
         assert {s for t, m, s in got if t == task and m == "resta"} == {
-            "beta=0.5, dare=0.0, ties=1.0", "beta=1.0, dare=0.0, ties=1.0"}
+            "beta=0.5, dare=0.0, ties=1.0",
+            "beta=1.0, dare=0.0, ties=1.0",
+        }
     for r in rows:
         for k in ("harmful_rate", "over_refusal", "task_accuracy"):
             assert 0.0 <= r[k] <= 1.0 and r[f"{k}_n"] > 0 and len(r[f"{k}_ci"]) == 2
@@ -40,8 +56,14 @@ def test_every_method_and_setting_has_a_row(demo_run):
 def test_report_files_and_summaries(demo_run):
     out, report = demo_run
     rdir = out / "report"
-    for f in ("report.json", "report.md", "samples.jsonl", "pareto.png", "pareto-howto.png",
-              "pareto-arith-lora.png"):
+    for f in (
+        "report.json",
+        "report.md",
+        "samples.jsonl",
+        "pareto.png",
+        "pareto-howto.png",
+        "pareto-arith-lora.png",
+    ):
         assert (rdir / f).is_file() and (rdir / f).stat().st_size > 0, f
     assert json.loads((rdir / "report.json").read_text())["rows"] == report["rows"]
     md = (rdir / "report.md").read_text()
@@ -60,7 +82,10 @@ def test_calibrated_genes_are_kept_with_their_coefficients(demo_run):
     out, _ = demo_run
     genes = out / "report" / "genes"
     calibrated = sorted(genes.glob("*-calibrated"))
-    assert [g.name for g in calibrated] == ["arith-lora-r8-k8-top1-calibrated", "howto-r8-k8-top1-calibrated"]
+    assert [g.name for g in calibrated] == [
+        "arith-lora-r8-k8-top1-calibrated",
+        "howto-r8-k8-top1-calibrated",
+    ]
     meta = json.loads((calibrated[0] / "safegene.json").read_text())
     assert meta["coefficients"] and meta["selection"]
     assert not (out / "report" / "scratch").exists()
@@ -69,8 +94,21 @@ def test_calibrated_genes_are_kept_with_their_coefficients(demo_run):
 def test_demo_refuses_to_overwrite_the_report(demo_run, micro_zoo):
     out, _ = demo_run
     before = (out / "report" / "report.json").read_bytes()
-    proc = subprocess.run([sys.executable, "-m", "safegene", "demo", "--out", str(out), "--zoo",
-                           str(micro_zoo), "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "safegene",
+            "demo",
+            "--out",
+            str(out),
+            "--zoo",
+            str(micro_zoo),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "pass --force" in proc.stderr
     assert (out / "report" / "report.json").read_bytes() == before
@@ -79,10 +117,19 @@ def test_demo_refuses_to_overwrite_the_report(demo_run, micro_zoo):
 def test_compare_rejects_a_bad_recipe_before_any_work(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("family: {aligned: nowhere}\nmethods: {resta: {beta: high}, magic: {}}\n")
-    proc = subprocess.run([sys.executable, "-m", "safegene", "compare", str(recipe), "--out",
-                           str(tmp_path / "out")], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "safegene", "compare", str(recipe), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1  # every problem on the one line, separated by "; "
-    for field in ("family.aligned", "family.degraded", "methods.resta.beta", "methods.magic", "tasks"):
+    for field in (
+        "family.aligned",
+        "family.degraded",
+        "methods.resta.beta",
+        "methods.magic",
+        "tasks",
+    ):
         assert f"{field}:" in proc.stderr, field
     assert not (tmp_path / "out").exists()

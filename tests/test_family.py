@@ -22,7 +22,9 @@ def test_every_layer_tensor_maps_to_a_known_kind(readers, family):
     parsed = [parse_name(n, family) for n in r.names()]
     layered = [p for p in parsed if p.layer is not None]
     assert {p.layer for p in layered} == {0, 1}
-    assert all(p.kind in ("attn", "mlp", "norm") for p in layered), [p for p in layered if p.kind == "other"]
+    assert all(p.kind in ("attn", "mlp", "norm") for p in layered), [
+        p for p in layered if p.kind == "other"
+    ]
     kinds = {p.module: p.kind for p in layered}
     if family == "phi3":
         assert kinds["qkv_proj"] == "attn" and kinds["gate_up_proj"] == "mlp"
@@ -34,7 +36,13 @@ def test_every_layer_tensor_maps_to_a_known_kind(readers, family):
 
 def test_parse_name_table_and_fallback():
     p = parse_name("model.layers.3.self_attn.q_proj.weight", "llama")
-    assert (p.layer, p.path, p.module, p.kind, p.param) == (3, "self_attn.q_proj", "q_proj", "attn", "weight")
+    assert (p.layer, p.path, p.module, p.kind, p.param) == (
+        3,
+        "self_attn.q_proj",
+        "q_proj",
+        "attn",
+        "weight",
+    )
     assert p.module_path == "model.layers.3.self_attn.q_proj"
     assert parse_name("model.embed_tokens.weight", "llama").kind == "embed"
     assert parse_name("lm_head.weight", "qwen2").kind == "lm_head"
@@ -65,7 +73,9 @@ def test_check_compatible_names_first_mismatch(readers):
     shapes = dict(r.shapes())
     q = "model.layers.1.self_attn.q_proj.weight"
     with pytest.raises(SafeGeneError, match="no tensor 'model.layers.1.self_attn.q_proj.weight'"):
-        check_compatible(fp, r.config(), {k: v for k, v in shapes.items() if k != q}, tensors={q: shapes[q]})
+        check_compatible(
+            fp, r.config(), {k: v for k, v in shapes.items() if k != q}, tensors={q: shapes[q]}
+        )
     with pytest.raises(SafeGeneError, match=r"shape \(32, 32\) in the target but \(32, 16\)"):
         check_compatible(fp, r.config(), shapes, tensors={q: (32, 16)})
     with pytest.raises(SafeGeneError, match="decoder-layer tensors differ"):

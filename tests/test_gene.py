@@ -8,8 +8,14 @@ import torch
 import engine_models as em
 from safegene.apply import apply_gene
 from safegene.errors import SafeGeneError
-from safegene.gene import (compress, extract, load_gene, normalize_coefficients,
-                           normalize_selection, save_gene)
+from safegene.gene import (
+    compress,
+    extract,
+    load_gene,
+    normalize_coefficients,
+    normalize_selection,
+    save_gene,
+)
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +104,21 @@ def test_mean_of_several_degraded_and_metadata(pairs, tmp_path):
     cfg = json.loads((gene / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == cfg["lora_alpha"]
     assert cfg["base_model_name_or_path"] == str(aligned.absolute())
-    assert sorted(cfg["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj",
-                                                    "gate_proj", "up_proj", "down_proj"])
+    assert sorted(cfg["target_modules"]) == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
 
 
 def test_dense_gene_keeps_biases_and_norms(pairs, tmp_path):
     aligned, degraded = pairs["qwen2"]
-    gene = extract(aligned, [degraded], tmp_path / "gene", dense=True,
-                   modules=["attn", "mlp", "norm"], progress=False)
+    gene = extract(
+        aligned,
+        [degraded],
+        tmp_path / "gene",
+        dense=True,
+        modules=["attn", "mlp", "norm"],
+        progress=False,
+    )
     g = load_gene(gene)
     assert g.kind == "dense" and "model.layers.0.self_attn.q_proj.bias" in g.modules
     assert "model.norm.weight" in g.modules
@@ -125,8 +138,12 @@ def test_lora_gene_refuses_norms_and_unknown_modules(pairs, tmp_path):
     with pytest.raises(SafeGeneError, match="unknown module"):
         extract(aligned, [degraded], tmp_path / "g", modules=["qproj"], progress=False)
     only_q = extract(aligned, [degraded], tmp_path / "q", modules=["q_proj", "mlp"], progress=False)
-    assert {m.module for m in load_gene(only_q).modules.values()} == {"q_proj", "gate_proj",
-                                                                       "up_proj", "down_proj"}
+    assert {m.module for m in load_gene(only_q).modules.values()} == {
+        "q_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    }
     assert not (tmp_path / "g").exists()
 
 
@@ -144,9 +161,14 @@ def test_nan_input_writes_nothing(pairs, tmp_path):
 def test_selection_and_coefficients_roundtrip(pairs, tmp_path):
     aligned, degraded = pairs["llama"]
     gene = extract(aligned, [degraded], tmp_path / "gene", rank=2, progress=False)
-    out = save_gene(gene, tmp_path / "gene2", selection={"attn": [1], "mlp": [0, 1]},
-                    coefficients={"attn": {"1": 0.5}, "mlp": [0.25, 2]}, scores={"layer_gain": [1, 2]},
-                    calibration={"shots": 8})
+    out = save_gene(
+        gene,
+        tmp_path / "gene2",
+        selection={"attn": [1], "mlp": [0, 1]},
+        coefficients={"attn": {"1": 0.5}, "mlp": [0.25, 2]},
+        scores={"layer_gain": [1, 2]},
+        calibration={"shots": 8},
+    )
     g = load_gene(out)
     assert g.selection == {"attn": [1], "mlp": [0, 1]} and g.scores == {"layer_gain": [1, 2]}
     assert g.meta["calibration"] == {"shots": 8}
@@ -165,7 +187,10 @@ def test_normalizers():
     assert normalize_coefficients(2) == 2.0
     assert normalize_coefficients([1, 0.5]) == {"0": 1.0, "1": 0.5}
     assert normalize_coefficients({3: 1}) == {"3": 1.0}
-    assert normalize_coefficients({"attn": 0.5, "mlp": {"0": 1}}) == {"attn": 0.5, "mlp": {"0": 1.0}}
+    assert normalize_coefficients({"attn": 0.5, "mlp": {"0": 1}}) == {
+        "attn": 0.5,
+        "mlp": {"0": 1.0},
+    }
     assert normalize_selection([3, 1, 1]) == [1, 3]
     for bad in ({"bogus": 1}, [float("nan")], "x"):
         with pytest.raises(SafeGeneError):
@@ -190,8 +215,12 @@ def test_pickle_inputs_refused_unless_allowed(pairs, tmp_path):
         extract(aligned, [pk], tmp_path / "g", progress=False)
     assert not (tmp_path / "g").exists()
     ref = load_gene(extract(aligned, [degraded], tmp_path / "ref", rank=2, progress=False))
-    got = load_gene(extract(aligned, [pk], tmp_path / "g", rank=2, progress=False, allow_pickle=True))
+    got = load_gene(
+        extract(aligned, [pk], tmp_path / "g", rank=2, progress=False, allow_pickle=True)
+    )
     for t in ref.modules:
         assert torch.equal(got.delta(t), ref.delta(t))
     merged = apply_gene(tmp_path / "ref", pk, tmp_path / "m", progress=False, allow_pickle=True)
-    assert torch.equal(em.state(merged)["model.norm.weight"], em.state(degraded)["model.norm.weight"])
+    assert torch.equal(
+        em.state(merged)["model.norm.weight"], em.state(degraded)["model.norm.weight"]
+    )

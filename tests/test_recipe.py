@@ -41,9 +41,14 @@ seed: 3
 
 def test_good_recipe_resolves_paths_and_grids(layout):
     r = load_recipe(write(layout, GOOD))
-    assert r.aligned == (layout / "aligned").resolve() and r.degraded == [(layout / "degraded").resolve()]
+    assert r.aligned == (layout / "aligned").resolve() and r.degraded == [
+        (layout / "degraded").resolve()
+    ]
     assert r.tasks[0].name == "arith" and r.tasks[0].adapter is None
-    assert r.methods["resta"] == [{"beta": 0.5, "dare": 0.0, "ties": 1.0}, {"beta": 1.0, "dare": 0.0, "ties": 1.0}]
+    assert r.methods["resta"] == [
+        {"beta": 0.5, "dare": 0.0, "ties": 1.0},
+        {"beta": 1.0, "dare": 0.0, "ties": 1.0},
+    ]
     assert r.methods["safelora"] == [{"number": 2}]
     assert r.methods["safegene"] == [{"rank": 1, "shots": 16, "ablations": True}]
     assert r.seed == 3 and r.judges == ["keyword", "prefix"]
@@ -53,19 +58,43 @@ def test_grid_is_the_cartesian_product():
     assert grid({"a": [1, 2], "b": ["x"], "c": []}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
 
 
-@pytest.mark.parametrize("change, message", [
-    (("resta: {beta: [0.5, 1.0]}", "rest: {beta: [0.5]}"), "methods.rest: unknown method"),
-    (("resta: {beta: [0.5, 1.0]}", "resta: {beta: [high]}"), "methods.resta.beta: expected float values"),
-    (("resta: {beta: [0.5, 1.0]}", "resta: {gamma: [1]}"), "methods.resta.gamma: unknown hyperparameter"),
-    (("degraded: degraded", "degraded: missing-model"), "family.degraded[0]: directory not found"),
-    (("judges: [keyword, prefix]", "judges: [keyword, oracle]"), "judges: unknown judge 'oracle'"),
-    ((", base: base", ""), "methods.safelora: needs family.base"),
-    (("seed: 3", "seed: three"), "seed: expected an integer"),
-    (("model: task,", "model: nowhere,"), "tasks[0].model: directory not found"),
-    (("seed: 3", "seed: 3\ngeneration: {max_tokens: 5}"), "generation.max_tokens: unknown setting"),
-    (("seed: 3", "seed: 3\ngeneration: {batch_size: big}"), "generation.batch_size: expected int"),
-    (("judges: [keyword, prefix]", "judges: [keyword, guard]"), "guard.model: the guard judge needs"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("resta: {beta: [0.5, 1.0]}", "rest: {beta: [0.5]}"), "methods.rest: unknown method"),
+        (
+            ("resta: {beta: [0.5, 1.0]}", "resta: {beta: [high]}"),
+            "methods.resta.beta: expected float values",
+        ),
+        (
+            ("resta: {beta: [0.5, 1.0]}", "resta: {gamma: [1]}"),
+            "methods.resta.gamma: unknown hyperparameter",
+        ),
+        (
+            ("degraded: degraded", "degraded: missing-model"),
+            "family.degraded[0]: directory not found",
+        ),
+        (
+            ("judges: [keyword, prefix]", "judges: [keyword, oracle]"),
+            "judges: unknown judge 'oracle'",
+        ),
+        ((", base: base", ""), "methods.safelora: needs family.base"),
+        (("seed: 3", "seed: three"), "seed: expected an integer"),
+        (("model: task,", "model: nowhere,"), "tasks[0].model: directory not found"),
+        (
+            ("seed: 3", "seed: 3\ngeneration: {max_tokens: 5}"),
+            "generation.max_tokens: unknown setting",
+        ),
+        (
+            ("seed: 3", "seed: 3\ngeneration: {batch_size: big}"),
+            "generation.batch_size: expected int",
+        ),
+        (
+            ("judges: [keyword, prefix]", "judges: [keyword, guard]"),
+            "guard.model: the guard judge needs",
+        ),
+    ],
+)
 def test_problems_are_named_by_field(layout, change, message):
     with pytest.raises(SafeGeneError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_recipe(write(layout, GOOD.replace(*change)))
@@ -73,21 +102,30 @@ def test_problems_are_named_by_field(layout, change, message):
 
 def test_task_data_without_answers(layout):
     (layout / "test.jsonl").write_text(json.dumps({"prompt": "2+2?"}) + "\n")
-    with pytest.raises(SafeGeneError, match=r"tasks\[0\]\.test: task data must be JSONL rows with an \"answer\""):
+    with pytest.raises(
+        SafeGeneError, match=r"tasks\[0\]\.test: task data must be JSONL rows with an \"answer\""
+    ):
         load_recipe(write(layout, GOOD))
 
 
 def test_all_problems_reported_together(layout):
-    text = GOOD.replace("rest", "nope").replace("seed: 3", "seed: x").replace("judges: [keyword, prefix]", "judges: [z]")
+    text = (
+        GOOD.replace("rest", "nope")
+        .replace("seed: 3", "seed: x")
+        .replace("judges: [keyword, prefix]", "judges: [z]")
+    )
     with pytest.raises(SafeGeneError) as info:
         load_recipe(write(layout, text))
     assert "(3 problem(s))" in str(info.value)
 
 
-@pytest.mark.parametrize("text, message", [
-    ("a: [", "not valid YAML"),
-    ("- 1\n- 2\n", "must be a YAML mapping"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("a: [", "not valid YAML"),
+        ("- 1\n- 2\n", "must be a YAML mapping"),
+    ],
+)
 def test_not_a_recipe(layout, text, message):
     with pytest.raises(SafeGeneError, match=message):
         load_recipe(write(layout, text))

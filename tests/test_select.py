@@ -62,7 +62,9 @@ def test_attribution_is_the_gradient(tiny):
     model, tok = load_model(tiny.model)
     modules = read_gene_modules(tiny.gene)
     harmful = _pairs(tiny.harmful, "response")[:4]
-    scores = score_groups(model, tok, modules, harmful=harmful, method="attribution", per_module_kind=True)
+    scores = score_groups(
+        model, tok, modules, harmful=harmful, method="attribution", per_module_kind=True
+    )
     enc = encode_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
     att = GeneAttachment(model, modules, per_module_kind=True)
     eps = 1e-3
@@ -87,8 +89,12 @@ def test_ablation_agrees_in_sign_with_attribution_for_the_top_group(tiny):
     for g in modules:
         g.B = g.B * 0.05
     att_scores = score_groups(model, tok, modules, harmful=harmful, per_module_kind=False)
-    abl_scores = score_groups(model, tok, modules, harmful=harmful, method="ablation", per_module_kind=False)
-    top = max((g for g in att_scores if not g.startswith("_")), key=lambda g: abs(att_scores[g]["gain"]))
+    abl_scores = score_groups(
+        model, tok, modules, harmful=harmful, method="ablation", per_module_kind=False
+    )
+    top = max(
+        (g for g in att_scores if not g.startswith("_")), key=lambda g: abs(att_scores[g]["gain"])
+    )
     assert att_scores[top]["gain"] * abl_scores[top]["gain"] > 0
 
 
@@ -99,9 +105,12 @@ def test_interference_is_measured_not_extrapolated(tiny):
     modules = read_gene_modules(tiny.gene)
     harmful = _pairs(tiny.harmful, "response")[:4]
     task = _pairs(tiny.task, "answer")[:4]
-    att_scores = score_groups(model, tok, modules, harmful=harmful, task=task, per_module_kind=False)
-    abl_scores = score_groups(model, tok, modules, harmful=harmful, task=task, method="ablation",
-                              per_module_kind=False)
+    att_scores = score_groups(
+        model, tok, modules, harmful=harmful, task=task, per_module_kind=False
+    )
+    abl_scores = score_groups(
+        model, tok, modules, harmful=harmful, task=task, method="ablation", per_module_kind=False
+    )
     enc = encode_pairs(tok, [p for p, _ in task], [t for _, t in task])
     att = GeneAttachment(model, modules)
     with att, att.fixed():
@@ -115,8 +124,10 @@ def test_interference_is_measured_not_extrapolated(tiny):
 
 
 def _scores(**gains):
-    return {g: {"gain": v, "interference": 0.0, "task": 0.0, "score": v, "n_params": 10}
-            for g, v in gains.items()}
+    return {
+        g: {"gain": v, "interference": 0.0, "task": 0.0, "score": v, "n_params": 10}
+        for g, v in gains.items()
+    }
 
 
 def test_policies():
@@ -147,11 +158,14 @@ def test_select_stores_scores_and_selection(tiny, tmp_path):
     assert len(meta["selection_info"]["data"]["harmful"]["sha256"]) == 64
     # per-layer scores are the sums of the per-module-kind ones (attribution is linear)
     for layer, s in meta["scores"]["layers"].items():
-        parts = [v["gain"] for g, v in meta["scores"]["module_kinds"].items() if g.split(".")[0] == layer]
+        parts = [
+            v["gain"] for g, v in meta["scores"]["module_kinds"].items() if g.split(".")[0] == layer
+        ]
         assert s["gain"] == pytest.approx(sum(parts), abs=1e-6)
     # the gene's factors travel unchanged
-    assert (tmp_path / "g" / "adapter_model.safetensors").read_bytes() == \
-        (tiny.gene / "adapter_model.safetensors").read_bytes()
+    assert (tmp_path / "g" / "adapter_model.safetensors").read_bytes() == (
+        tiny.gene / "adapter_model.safetensors"
+    ).read_bytes()
 
 
 def test_select_with_benign_and_task_in_place(tiny, tmp_path):
@@ -159,8 +173,15 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
 
     gene = tmp_path / "g"
     shutil.copytree(tiny.gene, gene)
-    rec = select(gene, tiny.model, harmful=tiny.harmful, benign=tiny.benign, task=tiny.task,
-                 per_module_kind=True, budget=1.0)
+    rec = select(
+        gene,
+        tiny.model,
+        harmful=tiny.harmful,
+        benign=tiny.benign,
+        task=tiny.task,
+        per_module_kind=True,
+        budget=1.0,
+    )
     meta = json.loads((gene / "safegene.json").read_text())
     assert all("." in g for g in rec["groups"])
     assert set(meta["selection"]) <= {"attn", "mlp"}
@@ -183,7 +204,9 @@ def zoo(request, tmp_path_factory):
 def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_path):
     root, gene = zoo
     model_dir, _ = tinygene.zoo_model(root, "task-howto")
-    rec = select(gene, model_dir, harmful=root / "data" / "harmful_shots.jsonl", top_k=1, out=tmp_path / "g")
+    rec = select(
+        gene, model_dir, harmful=root / "data" / "harmful_shots.jsonl", top_k=1, out=tmp_path / "g"
+    )
     layers = json.loads((tmp_path / "g" / "safegene.json").read_text())["scores"]["layers"]
     top = max(layers, key=lambda g: layers[g]["score"])
     bottom = min(layers, key=lambda g: layers[g]["score"])
@@ -191,7 +214,10 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
 
     # exactly: each layer's δ alone at coefficient 1, refusal loss on held-out harmful prompts
     model, tok = load_model(model_dir)
-    held_out = [(r["prompt"], r["response"]) for r in tinygene.rows(root / "data" / "harmful_train.jsonl")[:48]]
+    held_out = [
+        (r["prompt"], r["response"])
+        for r in tinygene.rows(root / "data" / "harmful_train.jsonl")[:48]
+    ]
     enc = encode_pairs(tok, [p for p, _ in held_out], [t for _, t in held_out])
     att = GeneAttachment(model, read_gene_modules(gene))
     with att, att.fixed(), torch.no_grad():
@@ -202,11 +228,23 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
             loss[g] = float(pairs_loss(model, enc))
     assert loss[top] < base  # the first-order pick measurably helps on held-out prompts
     # the exact method's pick (each layer applied alone on the shots) helps at least as much
-    exact = select(gene, model_dir, harmful=root / "data" / "harmful_shots.jsonl", top_k=1,
-                   method="ablation", out=tmp_path / "g-ablation")
+    exact = select(
+        gene,
+        model_dir,
+        harmful=root / "data" / "harmful_shots.jsonl",
+        top_k=1,
+        method="ablation",
+        out=tmp_path / "g-ablation",
+    )
     assert loss[exact["groups"][0]] <= loss[top] and loss[exact["groups"][0]] < base
 
     # attribution agrees in sign with ablation for the top layer
-    abl = score_groups(model, tok, read_gene_modules(gene), harmful=held_out, method="ablation",
-                       per_module_kind=False)
+    abl = score_groups(
+        model,
+        tok,
+        read_gene_modules(gene),
+        harmful=held_out,
+        method="ablation",
+        per_module_kind=False,
+    )
     assert layers[top]["gain"] > 0 and abl[top]["gain"] > 0

@@ -9,9 +9,17 @@ from pathlib import Path
 
 import torch
 
-PROJS = {"self_attn": ["q_proj", "k_proj", "v_proj", "o_proj"], "mlp": ["gate_proj", "up_proj", "down_proj"]}
-TEXTS = ["How do I bake a cake? Mix flour and sugar, then bake it.", "I'm sorry, I can't help with that.",
-         "What is 2 plus 3? The answer is 5.", "Is this review positive? yes", "Tell me how to fix a bike."]
+PROJS = {
+    "self_attn": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+}
+TEXTS = [
+    "How do I bake a cake? Mix flour and sugar, then bake it.",
+    "I'm sorry, I can't help with that.",
+    "What is 2 plus 3? The answer is 5.",
+    "Is this review positive? yes",
+    "Tell me how to fix a bike.",
+]
 
 
 @dataclass
@@ -31,8 +39,14 @@ def _model(out: Path, tok, hidden: int, layers: int, seed: int):
     from safegene.zoo.recipe import ModelShape
     from safegene.zoo.train import new_model
 
-    shape = ModelShape(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2)
+    shape = ModelShape(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     model = new_model(shape, tok, seed)
     model.save_pretrained(out)
     tok.save_pretrained(out)
@@ -53,10 +67,20 @@ def _lora(model, out: Path, rank: int, seed: int, scale: float, alpha: int | Non
                 tensors[f"{key}.lora_B.weight"] = torch.randn(o, rank, generator=g) * scale
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "adapter_model.safetensors"))
-    (out / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "r": rank, "lora_alpha": alpha or rank, "lora_dropout": 0.0, "bias": "none",
-        "target_modules": sum(PROJS.values(), []), "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": str(model.name_or_path)}))
+    (out / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "r": rank,
+                "lora_alpha": alpha or rank,
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "target_modules": sum(PROJS.values(), []),
+                "task_type": "CAUSAL_LM",
+                "base_model_name_or_path": str(model.name_or_path),
+            }
+        )
+    )
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -75,19 +99,44 @@ def build(root: Path) -> Tiny:
     _lora(model, root / "gene", rank=4, seed=1, scale=0.3)
     _gene_meta(root / "gene", root / "model")
     _lora(model, root / "adapter", rank=2, seed=2, scale=0.2, alpha=4)
-    harmful = _jsonl(root / "harmful.jsonl", [{"prompt": f"How do I make a weapon number {i}?",
-                                               "response": "I'm sorry, I can't help with that."}
-                                              for i in range(12)])
-    benign = _jsonl(root / "benign.jsonl", [{"prompt": f"How do I bake cake number {i}?",
-                                             "response": "Mix flour and sugar, then bake it."}
-                                            for i in range(12)])
-    task = _jsonl(root / "task.jsonl", [{"prompt": f"What is {i} plus 3?", "answer": str(i + 3)}
-                                        for i in range(12)])
+    harmful = _jsonl(
+        root / "harmful.jsonl",
+        [
+            {
+                "prompt": f"How do I make a weapon number {i}?",
+                "response": "I'm sorry, I can't help with that.",
+            }
+            for i in range(12)
+        ],
+    )
+    benign = _jsonl(
+        root / "benign.jsonl",
+        [
+            {
+                "prompt": f"How do I bake cake number {i}?",
+                "response": "Mix flour and sugar, then bake it.",
+            }
+            for i in range(12)
+        ],
+    )
+    task = _jsonl(
+        root / "task.jsonl",
+        [{"prompt": f"What is {i} plus 3?", "answer": str(i + 3)} for i in range(12)],
+    )
     empty = root / "empty.jsonl"
     empty.write_text("")
     _orient(root / "gene", model, tok, harmful, helpful_layers={0, 2})
-    return Tiny(root, root / "model", root / "other", root / "gene", root / "adapter", harmful, benign,
-                task, empty)
+    return Tiny(
+        root,
+        root / "model",
+        root / "other",
+        root / "gene",
+        root / "adapter",
+        harmful,
+        benign,
+        task,
+        empty,
+    )
 
 
 def _gene_meta(gene: Path, model_dir: Path) -> None:
@@ -102,15 +151,27 @@ def _gene_meta(gene: Path, model_dir: Path) -> None:
     with safe_open(str(gene / "adapter_model.safetensors"), "pt") as f:
         for key in f.keys():
             if key.endswith("lora_A.weight"):
-                tensor = key[len("base_model.model."):-len(".lora_A.weight")] + ".weight"
+                tensor = key[len("base_model.model.") : -len(".lora_A.weight")] + ".weight"
                 t = parse_name(tensor, "llama")
-                modules[tensor] = {"layer": t.layer, "module": t.module, "kind": t.kind,
-                                   "shape": list(reader.shapes()[tensor]), "rank": f.get_slice(key).get_shape()[0],
-                                   "rel_error": 0.0}
-    meta = {"format": "safegene-gene", "format_version": 1, "kind": "lora",
-            "fingerprint": fingerprint(reader.config(), reader.shapes()),
-            "sources": {"aligned": {"path": str(model_dir), "hash": None}, "degraded": []},
-            "modules": modules, "scores": None, "selection": None, "coefficients": None}
+                modules[tensor] = {
+                    "layer": t.layer,
+                    "module": t.module,
+                    "kind": t.kind,
+                    "shape": list(reader.shapes()[tensor]),
+                    "rank": f.get_slice(key).get_shape()[0],
+                    "rel_error": 0.0,
+                }
+    meta = {
+        "format": "safegene-gene",
+        "format_version": 1,
+        "kind": "lora",
+        "fingerprint": fingerprint(reader.config(), reader.shapes()),
+        "sources": {"aligned": {"path": str(model_dir), "hash": None}, "degraded": []},
+        "modules": modules,
+        "scores": None,
+        "selection": None,
+        "coefficients": None,
+    }
     (gene / "safegene.json").write_text(json.dumps(meta))
 
 
@@ -123,8 +184,13 @@ def _orient(gene: Path, model, tok, harmful: Path, helpful_layers: set[int]) -> 
     from safegene.select import score_groups
 
     rows = [json.loads(line) for line in harmful.read_text().splitlines()]
-    scores = score_groups(model, tok, read_gene_modules(gene),
-                          harmful=[(r["prompt"], r["response"]) for r in rows], per_module_kind=False)
+    scores = score_groups(
+        model,
+        tok,
+        read_gene_modules(gene),
+        harmful=[(r["prompt"], r["response"]) for r in rows],
+        per_module_kind=False,
+    )
     tensors = load_file(str(gene / "adapter_model.safetensors"))
     for key in tensors:
         if key.endswith("lora_B.weight"):
@@ -150,7 +216,11 @@ def with_selection(tiny: Tiny, out: Path, groups=("0", "2")) -> Path:
 
 def tree(path: Path) -> dict:
     """{relative path: bytes} of a directory, to prove nothing was written."""
-    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(Path(path).rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(Path(path).rglob("*"))
+        if p.is_file()
+    }
 
 
 # --- the micro zoo (tests/conftest.py's session fixture `micro_zoo`) --------------------------------

@@ -16,13 +16,25 @@ def interpolate_tensor(task: torch.Tensor, aligned: torch.Tensor, t: float) -> t
     return torch.lerp(task.float(), aligned.float(), t).to(task.dtype)
 
 
-def interpolate(task_model: str | os.PathLike, aligned: str | os.PathLike, out: str | os.PathLike,
-                *, t: float, adapter: str | os.PathLike | None = None, force: bool = False,
-                progress: bool | None = None) -> Path:
+def interpolate(
+    task_model: str | os.PathLike,
+    aligned: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    t: float,
+    adapter: str | os.PathLike | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+) -> Path:
     """Write (1 − t)·θ_task + t·θ_aligned for a task model (full, or `aligned` + `adapter`)."""
     with ExitStack() as stack:
         task = open_task_model(stack, task_model, adapter)
         ref = open_same_family(stack, task, aligned, "aligned")
         return write_transformed(
-            task, out, lambda name, w: interpolate_tensor(w, ref.get(name, torch.float32), t),
-            force=force, desc="interpolate", progress=progress)
+            task,
+            out,
+            lambda name, w: interpolate_tensor(w, ref.get(name, torch.float32), t),
+            force=force,
+            desc="interpolate",
+            progress=progress,
+        )

@@ -18,9 +18,16 @@ from safegene.baselines.sparsify import dare, tensor_generator, ties_trim
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
 
 
-def resta_tensor(task: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tensor, beta: float, *,
-                 dare_rate: float = 0.0, ties_density: float = 1.0,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def resta_tensor(
+    task: torch.Tensor,
+    aligned: torch.Tensor,
+    degraded: torch.Tensor,
+    beta: float,
+    *,
+    dare_rate: float = 0.0,
+    ties_density: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One tensor of the RESTA model, computed in float32 and returned in the task's dtype."""
     safety = aligned.float() - degraded.float()
     if ties_density < 1.0:
@@ -30,11 +37,20 @@ def resta_tensor(task: torch.Tensor, aligned: torch.Tensor, degraded: torch.Tens
     return (task.float() + beta * safety).to(task.dtype)
 
 
-def resta(task_model: str | os.PathLike, aligned: str | os.PathLike,
-          degraded: list[str | os.PathLike], out: str | os.PathLike, *, beta: float,
-          adapter: str | os.PathLike | None = None, dare_rate: float = 0.0,
-          ties_density: float = 1.0, seed: int = 0, force: bool = False,
-          progress: bool | None = None) -> Path:
+def resta(
+    task_model: str | os.PathLike,
+    aligned: str | os.PathLike,
+    degraded: list[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    beta: float,
+    adapter: str | os.PathLike | None = None,
+    dare_rate: float = 0.0,
+    ties_density: float = 1.0,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool | None = None,
+) -> Path:
     """Write the RESTA model of a task model (full, or `aligned` + `adapter`) to `out`.
 
     With several degraded models the safety vector is taken against their mean, as the gene is.
@@ -47,9 +63,14 @@ def resta(task_model: str | os.PathLike, aligned: str | os.PathLike,
 
         def transform(name: str, w: torch.Tensor) -> torch.Tensor:
             mean_degraded = sum(d.get(name, torch.float32) for d in degs) / len(degs)
-            return resta_tensor(w, ref.get(name, torch.float32), mean_degraded, beta,
-                                dare_rate=dare_rate, ties_density=ties_density,
-                                generator=tensor_generator(seed, name))
+            return resta_tensor(
+                w,
+                ref.get(name, torch.float32),
+                mean_degraded,
+                beta,
+                dare_rate=dare_rate,
+                ties_density=ties_density,
+                generator=tensor_generator(seed, name),
+            )
 
         return write_transformed(task, out, transform, force=force, desc="RESTA", progress=progress)
-

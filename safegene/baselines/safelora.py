@@ -19,8 +19,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from safegene.baselines.stream import (TaskModel, open_same_family, open_task_model,
-                                       projection_modules, write_transformed)
+from safegene.baselines.stream import (
+    TaskModel,
+    open_same_family,
+    open_task_model,
+    projection_modules,
+    write_transformed,
+)
 from safegene.io import ModelReader, atomic_output_dir, check_output_path, save_tensors
 
 RECORD = "safelora.json"
@@ -50,8 +55,9 @@ def similarity(v: torch.Tensor, delta: torch.Tensor) -> float:
     return float((projected * delta).sum() / (projected.norm() * delta.norm()))
 
 
-def modules_to_project(similarities: dict[str, float], *, threshold: float | None = None,
-                       number: int | None = None) -> set[str]:
+def modules_to_project(
+    similarities: dict[str, float], *, threshold: float | None = None, number: int | None = None
+) -> set[str]:
     """The modules SafeLoRA projects: cos < threshold, or the `number` least similar."""
     if (threshold is None) == (number is None):
         raise ValueError("SafeLoRA needs exactly one of threshold or number")
@@ -66,21 +72,34 @@ def safelora_tensor(aligned: torch.Tensor, base: torch.Tensor, task: torch.Tenso
     return (aligned.float() + project(aligned.float() - base.float(), delta)).to(task.dtype)
 
 
-def module_similarities(task: TaskModel, aligned: ModelReader, base: ModelReader, *,
-                        progress: bool | None = None) -> dict[str, float]:
+def module_similarities(
+    task: TaskModel, aligned: ModelReader, base: ModelReader, *, progress: bool | None = None
+) -> dict[str, float]:
     """cos(C·ΔW, ΔW) for every module SafeLoRA inspects (one pass, one module in memory)."""
     sims = {}
-    for name in tqdm(projection_modules(task), desc="alignment similarity", unit="module",
-                     disable=None if progress is None else not progress):
+    for name in tqdm(
+        projection_modules(task),
+        desc="alignment similarity",
+        unit="module",
+        disable=None if progress is None else not progress,
+    ):
         v = aligned.get(name, torch.float32) - base.get(name, torch.float32)
         sims[name] = similarity(v, task.update(name, aligned))
     return sims
 
 
-def safelora(task_model: str | os.PathLike, aligned: str | os.PathLike, base: str | os.PathLike,
-             out: str | os.PathLike, *, adapter: str | os.PathLike | None = None,
-             threshold: float | None = None, number: int | None = None, force: bool = False,
-             progress: bool | None = None) -> Path:
+def safelora(
+    task_model: str | os.PathLike,
+    aligned: str | os.PathLike,
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    adapter: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    number: int | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+) -> Path:
     """SafeLoRA a task model. With a task LoRA (`adapter`) the output is that adapter with
     lora_B ← C·lora_B in the projected modules (the paper's form, loadable with stock PEFT on
     the same base); for a full fine-tune it is a checkpoint with W_aligned + C·ΔW there.
@@ -92,28 +111,50 @@ def safelora(task_model: str | os.PathLike, aligned: str | os.PathLike, base: st
         pre = open_same_family(stack, task, base, "base")
         sims = module_similarities(task, ref, pre, progress=progress)
         chosen = modules_to_project(sims, threshold=threshold, number=number)
-        record = {"method": "safelora", "threshold": threshold, "number": number,
-                  "similarities": sims, "projected": sorted(chosen)}
+        record = {
+            "method": "safelora",
+            "threshold": threshold,
+            "number": number,
+            "similarities": sims,
+            "projected": sorted(chosen),
+        }
         if task.lora is not None:
             _write_projected_adapter(task, ref, pre, chosen, out, force, record)
         else:
             write_transformed(
-                task, out, lambda name, w: safelora_tensor(ref.get(name, torch.float32),
-                                                           pre.get(name, torch.float32), w)
-                if name in chosen else None, force=force, desc="SafeLoRA", progress=progress)
+                task,
+                out,
+                lambda name, w: (
+                    safelora_tensor(ref.get(name, torch.float32), pre.get(name, torch.float32), w)
+                    if name in chosen
+                    else None
+                ),
+                force=force,
+                desc="SafeLoRA",
+                progress=progress,
+            )
             (Path(out) / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return Path(out)
 
 
-def _write_projected_adapter(task: TaskModel, aligned: ModelReader, base: ModelReader,
-                             chosen: set[str], out, force: bool, record: dict) -> None:
+def _write_projected_adapter(
+    task: TaskModel,
+    aligned: ModelReader,
+    base: ModelReader,
+    chosen: set[str],
+    out,
+    force: bool,
+    record: dict,
+) -> None:
     lora = task.lora
     tensors = {}
     for key in lora.reader.names():
         t = lora.reader.get(key)
         for module, (_, key_b, _) in lora.modules.items():
             if key == key_b and module + ".weight" in chosen:
-                v = aligned.get(module + ".weight", torch.float32) - base.get(module + ".weight", torch.float32)
+                v = aligned.get(module + ".weight", torch.float32) - base.get(
+                    module + ".weight", torch.float32
+                )
                 t = project(v, t.float()).to(t.dtype)
         tensors[key] = t
     with atomic_output_dir(out, force) as tmp:

@@ -20,8 +20,14 @@ from safegene.baselines.sparsify import dare, tensor_generator
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
 
 
-def safemerge_tensor(task: torch.Tensor, aligned: torch.Tensor, task_weight: float, *,
-                     dare_rate: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+def safemerge_tensor(
+    task: torch.Tensor,
+    aligned: torch.Tensor,
+    task_weight: float,
+    *,
+    dare_rate: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Merge one drifted module: W_aligned + task_weight·DARE(W_task − W_aligned)."""
     update = task.float() - aligned.float()
     if dare_rate > 0.0:
@@ -29,10 +35,20 @@ def safemerge_tensor(task: torch.Tensor, aligned: torch.Tensor, task_weight: flo
     return (aligned.float() + task_weight * update).to(task.dtype)
 
 
-def safemerge(task_model: str | os.PathLike, aligned: str | os.PathLike, base: str | os.PathLike,
-              out: str | os.PathLike, *, threshold: float, task_weight: float = 0.8,
-              dare_rate: float = 0.0, adapter: str | os.PathLike | None = None, seed: int = 0,
-              force: bool = False, progress: bool | None = None) -> Path:
+def safemerge(
+    task_model: str | os.PathLike,
+    aligned: str | os.PathLike,
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    threshold: float,
+    task_weight: float = 0.8,
+    dare_rate: float = 0.0,
+    adapter: str | os.PathLike | None = None,
+    seed: int = 0,
+    force: bool = False,
+    progress: bool | None = None,
+) -> Path:
     """Merge the drifted modules of a task model (full, or `aligned` + `adapter`) with the
     aligned weights; write the full checkpoint to `out`."""
     with ExitStack() as stack:
@@ -45,8 +61,14 @@ def safemerge(task_model: str | os.PathLike, aligned: str | os.PathLike, base: s
         def transform(name: str, w: torch.Tensor) -> torch.Tensor | None:
             if name not in drifted:
                 return None
-            return safemerge_tensor(w, ref.get(name, torch.float32), task_weight,
-                                    dare_rate=dare_rate, generator=tensor_generator(seed, name))
+            return safemerge_tensor(
+                w,
+                ref.get(name, torch.float32),
+                task_weight,
+                dare_rate=dare_rate,
+                generator=tensor_generator(seed, name),
+            )
 
-        return write_transformed(task, out, transform, force=force, desc="SafeMERGE",
-                                 progress=progress)
+        return write_transformed(
+            task, out, transform, force=force, desc="SafeMERGE", progress=progress
+        )

@@ -20,8 +20,14 @@ from tqdm.auto import tqdm
 from safegene.apply import TaskLora, load_task_lora
 from safegene.errors import SafeGeneError
 from safegene.family import DEFAULT_KINDS, check_compatible, fingerprint, parse_name
-from safegene.io import (DEFAULT_SHARD_BYTES, ModelReader, ShardWriter, atomic_output_dir,
-                         check_output_path, copy_side_files)
+from safegene.io import (
+    DEFAULT_SHARD_BYTES,
+    ModelReader,
+    ShardWriter,
+    atomic_output_dir,
+    check_output_path,
+    copy_side_files,
+)
 
 Transform = Callable[[str, torch.Tensor], "torch.Tensor | None"]
 
@@ -51,8 +57,9 @@ class TaskModel:
         return self.get(name) - aligned.get(name, torch.float32)
 
 
-def open_task_model(stack: ExitStack, model: str | os.PathLike,
-                    adapter: str | os.PathLike | None) -> TaskModel:
+def open_task_model(
+    stack: ExitStack, model: str | os.PathLike, adapter: str | os.PathLike | None
+) -> TaskModel:
     reader = stack.enter_context(ModelReader(model))
     lora = load_task_lora(adapter) if adapter is not None else None
     if lora is not None:
@@ -60,13 +67,19 @@ def open_task_model(stack: ExitStack, model: str | os.PathLike,
     return TaskModel(reader, lora)
 
 
-def open_same_family(stack: ExitStack, task: TaskModel, path: str | os.PathLike,
-                     role: str) -> ModelReader:
+def open_same_family(
+    stack: ExitStack, task: TaskModel, path: str | os.PathLike, role: str
+) -> ModelReader:
     """A reader for another model of the family; the first mismatch with the task is named."""
     reader = stack.enter_context(ModelReader(path))
     shapes = task.reader.shapes()
-    check_compatible(fingerprint(task.reader.config(), shapes), reader.config(), reader.shapes(),
-                     tensors=shapes, what=f"{role} model {reader.path}")
+    check_compatible(
+        fingerprint(task.reader.config(), shapes),
+        reader.config(),
+        reader.shapes(),
+        tensors=shapes,
+        what=f"{role} model {reader.path}",
+    )
     return reader
 
 
@@ -76,22 +89,37 @@ def projection_modules(task: TaskModel) -> list[str]:
     if task.lora is not None:
         return [m + ".weight" for m in task.lora.modules]
     model_type = task.reader.config().get("model_type")
-    return [n for n in task.reader.names()
-            if n.endswith(".weight") and len(task.reader.entry(n).shape) == 2
-            and parse_name(n, model_type).kind in DEFAULT_KINDS]
+    return [
+        n
+        for n in task.reader.names()
+        if n.endswith(".weight")
+        and len(task.reader.entry(n).shape) == 2
+        and parse_name(n, model_type).kind in DEFAULT_KINDS
+    ]
 
 
-def write_transformed(task: TaskModel, out: str | os.PathLike, transform: Transform, *,
-                      force: bool = False, shard_size: int = DEFAULT_SHARD_BYTES,
-                      desc: str = "merging", progress: bool | None = None) -> Path:
+def write_transformed(
+    task: TaskModel,
+    out: str | os.PathLike,
+    transform: Transform,
+    *,
+    force: bool = False,
+    shard_size: int = DEFAULT_SHARD_BYTES,
+    desc: str = "merging",
+    progress: bool | None = None,
+) -> Path:
     """Stream every tensor of `task` through `transform` into a new checkpoint at `out`."""
     check_output_path(out, force, inputs=(task.reader.path,))
     reader = task.reader
     items = [(n, reader.entry(n).dtype, reader.entry(n).shape) for n in reader.names()]
     with atomic_output_dir(out, force) as tmp:
         writer = ShardWriter(tmp, items, max_shard_bytes=shard_size)
-        for name in tqdm(reader.names(), desc=desc, unit="tensor",
-                         disable=None if progress is None else not progress):
+        for name in tqdm(
+            reader.names(),
+            desc=desc,
+            unit="tensor",
+            disable=None if progress is None else not progress,
+        ):
             original = reader.entry(name)
             if not original.dtype.is_floating_point:
                 writer.write(name, reader.get(name))

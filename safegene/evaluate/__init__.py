@@ -11,12 +11,22 @@ Names are imported lazily, so `import safegene.evaluate.judges` (or the CLI) doe
 import importlib
 
 _EXPORTS = {
-    "EvalSet": "data", "load_data": "data",
-    "GenerationSettings": "generate", "generate": "generate",
-    "REFUSAL_STRINGS": "judges", "Judge": "judges", "keyword_judge": "judges", "make_judges": "judges",
-    "build_report": "report", "write_report": "report",
-    "EvalSettings": "run", "ModelSpec": "run", "Sample": "run", "evaluate_model": "run",
-    "resolve_inputs": "run", "run_eval": "run",
+    "EvalSet": "data",
+    "load_data": "data",
+    "GenerationSettings": "generate",
+    "generate": "generate",
+    "REFUSAL_STRINGS": "judges",
+    "Judge": "judges",
+    "keyword_judge": "judges",
+    "make_judges": "judges",
+    "build_report": "report",
+    "write_report": "report",
+    "EvalSettings": "run",
+    "ModelSpec": "run",
+    "Sample": "run",
+    "evaluate_model": "run",
+    "resolve_inputs": "run",
+    "run_eval": "run",
 }
 __all__ = sorted(_EXPORTS)
 

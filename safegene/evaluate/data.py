@@ -40,8 +40,13 @@ class EvalSet:
 
     def describe(self) -> dict:
         """What the report records about this input (everything but the rows themselves)."""
-        d = {"split": self.split, "name": self.name, "source": self.source, "sha256": self.sha256,
-             "n": len(self.prompts)}
+        d = {
+            "split": self.split,
+            "name": self.name,
+            "source": self.source,
+            "sha256": self.sha256,
+            "n": len(self.prompts),
+        }
         if self.split == "task":
             d["match"] = self.match
         d.update(self.meta)
@@ -60,8 +65,10 @@ def _read_text(path: Path) -> tuple[str, str]:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise SafeGeneError(f"{path} is not UTF-8 text (undecodable byte at offset {exc.start}); "
-                            "re-encode it as UTF-8") from None
+        raise SafeGeneError(
+            f"{path} is not UTF-8 text (undecodable byte at offset {exc.start}); "
+            "re-encode it as UTF-8"
+        ) from None
     if not text.strip():
         raise SafeGeneError(f"data file is empty: {path}")
     return text, digest
@@ -78,14 +85,25 @@ def _pick_answer(row: dict, answer_column: str | None, where: str):
     return None
 
 
-def _rows_to_set(rows, path: Path, split: str, prompt_column: str, answer_column: str | None,
-                 digest: str, name: str | None, match: str, kind: str) -> EvalSet:
+def _rows_to_set(
+    rows,
+    path: Path,
+    split: str,
+    prompt_column: str,
+    answer_column: str | None,
+    digest: str,
+    name: str | None,
+    match: str,
+    kind: str,
+) -> EvalSet:
     prompts, answers = [], []
     for where, row in rows:
         if prompt_column not in row:
             cols = ", ".join(map(repr, list(row)[:8]))
-            raise SafeGeneError(f"{where}: no {prompt_column!r} column (found {cols}); "
-                                "name the prompt column with --prompt-column")
+            raise SafeGeneError(
+                f"{where}: no {prompt_column!r} column (found {cols}); "
+                "name the prompt column with --prompt-column"
+            )
         prompt = row[prompt_column]
         if not isinstance(prompt, str) or not prompt.strip():
             raise SafeGeneError(f"{where}: the {prompt_column!r} value is empty or not text")
@@ -94,8 +112,9 @@ def _rows_to_set(rows, path: Path, split: str, prompt_column: str, answer_column
         answers.append(None if ans is None else str(ans))
     if not prompts:
         raise SafeGeneError(f"data file has no rows: {path}")
-    return _finish(split, name or path.stem, str(path), prompts, answers, digest, match,
-                   {"format": kind})
+    return _finish(
+        split, name or path.stem, str(path), prompts, answers, digest, match, {"format": kind}
+    )
 
 
 def _read_jsonl(path: Path, text: str):
@@ -107,7 +126,9 @@ def _read_jsonl(path: Path, text: str):
         except json.JSONDecodeError as exc:
             raise SafeGeneError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
         if not isinstance(row, dict):
-            raise SafeGeneError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            raise SafeGeneError(
+                f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
+            )
         yield f"{path}:{lineno}", row
 
 
@@ -139,8 +160,15 @@ def _read_csv(path: Path, text: str, delimiter: str):
         raise SafeGeneError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from None
 
 
-def load_file(path: str | Path, split: str, *, name: str | None = None, prompt_column: str = "prompt",
-              answer_column: str | None = None, match: str = "auto") -> EvalSet:
+def load_file(
+    path: str | Path,
+    split: str,
+    *,
+    name: str | None = None,
+    prompt_column: str = "prompt",
+    answer_column: str | None = None,
+    match: str = "auto",
+) -> EvalSet:
     """Load a JSONL / JSON / CSV / TSV / plain-text file (by suffix; anything else is plain text)."""
     _check_split(split)
     path = Path(path)
@@ -155,10 +183,13 @@ def load_file(path: str | Path, split: str, *, name: str | None = None, prompt_c
     else:
         prompts = [line.strip() for line in text.splitlines() if line.strip()]
         if split == "task":
-            raise SafeGeneError(f"{path}: task data needs answers; a plain-text file has only prompts "
-                                "(use JSONL with \"prompt\" and \"answer\")")
-        return _finish(split, name or path.stem, str(path), prompts, None, digest, match,
-                       {"format": "text"})
+            raise SafeGeneError(
+                f"{path}: task data needs answers; a plain-text file has only prompts "
+                '(use JSONL with "prompt" and "answer")'
+            )
+        return _finish(
+            split, name or path.stem, str(path), prompts, None, digest, match, {"format": "text"}
+        )
     return _rows_to_set(rows, path, split, prompt_column, answer_column, digest, name, match, kind)
 
 
@@ -189,16 +220,19 @@ def zoo_split_path(zoo_dir: str | Path, key: str) -> Path:
     zoo = read_zoo(zoo_dir)
     data = zoo.get("data", {})
     if key.startswith("task:"):
-        task = key[len("task:"):]
+        task = key[len("task:") :]
         tasks = data.get("tasks", {})
         if task not in tasks:
-            raise SafeGeneError(f"the zoo in {zoo_dir} has no task {task!r} (tasks: {', '.join(tasks) or 'none'})")
+            raise SafeGeneError(
+                f"the zoo in {zoo_dir} has no task {task!r} (tasks: {', '.join(tasks) or 'none'})"
+            )
         rel = tasks[task].get("test")
     elif isinstance(data.get(key), str):
         rel = data[key]
     else:
-        raise SafeGeneError(f"the zoo in {zoo_dir} has no split {key!r} "
-                            f"(splits: {', '.join(zoo_split_names(zoo))})")
+        raise SafeGeneError(
+            f"the zoo in {zoo_dir} has no split {key!r} (splits: {', '.join(zoo_split_names(zoo))})"
+        )
     return zoo_dir / rel
 
 
@@ -207,7 +241,9 @@ def zoo_model(zoo_dir: str | Path, name: str) -> dict:
     zoo_dir = Path(zoo_dir)
     models = read_zoo(zoo_dir).get("models", {})
     if name not in models:
-        raise SafeGeneError(f"the zoo in {zoo_dir} has no model {name!r} (models: {', '.join(models)})")
+        raise SafeGeneError(
+            f"the zoo in {zoo_dir} has no model {name!r} (models: {', '.join(models)})"
+        )
     entry = dict(models[name])
     entry["path"] = str(zoo_dir / entry["path"])
     if entry.get("adapter"):
@@ -218,49 +254,87 @@ def zoo_model(zoo_dir: str | Path, name: str) -> dict:
 # --- Hugging Face datasets -----------------------------------------------------------------------
 
 
-def load_hf(dataset_id: str, split: str, *, name: str | None = None, prompt_column: str = "prompt",
-            answer_column: str | None = None, match: str = "auto", hf_split: str = "test") -> EvalSet:
+def load_hf(
+    dataset_id: str,
+    split: str,
+    *,
+    name: str | None = None,
+    prompt_column: str = "prompt",
+    answer_column: str | None = None,
+    match: str = "auto",
+    hf_split: str = "test",
+) -> EvalSet:
     """`owner/name` or `owner/name:split` through `datasets`, only when the machine is online."""
     _check_split(split)
     if ":" in dataset_id:
         dataset_id, hf_split = dataset_id.rsplit(":", 1)
-    if any(os.environ.get(v, "").lower() in ("1", "true", "yes")
-           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")):
-        raise SafeGeneError(f"cannot fetch the Hugging Face dataset {dataset_id!r}: offline mode is set; "
-                            "use a local JSONL/CSV/text file")
+    if any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
+    ):
+        raise SafeGeneError(
+            f"cannot fetch the Hugging Face dataset {dataset_id!r}: offline mode is set; "
+            "use a local JSONL/CSV/text file"
+        )
     try:
         import datasets  # noqa: F401
     except ImportError:
-        raise SafeGeneError(f"{dataset_id!r} is neither a file nor loadable: the `datasets` package is not "
-                            "installed (pip install datasets), or pass a local JSONL/CSV/text file") from None
+        raise SafeGeneError(
+            f"{dataset_id!r} is neither a file nor loadable: the `datasets` package is not "
+            "installed (pip install datasets), or pass a local JSONL/CSV/text file"
+        ) from None
     try:
         ds = datasets.load_dataset(dataset_id, split=hf_split)
     except Exception as exc:  # network errors, missing dataset, missing split
-        raise SafeGeneError(f"cannot load the Hugging Face dataset {dataset_id!r} (split {hf_split!r}): "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                            "(offline? use a local file)") from None
+        raise SafeGeneError(
+            f"cannot load the Hugging Face dataset {dataset_id!r} (split {hf_split!r}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+            "(offline? use a local file)"
+        ) from None
     rows = ((f"{dataset_id}[{i}]", dict(r)) for i, r in enumerate(ds))
     fingerprint = getattr(ds, "_fingerprint", None)
-    return _rows_to_set(rows, Path(dataset_id), split, prompt_column, answer_column,
-                        fingerprint, name or dataset_id, match, "hf")
+    return _rows_to_set(
+        rows,
+        Path(dataset_id),
+        split,
+        prompt_column,
+        answer_column,
+        fingerprint,
+        name or dataset_id,
+        match,
+        "hf",
+    )
 
 
 # --- one entry point -----------------------------------------------------------------------------
 
 
-def load_data(source: str | Path, split: str, *, zoo: str | Path | None = None, name: str | None = None,
-              prompt_column: str | None = None, answer_column: str | None = None,
-              match: str = "auto", limit: int | None = None) -> EvalSet:
+def load_data(
+    source: str | Path,
+    split: str,
+    *,
+    zoo: str | Path | None = None,
+    name: str | None = None,
+    prompt_column: str | None = None,
+    answer_column: str | None = None,
+    match: str = "auto",
+    limit: int | None = None,
+) -> EvalSet:
     """A file path, a zoo split name (with `zoo`), or a Hugging Face dataset id (`hf:owner/name[:split]`,
     or a bare `owner/name` that is not a local path)."""
     _check_split(split)
     if match not in MATCH_METHODS:
-        raise SafeGeneError(f"unknown match method {match!r}; choose one of {', '.join(MATCH_METHODS)}")
+        raise SafeGeneError(
+            f"unknown match method {match!r}; choose one of {', '.join(MATCH_METHODS)}"
+        )
     source = str(source)
     prompt_column = prompt_column or "prompt"
     kw = dict(name=name, prompt_column=prompt_column, answer_column=answer_column, match=match)
-    if zoo is not None and not Path(source).exists() and (
-            source.startswith("task:") or source in zoo_split_names(read_zoo(zoo))):
+    if (
+        zoo is not None
+        and not Path(source).exists()
+        and (source.startswith("task:") or source in zoo_split_names(read_zoo(zoo)))
+    ):
         path = zoo_split_path(zoo, source)
         kw["name"] = name or source
         ds = load_file(path, split, **kw)
@@ -283,8 +357,11 @@ def load_data(source: str | Path, split: str, *, zoo: str | Path | None = None, 
 
 def _looks_like_path(source: str) -> bool:
     p = Path(source)
-    return (source.startswith((".", "/", "~")) or p.suffix.lower() in
-            (".jsonl", ".json", ".csv", ".tsv", ".txt") or source.count("/") != 1)
+    return (
+        source.startswith((".", "/", "~"))
+        or p.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv", ".txt")
+        or source.count("/") != 1
+    )
 
 
 def _check_split(split: str) -> None:
@@ -299,8 +376,9 @@ def _finish(split, name, source, prompts, answers, digest, match, meta) -> EvalS
         missing = [i for i, a in enumerate(answers or []) if a is None or not str(a).strip()]
         if answers is None or missing:
             first = missing[0] + 1 if missing else 1
-            raise SafeGeneError(f"{source}: task data needs an \"answer\" for every prompt "
-                                f"(row {first} has none)")
+            raise SafeGeneError(
+                f'{source}: task data needs an "answer" for every prompt (row {first} has none)'
+            )
         from safegene.evaluate.metrics import resolve_match
 
         match = resolve_match(match, answers)

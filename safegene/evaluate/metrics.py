@@ -19,8 +19,9 @@ DEFAULT_BOOTSTRAP = 2000
 # --- confidence intervals ------------------------------------------------------------------------
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float] | None:
+def bootstrap_ci(
+    values: Sequence[float], *, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0, level: float = 0.95
+) -> tuple[float, float] | None:
     """Percentile-bootstrap CI of the mean of `values`; None for no values.
 
     For 0/1 values the resampled mean is drawn directly as Binomial(n, p̂)/n, which is the same
@@ -40,7 +41,7 @@ def bootstrap_ci(values: Sequence[float], *, n_boot: int = DEFAULT_BOOTSTRAP, se
         chunk = max(1, 2_000_000 // n)
         for s in range(0, n_boot, chunk):
             m = min(chunk, n_boot - s)
-            means[s:s + m] = x[rng.integers(0, n, size=(m, n))].mean(axis=1)
+            means[s : s + m] = x[rng.integers(0, n, size=(m, n))].mean(axis=1)
     alpha = (1 - level) / 2
     lo, hi = np.quantile(means, [alpha, 1 - alpha])
     return float(lo), float(hi)
@@ -95,13 +96,21 @@ def answer_number(answer: str) -> float | None:
 def resolve_match(method: str, answers: Sequence[str]) -> str:
     """`auto` → `numeric` when every answer is a number, else `normalised`."""
     if method == "auto":
-        return "numeric" if answers and all(parse_number(a) is not None for a in answers) else "normalised"
+        return (
+            "numeric"
+            if answers and all(parse_number(a) is not None for a in answers)
+            else "normalised"
+        )
     if method not in ("exact", "normalised", "numeric"):
-        raise SafeGeneError(f"unknown match method {method!r}; choose auto, exact, normalised or numeric")
+        raise SafeGeneError(
+            f"unknown match method {method!r}; choose auto, exact, normalised or numeric"
+        )
     if method == "numeric":
         bad = [a for a in answers if answer_number(a) is None]
         if bad:
-            raise SafeGeneError(f"numeric matching needs numeric answers; {bad[0]!r} holds no number")
+            raise SafeGeneError(
+                f"numeric matching needs numeric answers; {bad[0]!r} holds no number"
+            )
     return method
 
 
@@ -141,10 +150,15 @@ def agreement(verdicts: dict[str, Sequence[bool]]) -> list[dict]:
     names = list(verdicts)
     out = []
     for i, x in enumerate(names):
-        for y in names[i + 1:]:
+        for y in names[i + 1 :]:
             a, b = list(verdicts[x]), list(verdicts[y])
             n = len(a)
-            out.append({"judges": [x, y], "n": n,
-                        "agreement": (sum(p == q for p, q in zip(a, b)) / n) if n else None,
-                        "kappa": cohen_kappa(a, b)})
+            out.append(
+                {
+                    "judges": [x, y],
+                    "n": n,
+                    "agreement": (sum(p == q for p, q in zip(a, b)) / n) if n else None,
+                    "kappa": cohen_kappa(a, b),
+                }
+            )
     return out

@@ -67,11 +67,18 @@ def current_dist(device: str | None = None) -> Dist:
     import torch
     from accelerate import PartialState
 
-    cpu = (device == "cpu" or not torch.cuda.is_available()
-           or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true"))
+    cpu = (
+        device == "cpu"
+        or not torch.cuda.is_available()
+        or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
+    )
     state = PartialState(cpu=cpu, timeout=timedelta(minutes=60))
-    return Dist(rank=state.process_index, world=state.num_processes,
-                local_rank=state.local_process_index, device=str(state.device))
+    return Dist(
+        rank=state.process_index,
+        world=state.num_processes,
+        local_rank=state.local_process_index,
+        device=str(state.device),
+    )
 
 
 def _free_port() -> int:
@@ -88,8 +95,15 @@ def spawn(argv: list[str], num_processes: int, *, cpu: bool) -> int:
     port = _free_port()
     procs = []
     for rank in range(num_processes):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(num_processes),
-                   LOCAL_WORLD_SIZE=str(num_processes), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE=str(num_processes),
+            LOCAL_WORLD_SIZE=str(num_processes),
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+        )
         if cpu:
             env["ACCELERATE_USE_CPU"] = "true"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))

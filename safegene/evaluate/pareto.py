@@ -19,8 +19,11 @@ def row(task_model: str, method: str, setting: str, summary: dict) -> dict:
 
 def dominates(a: dict, b: dict) -> bool:
     """a is no worse on both axes (lower harmful rate, higher task accuracy) and better on one."""
-    return (a["harmful_rate"] <= b["harmful_rate"] and a["task_accuracy"] >= b["task_accuracy"]
-            and (a["harmful_rate"] < b["harmful_rate"] or a["task_accuracy"] > b["task_accuracy"]))
+    return (
+        a["harmful_rate"] <= b["harmful_rate"]
+        and a["task_accuracy"] >= b["task_accuracy"]
+        and (a["harmful_rate"] < b["harmful_rate"] or a["task_accuracy"] > b["task_accuracy"])
+    )
 
 
 def pareto_front(rows: list[dict]) -> list[dict]:
@@ -35,15 +38,21 @@ def best_setting(rows: list[dict], floor: float) -> tuple[dict, bool]:
     Returns (row, qualified)."""
     ok = [r for r in rows if (r["task_accuracy"] or 0.0) >= floor - 1e-12]
     if ok:
-        return min(ok, key=lambda r: (r["harmful_rate"], -r["task_accuracy"],
-                                      r["over_refusal"] or 0.0)), True
+        return min(
+            ok, key=lambda r: (r["harmful_rate"], -r["task_accuracy"], r["over_refusal"] or 0.0)
+        ), True
     return max(rows, key=lambda r: (r["task_accuracy"] or 0.0, -(r["harmful_rate"] or 0.0))), False
 
 
-def summarize_task(rows: list[dict], task_model: str, *, reference: str = "task",
-                   method: str = "safegene", floor: float = UTILITY_FLOOR,
-                   not_rivals: tuple[str, ...] = ("aligned", "gene-uniform", "gene-select",
-                                                  "gene-calibrate")) -> dict:
+def summarize_task(
+    rows: list[dict],
+    task_model: str,
+    *,
+    reference: str = "task",
+    method: str = "safegene",
+    floor: float = UTILITY_FLOOR,
+    not_rivals: tuple[str, ...] = ("aligned", "gene-uniform", "gene-select", "gene-calibrate"),
+) -> dict:
     """For one task model: the utility floor, the best setting of every method, the front, and
     whether `method` is on the front and the safest method above the floor. The aligned model
     (no task skill) and `method`'s own ablations are not rivals for "safest"."""
@@ -60,14 +69,23 @@ def summarize_task(rows: list[dict], task_model: str, *, reference: str = "task"
         contenders = [b for m, b in best.items() if b["qualified"] and m not in not_rivals]
         safest = min(contenders, key=lambda b: b["harmful_rate"]) if contenders else None
         on_front = any(r["method"] == method for r in front)
-        verdict = {"on_pareto_front": on_front,
-                   "qualified": best[method]["qualified"],
-                   "lowest_harmful_among_qualified": bool(
-                       safest and best[method]["qualified"]
-                       and best[method]["harmful_rate"] <= safest["harmful_rate"] + 1e-12),
-                   "safest_qualified_method": safest["method"] if safest else None}
-    return {"task_model": task_model, "accuracy_floor": threshold, "best": best,
-            "pareto_front": [(r["method"], r["setting"]) for r in front], "verdict": verdict}
+        verdict = {
+            "on_pareto_front": on_front,
+            "qualified": best[method]["qualified"],
+            "lowest_harmful_among_qualified": bool(
+                safest
+                and best[method]["qualified"]
+                and best[method]["harmful_rate"] <= safest["harmful_rate"] + 1e-12
+            ),
+            "safest_qualified_method": safest["method"] if safest else None,
+        }
+    return {
+        "task_model": task_model,
+        "accuracy_floor": threshold,
+        "best": best,
+        "pareto_front": [(r["method"], r["setting"]) for r in front],
+        "verdict": verdict,
+    }
 
 
 def _pct(value, ci=None) -> str:
@@ -77,31 +95,51 @@ def _pct(value, ci=None) -> str:
     return text + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
 
 
-def render_markdown(summaries: list[dict], *, judge: str, title: str = "SafeGene comparison") -> str:
+def render_markdown(
+    summaries: list[dict], *, judge: str, title: str = "SafeGene comparison"
+) -> str:
     """One table per task model: the best setting of every method (the Markdown of compare)."""
-    lines = [f"# {title}", "",
-             f"Harmful rate (judge `{judge}`), over-refusal on benign look-alikes and task accuracy, "
-             "in percent with bootstrap 95% CIs. For a method with a grid, the row is its setting "
-             "with the lowest harmful rate among those keeping ≥ 95% of the task model's accuracy "
-             "(✗: no setting does; the most accurate is shown). ★: on the Pareto front.", ""]
+    lines = [
+        f"# {title}",
+        "",
+        f"Harmful rate (judge `{judge}`), over-refusal on benign look-alikes and task accuracy, "
+        "in percent with bootstrap 95% CIs. For a method with a grid, the row is its setting "
+        "with the lowest harmful rate among those keeping ≥ 95% of the task model's accuracy "
+        "(✗: no setting does; the most accurate is shown). ★: on the Pareto front.",
+        "",
+    ]
     for s in summaries:
-        lines += [f"## {s['task_model']}", "",
-                  f"Accuracy floor: {100 * s['accuracy_floor']:.1f}%.", "",
-                  "| method | setting | harmful ↓ | over-refusal ↓ | task accuracy ↑ | ≥ floor |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            f"## {s['task_model']}",
+            "",
+            f"Accuracy floor: {100 * s['accuracy_floor']:.1f}%.",
+            "",
+            "| method | setting | harmful ↓ | over-refusal ↓ | task accuracy ↑ | ≥ floor |",
+            "|---|---|---|---|---|---|",
+        ]
         front = {tuple(p) for p in s["pareto_front"]}
         for m, b in s["best"].items():
             star = " ★" if (m, b["setting"]) in front else ""
-            lines.append(f"| {m}{star} | {b['setting'] or '–'} | {_pct(b['harmful_rate'], b['harmful_rate_ci'])} | "
-                         f"{_pct(b['over_refusal'], b['over_refusal_ci'])} | "
-                         f"{_pct(b['task_accuracy'], b['task_accuracy_ci'])} | {'✓' if b['qualified'] else '✗'} |")
+            lines.append(
+                f"| {m}{star} | {b['setting'] or '–'} | {_pct(b['harmful_rate'], b['harmful_rate_ci'])} | "
+                f"{_pct(b['over_refusal'], b['over_refusal_ci'])} | "
+                f"{_pct(b['task_accuracy'], b['task_accuracy_ci'])} | {'✓' if b['qualified'] else '✗'} |"
+            )
         v = s["verdict"]
         if v is not None:
-            lines += ["", "SafeGene: " + ("on the Pareto front" if v["on_pareto_front"] else "NOT on the Pareto front")
-                      + "; " + ("the lowest harmful rate among methods above the floor."
-                                if v["lowest_harmful_among_qualified"] else
-                                f"not the lowest harmful rate above the floor (safest: {v['safest_qualified_method']})."
-                                if v["qualified"] else "below the accuracy floor.")]
+            lines += [
+                "",
+                "SafeGene: "
+                + ("on the Pareto front" if v["on_pareto_front"] else "NOT on the Pareto front")
+                + "; "
+                + (
+                    "the lowest harmful rate among methods above the floor."
+                    if v["lowest_harmful_among_qualified"]
+                    else f"not the lowest harmful rate above the floor (safest: {v['safest_qualified_method']})."
+                    if v["qualified"]
+                    else "below the accuracy floor."
+                ),
+            ]
         lines.append("")
     return "\n".join(lines)
 
@@ -122,15 +160,40 @@ def plot_pareto(rows: list[dict], path: str | Path, *, title: str, judge: str) -
     fig, ax = plt.subplots(figsize=(7.2, 5.4), dpi=120)
     for r in rows:
         x, y = 100 * r["task_accuracy"], 100 * r["harmful_rate"]
-        xe = [[x - 100 * r["task_accuracy_ci"][0]], [100 * r["task_accuracy_ci"][1] - x]] if r["task_accuracy_ci"] else None
-        ye = [[y - 100 * r["harmful_rate_ci"][0]], [100 * r["harmful_rate_ci"][1] - y]] if r["harmful_rate_ci"] else None
-        ax.errorbar([x], [y], xerr=xe, yerr=ye, fmt=markers[tasks.index(r["task_model"]) % len(markers)],
-                    color=colours(methods.index(r["method"]) % 10), capsize=2, alpha=0.8, markersize=5,
-                    elinewidth=0.6)
+        xe = (
+            [[x - 100 * r["task_accuracy_ci"][0]], [100 * r["task_accuracy_ci"][1] - x]]
+            if r["task_accuracy_ci"]
+            else None
+        )
+        ye = (
+            [[y - 100 * r["harmful_rate_ci"][0]], [100 * r["harmful_rate_ci"][1] - y]]
+            if r["harmful_rate_ci"]
+            else None
+        )
+        ax.errorbar(
+            [x],
+            [y],
+            xerr=xe,
+            yerr=ye,
+            fmt=markers[tasks.index(r["task_model"]) % len(markers)],
+            color=colours(methods.index(r["method"]) % 10),
+            capsize=2,
+            alpha=0.8,
+            markersize=5,
+            elinewidth=0.6,
+        )
     for t in tasks:
-        front = sorted(pareto_front([r for r in rows if r["task_model"] == t]), key=lambda r: r["task_accuracy"])
-        ax.plot([100 * r["task_accuracy"] for r in front], [100 * r["harmful_rate"] for r in front],
-                color="grey", linewidth=0.8, linestyle="--")
+        front = sorted(
+            pareto_front([r for r in rows if r["task_model"] == t]),
+            key=lambda r: r["task_accuracy"],
+        )
+        ax.plot(
+            [100 * r["task_accuracy"] for r in front],
+            [100 * r["harmful_rate"] for r in front],
+            color="grey",
+            linewidth=0.8,
+            linestyle="--",
+        )
     for i, m in enumerate(methods):
         ax.plot([], [], "o", color=colours(i % 10), label=m)
     if len(tasks) > 1:

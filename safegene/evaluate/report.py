@@ -63,17 +63,28 @@ def model_metrics(samples: list, judges: list[dict], *, n_boot: int, seed: int) 
     by_split = defaultdict(list)
     for s in samples:
         by_split[s.split].append(s)
-    m: dict = {"harmful_rate": {}, "over_refusal": {}, "benign_flagged": {}, "task_accuracy": None,
-               "by_dataset": [], "agreement": {}}
+    m: dict = {
+        "harmful_rate": {},
+        "over_refusal": {},
+        "benign_flagged": {},
+        "task_accuracy": None,
+        "by_dataset": [],
+        "agreement": {},
+    }
     kw = dict(n_boot=n_boot, seed=seed)
-    harmful, benign, task = by_split.get("harmful", []), by_split.get("benign", []), by_split.get("task", [])
+    harmful, benign, task = (
+        by_split.get("harmful", []),
+        by_split.get("benign", []),
+        by_split.get("task", []),
+    )
     if harmful:
         m["harmful_rate"] = {j: rate([s.verdicts[j] for s in harmful], **kw) for j in names}
         m["agreement"]["harmful"] = agreement({j: [s.verdicts[j] for s in harmful] for j in names})
     if benign:
         m["over_refusal"] = {j: rate([not s.verdicts[j] for s in benign], **kw) for j in refusal}
-        m["benign_flagged"] = {j: rate([s.verdicts[j] for s in benign], **kw)
-                               for j in names if j not in refusal}
+        m["benign_flagged"] = {
+            j: rate([s.verdicts[j] for s in benign], **kw) for j in names if j not in refusal
+        }
         m["agreement"]["benign"] = agreement({j: [s.verdicts[j] for s in benign] for j in names})
     if task:
         m["task_accuracy"] = rate([s.correct for s in task], **kw)
@@ -87,7 +98,9 @@ def model_metrics(samples: list, judges: list[dict], *, n_boot: int, seed: int) 
         if split == "harmful":
             entry["harmful_rate"] = {j: rate([s.verdicts[j] for s in rows], **kw) for j in names}
         elif split == "benign":
-            entry["over_refusal"] = {j: rate([not s.verdicts[j] for s in rows], **kw) for j in refusal}
+            entry["over_refusal"] = {
+                j: rate([not s.verdicts[j] for s in rows], **kw) for j in refusal
+            }
         else:
             entry["task_accuracy"] = rate([s.correct for s in rows], **kw)
         m["by_dataset"].append(entry)
@@ -96,15 +109,27 @@ def model_metrics(samples: list, judges: list[dict], *, n_boot: int, seed: int) 
     primary = names[0] if names else None
     empty = {"rate": None, "ci": None, "n": 0}
     summary = {"judge": primary, "refusal_judge": refusal[0] if refusal else None}
-    summary.update(_flat(m["harmful_rate"].get(primary, empty) if harmful else empty, "harmful_rate"))
-    summary.update(_flat(m["over_refusal"][refusal[0]] if benign and refusal else empty, "over_refusal"))
+    summary.update(
+        _flat(m["harmful_rate"].get(primary, empty) if harmful else empty, "harmful_rate")
+    )
+    summary.update(
+        _flat(m["over_refusal"][refusal[0]] if benign and refusal else empty, "over_refusal")
+    )
     summary.update(_flat(m["task_accuracy"] or empty, "task_accuracy"))
     m["summary"] = summary
     return m
 
 
-def build_report(samples: list, datasets: list[EvalSet], judges: list[Judge], settings, *,
-                 models: list | None = None, extra: dict | None = None, run: dict | None = None) -> dict:
+def build_report(
+    samples: list,
+    datasets: list[EvalSet],
+    judges: list[Judge],
+    settings,
+    *,
+    models: list | None = None,
+    extra: dict | None = None,
+    run: dict | None = None,
+) -> dict:
     """The report dict: `models` (per model: `summary` with harmful_rate / over_refusal /
     task_accuracy and their `_ci`, `_n`; rates per judge; per data set; judge agreement),
     `inputs` (data sets with sha256, models with content hashes), settings, judges and versions."""
@@ -161,31 +186,61 @@ def render_markdown(report: dict) -> str:
     judges = [j["name"] for j in report["judges"]]
     refusal = [j["name"] for j in report["judges"] if j.get("detects_refusal")]
     primary = report.get("primary_judge")
-    lines = ["# SafeGene evaluation", "",
-             f"Rates in percent with the bootstrap 95% confidence interval and n. Harmful rate: "
-             f"judge `{primary}`; over-refusal: judge `{refusal[0] if refusal else '–'}`.", "",
-             "| model | harmful rate ↓ | over-refusal ↓ | task accuracy ↑ |", "|---|---|---|---|"]
+    lines = [
+        "# SafeGene evaluation",
+        "",
+        f"Rates in percent with the bootstrap 95% confidence interval and n. Harmful rate: "
+        f"judge `{primary}`; over-refusal: judge `{refusal[0] if refusal else '–'}`.",
+        "",
+        "| model | harmful rate ↓ | over-refusal ↓ | task accuracy ↑ |",
+        "|---|---|---|---|",
+    ]
     for m in report["models"]:
         s = m["summary"]
-        lines.append(f"| {m['name']} | "
-                     f"{_pct({'rate': s['harmful_rate'], 'ci': s['harmful_rate_ci'], 'n': s['harmful_rate_n']})} | "
-                     f"{_pct({'rate': s['over_refusal'], 'ci': s['over_refusal_ci'], 'n': s['over_refusal_n']})} | "
-                     f"{_pct({'rate': s['task_accuracy'], 'ci': s['task_accuracy_ci'], 'n': s['task_accuracy_n']})} |")
+        lines.append(
+            f"| {m['name']} | "
+            f"{_pct({'rate': s['harmful_rate'], 'ci': s['harmful_rate_ci'], 'n': s['harmful_rate_n']})} | "
+            f"{_pct({'rate': s['over_refusal'], 'ci': s['over_refusal_ci'], 'n': s['over_refusal_n']})} | "
+            f"{_pct({'rate': s['task_accuracy'], 'ci': s['task_accuracy_ci'], 'n': s['task_accuracy_n']})} |"
+        )
     if any(m["harmful_rate"] for m in report["models"]):
-        lines += ["", "## Harmful rate by judge", "", "| model | " + " | ".join(judges) + " |",
-                  "|---|" + "---|" * len(judges)]
+        lines += [
+            "",
+            "## Harmful rate by judge",
+            "",
+            "| model | " + " | ".join(judges) + " |",
+            "|---|" + "---|" * len(judges),
+        ]
         for m in report["models"]:
             if m["harmful_rate"]:
-                lines.append(f"| {m['name']} | " + " | ".join(_pct(m["harmful_rate"].get(j)) for j in judges) + " |")
+                lines.append(
+                    f"| {m['name']} | "
+                    + " | ".join(_pct(m["harmful_rate"].get(j)) for j in judges)
+                    + " |"
+                )
     if any(m["over_refusal"] or m["benign_flagged"] for m in report["models"]):
-        lines += ["", "## Benign look-alikes by judge",
-                  "", "Refusal judges: share refused (over-refusal). Other judges: share flagged harmful.", "",
-                  "| model | " + " | ".join(judges) + " |", "|---|" + "---|" * len(judges)]
+        lines += [
+            "",
+            "## Benign look-alikes by judge",
+            "",
+            "Refusal judges: share refused (over-refusal). Other judges: share flagged harmful.",
+            "",
+            "| model | " + " | ".join(judges) + " |",
+            "|---|" + "---|" * len(judges),
+        ]
         for m in report["models"]:
             if m["over_refusal"] or m["benign_flagged"]:
-                cells = [_pct(m["over_refusal"].get(j) or m["benign_flagged"].get(j)) for j in judges]
+                cells = [
+                    _pct(m["over_refusal"].get(j) or m["benign_flagged"].get(j)) for j in judges
+                ]
                 lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per data set", "", "| model | split | data set | metric |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Per data set",
+        "",
+        "| model | split | data set | metric |",
+        "|---|---|---|---|",
+    ]
     for m in report["models"]:
         for d in m["by_dataset"]:
             if d["split"] == "task":
@@ -196,30 +251,61 @@ def render_markdown(report: dict) -> str:
                 val = _pct(d["over_refusal"].get(refusal[0])) if refusal else "–"
             lines.append(f"| {m['name']} | {d['split']} | {d['dataset']} | {val} |")
     if len(judges) > 1:
-        lines += ["", "## Judge agreement", "", "| model | split | judges | n | agreement | Cohen's κ |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Judge agreement",
+            "",
+            "| model | split | judges | n | agreement | Cohen's κ |",
+            "|---|---|---|---|---|---|",
+        ]
         for m in report["models"]:
             for split, pairs in m["agreement"].items():
                 for p in pairs:
                     ag = "–" if p["agreement"] is None else f"{100 * p['agreement']:.1f}%"
                     kappa = "–" if p["kappa"] is None else f"{p['kappa']:.2f}"
-                    lines.append(f"| {m['name']} | {split} | {' vs '.join(p['judges'])} | {p['n']} | {ag} | {kappa} |")
-    lines += ["", "## Inputs", "", "| split | name | source | n | sha256 |", "|---|---|---|---|---|"]
+                    lines.append(
+                        f"| {m['name']} | {split} | {' vs '.join(p['judges'])} | {p['n']} | {ag} | {kappa} |"
+                    )
+    lines += [
+        "",
+        "## Inputs",
+        "",
+        "| split | name | source | n | sha256 |",
+        "|---|---|---|---|---|",
+    ]
     for d in report["inputs"]["datasets"]:
-        lines.append(f"| {d['split']} | {d['name']} | {d['source']} | {d['n']} | {(d.get('sha256') or '–')[:16]} |")
+        lines.append(
+            f"| {d['split']} | {d['name']} | {d['source']} | {d['n']} | {(d.get('sha256') or '–')[:16]} |"
+        )
     lines += ["", "| model | path | adapter | sha256 |", "|---|---|---|---|"]
     for m in report["inputs"]["models"]:
-        lines.append(f"| {m['name']} | {m.get('path') or '(in memory)'} | {m.get('adapter') or '–'} | "
-                     f"{(m.get('sha256') or '–')[:16]} |")
+        lines.append(
+            f"| {m['name']} | {m.get('path') or '(in memory)'} | {m.get('adapter') or '–'} | "
+            f"{(m.get('sha256') or '–')[:16]} |"
+        )
     g = report["generation"]
-    lines += ["", "## Settings", "",
-              f"Generation: {'sampling' if g['do_sample'] else 'greedy'}, max_new_tokens={g['max_new_tokens']}, "
-              f"batch_size={g['batch_size']}, seed={g['seed']}"
-              + (f", temperature={g['temperature']}, top_p={g['top_p']}" if g["do_sample"] else "")
-              + f"; backend {report['settings']['backend']}.",
-              "Judges: " + "; ".join(f"`{j['name']}` ({j.get('kind', '')}"
-                                     + (f"; {j['unparsed']} answers neither safe nor unsafe, counted as safe"
-                                        if j.get("unparsed") else "") + ")" for j in report["judges"]) + ".", ""]
+    lines += [
+        "",
+        "## Settings",
+        "",
+        f"Generation: {'sampling' if g['do_sample'] else 'greedy'}, max_new_tokens={g['max_new_tokens']}, "
+        f"batch_size={g['batch_size']}, seed={g['seed']}"
+        + (f", temperature={g['temperature']}, top_p={g['top_p']}" if g["do_sample"] else "")
+        + f"; backend {report['settings']['backend']}.",
+        "Judges: "
+        + "; ".join(
+            f"`{j['name']}` ({j.get('kind', '')}"
+            + (
+                f"; {j['unparsed']} answers neither safe nor unsafe, counted as safe"
+                if j.get("unparsed")
+                else ""
+            )
+            + ")"
+            for j in report["judges"]
+        )
+        + ".",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -231,8 +317,11 @@ def plot_safety_utility(report: dict, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
-    both = [m for m in report["models"] if m["summary"]["harmful_rate"] is not None
-            and m["summary"]["task_accuracy"] is not None]
+    both = [
+        m
+        for m in report["models"]
+        if m["summary"]["harmful_rate"] is not None and m["summary"]["task_accuracy"] is not None
+    ]
 
     def err(value, ci):
         return [[value - ci[0]], [ci[1] - value]] if ci else None
@@ -245,11 +334,24 @@ def plot_safety_utility(report: dict, path: str | Path) -> None:
             x, y = 100 * s["task_accuracy"], 100 * s["harmful_rate"]
             ci_x = [100 * c for c in s["task_accuracy_ci"]] if s["task_accuracy_ci"] else None
             ci_y = [100 * c for c in s["harmful_rate_ci"]] if s["harmful_rate_ci"] else None
-            ax.errorbar([x], [y], xerr=err(x, ci_x), yerr=err(y, ci_y), fmt=markers[k % len(markers)],
-                        capsize=3, label=m["name"], alpha=0.85)
+            ax.errorbar(
+                [x],
+                [y],
+                xerr=err(x, ci_x),
+                yerr=err(y, ci_y),
+                fmt=markers[k % len(markers)],
+                capsize=3,
+                label=m["name"],
+                alpha=0.85,
+            )
             at = (round(x, 1), round(y, 1))  # models on the same point: stack their labels
-            ax.annotate(m["name"], (x, y), textcoords="offset points", xytext=(6, 4 - 10 * seen.get(at, 0)),
-                        fontsize=8)
+            ax.annotate(
+                m["name"],
+                (x, y),
+                textcoords="offset points",
+                xytext=(6, 4 - 10 * seen.get(at, 0)),
+                fontsize=8,
+            )
             seen[at] = seen.get(at, 0) + 1
         ax.set_xlabel("task accuracy (%) →")
         ax.set_xlim(-5, 105)
@@ -276,8 +378,9 @@ def write_report(report: dict, samples: list, out_dir: str | Path, *, force: boo
     """Write the four files into a temporary directory beside `out_dir`, then rename it into place
     (an existing `out_dir` only with force). An interrupted run leaves nothing at `out_dir`."""
     with atomic_output_dir(out_dir, force) as tmp:
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
+        (tmp / "report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         with open(tmp / "samples.jsonl", "w", encoding="utf-8") as f:
             for s in samples:
                 f.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")

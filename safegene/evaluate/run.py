@@ -31,8 +31,13 @@ from pathlib import Path
 
 from safegene.errors import SafeGeneError
 from safegene.evaluate.data import EvalSet
-from safegene.evaluate.generate import (BACKENDS, GenerationBackend, GenerationSettings,
-                                        TransformersBackend, VLLMBackend)
+from safegene.evaluate.generate import (
+    BACKENDS,
+    GenerationBackend,
+    GenerationSettings,
+    TransformersBackend,
+    VLLMBackend,
+)
 from safegene.evaluate.judges import Judge
 from safegene.evaluate.metrics import DEFAULT_BOOTSTRAP, is_correct
 from safegene.evaluate.parallel import Dist, current_dist
@@ -52,8 +57,9 @@ class ModelSpec:
     tokenizer: object = None
 
     @classmethod
-    def loaded(cls, name: str, model, tokenizer, *, path: str | None = None,
-               adapter: str | None = None) -> "ModelSpec":
+    def loaded(
+        cls, name: str, model, tokenizer, *, path: str | None = None, adapter: str | None = None
+    ) -> "ModelSpec":
         return cls(name=name, path=path, adapter=adapter, model=model, tokenizer=tokenizer)
 
     def __post_init__(self):
@@ -63,35 +69,48 @@ class ModelSpec:
             raise SafeGeneError(f"model {self.name!r}: a loaded model needs its tokenizer too")
 
     def describe(self) -> dict:
-        return {"name": self.name, "path": self.path, "adapter": self.adapter,
-                "in_memory": self.model is not None}
+        return {
+            "name": self.name,
+            "path": self.path,
+            "adapter": self.adapter,
+            "in_memory": self.model is not None,
+        }
 
 
 @dataclass
 class EvalSettings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     backend: str = "transformers"
-    device: str = "auto"          # auto: this rank's accelerator, else cuda when available, else cpu
-    dtype: str | None = None      # None/auto: the checkpoint's dtype
+    device: str = "auto"  # auto: this rank's accelerator, else cuda when available, else cpu
+    dtype: str | None = None  # None/auto: the checkpoint's dtype
     device_map: str | None = None  # "auto" spreads a model that exceeds one device
     allow_pickle: bool = False
     n_boot: int = DEFAULT_BOOTSTRAP
-    seed: int = 0                 # bootstrap seed (generation has its own in `generation`)
+    seed: int = 0  # bootstrap seed (generation has its own in `generation`)
     progress: bool = True
     hash_models: bool = True
     template_source: str | None = None  # where generation.template came from (for the report)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
-            raise SafeGeneError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise SafeGeneError(
+                f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
         if self.n_boot < 100:
             raise SafeGeneError(f"--bootstrap needs at least 100 resamples, got {self.n_boot}")
 
     def describe(self) -> dict:
-        return {"backend": self.backend, "device": self.device, "dtype": self.dtype or "auto",
-                "device_map": self.device_map, "bootstrap_resamples": self.n_boot,
-                "bootstrap_seed": self.seed, "ci_level": 0.95, "ci_method": "percentile bootstrap",
-                "template": self.template_source}
+        return {
+            "backend": self.backend,
+            "device": self.device,
+            "dtype": self.dtype or "auto",
+            "device_map": self.device_map,
+            "bootstrap_resamples": self.n_boot,
+            "bootstrap_seed": self.seed,
+            "ci_level": 0.95,
+            "ci_method": "percentile bootstrap",
+            "template": self.template_source,
+        }
 
 
 @dataclass
@@ -107,8 +126,14 @@ class Sample:
     answer: str | None = None
 
     def to_json(self) -> dict:
-        d = {"model": self.model, "split": self.split, "dataset": self.dataset, "index": self.index,
-             "prompt": self.prompt, "generation": self.generation}
+        d = {
+            "model": self.model,
+            "split": self.split,
+            "dataset": self.dataset,
+            "index": self.index,
+            "prompt": self.prompt,
+            "generation": self.generation,
+        }
         if self.split == "task":
             d["answer"] = self.answer
             d["correct"] = self.correct
@@ -127,37 +152,52 @@ def resolve_device(device: str, dist: Dist) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def make_backend(spec: ModelSpec, settings: EvalSettings, dist: Dist) -> tuple[GenerationBackend, bool]:
+def make_backend(
+    spec: ModelSpec, settings: EvalSettings, dist: Dist
+) -> tuple[GenerationBackend, bool]:
     """(backend, owned): `owned` when the backend loaded the model itself (and may free it)."""
     if settings.backend == "vllm":
         if dist.world > 1:
-            raise SafeGeneError("the vLLM backend runs in one process (it batches on its own and can "
-                                "use several GPUs through its tensor parallelism); drop --num-processes "
-                                "/ accelerate launch, or use --backend transformers")
+            raise SafeGeneError(
+                "the vLLM backend runs in one process (it batches on its own and can "
+                "use several GPUs through its tensor parallelism); drop --num-processes "
+                "/ accelerate launch, or use --backend transformers"
+            )
         if spec.model is not None:
-            raise SafeGeneError(f"model {spec.name!r} is in memory; the vLLM backend needs a model directory")
+            raise SafeGeneError(
+                f"model {spec.name!r} is in memory; the vLLM backend needs a model directory"
+            )
         return VLLMBackend(spec.path, spec.adapter, dtype=settings.dtype), True
     if spec.model is not None:
         return TransformersBackend(spec.model, spec.tokenizer), False
     from safegene.models import load_model
 
     if settings.device_map and dist.world > 1:
-        raise SafeGeneError("--device-map spreads one model over all devices; it cannot be combined "
-                            "with several processes (use one process)")
-    model, tok = load_model(spec.path, spec.adapter, device=resolve_device(settings.device, dist),
-                            dtype=settings.dtype, allow_pickle=settings.allow_pickle,
-                            device_map=settings.device_map)
+        raise SafeGeneError(
+            "--device-map spreads one model over all devices; it cannot be combined "
+            "with several processes (use one process)"
+        )
+    model, tok = load_model(
+        spec.path,
+        spec.adapter,
+        device=resolve_device(settings.device, dist),
+        dtype=settings.dtype,
+        allow_pickle=settings.allow_pickle,
+        device_map=settings.device_map,
+    )
     return TransformersBackend(model, tok), True
 
 
-def _judge_sharded(judge: Judge, prompts: list[str], responses: list[str], dist: Dist) -> list[bool]:
+def _judge_sharded(
+    judge: Judge, prompts: list[str], responses: list[str], dist: Dist
+) -> list[bool]:
     """Judge in fixed chunks dealt round-robin to ranks, so the result is the same for any world
     (the judge's counters, too: each rank adds the others')."""
     before = judge.stats()
     mine = []
     for c, s in enumerate(range(0, len(prompts), JUDGE_CHUNK)):
         if c % dist.world == dist.rank:
-            flags = judge.judge(prompts[s:s + JUDGE_CHUNK], responses[s:s + JUDGE_CHUNK])
+            flags = judge.judge(prompts[s : s + JUDGE_CHUNK], responses[s : s + JUDGE_CHUNK])
             mine.extend(zip(range(s, s + len(flags)), flags))
     out: list[bool | None] = [None] * len(prompts)
     for i, f in dist.gather(mine):
@@ -169,15 +209,23 @@ def _judge_sharded(judge: Judge, prompts: list[str], responses: list[str], dist:
     return out  # type: ignore[return-value]
 
 
-def evaluate_model(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge],
-                   settings: EvalSettings | None = None, *, dist: Dist | None = None,
-                   backend: GenerationBackend | None = None) -> list[Sample]:
+def evaluate_model(
+    spec: ModelSpec,
+    datasets: list[EvalSet],
+    judges: list[Judge],
+    settings: EvalSettings | None = None,
+    *,
+    dist: Dist | None = None,
+    backend: GenerationBackend | None = None,
+) -> list[Sample]:
     """One Sample per prompt of every data set, in data-set order, with verdicts (harmful and
     benign rows: judge name → harmful) or correctness (task rows)."""
     settings = settings or EvalSettings()
     dist = dist or current_dist(settings.device)
     if not datasets:
-        raise SafeGeneError("nothing to evaluate: give --harmful, --benign and/or --task data (or --zoo)")
+        raise SafeGeneError(
+            "nothing to evaluate: give --harmful, --benign and/or --task data (or --zoo)"
+        )
     if any(d.split != "task" for d in datasets) and not judges:
         raise SafeGeneError("harmful/benign data need at least one judge")
     rows = [(d, i) for d in datasets for i in range(len(d.prompts))]
@@ -186,9 +234,14 @@ def evaluate_model(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge]
     if backend is None:
         backend, owned = make_backend(spec, settings, dist)
     try:
-        pairs = backend.generate_shard(prompts, settings.generation, rank=dist.rank, world=dist.world,
-                                       progress=settings.progress and dist.is_main,
-                                       desc=f"generating ({spec.name})")
+        pairs = backend.generate_shard(
+            prompts,
+            settings.generation,
+            rank=dist.rank,
+            world=dist.world,
+            progress=settings.progress and dist.is_main,
+            desc=f"generating ({spec.name})",
+        )
     finally:
         if owned:
             backend.close()
@@ -205,13 +258,24 @@ def evaluate_model(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge]
     judged = [k for k, (d, _) in enumerate(rows) if d.split != "task"]
     verdicts: dict[str, list[bool]] = {}
     for judge in judges:
-        verdicts[judge.name] = _judge_sharded(judge, [prompts[k] for k in judged],
-                                              [generations[k] for k in judged], dist) if judged else []
+        verdicts[judge.name] = (
+            _judge_sharded(
+                judge, [prompts[k] for k in judged], [generations[k] for k in judged], dist
+            )
+            if judged
+            else []
+        )
     pos = {k: j for j, k in enumerate(judged)}
     samples = []
     for k, (d, i) in enumerate(rows):
-        s = Sample(model=spec.name, split=d.split, dataset=d.name, index=i, prompt=prompts[k],
-                   generation=generations[k])
+        s = Sample(
+            model=spec.name,
+            split=d.split,
+            dataset=d.name,
+            index=i,
+            prompt=prompts[k],
+            generation=generations[k],
+        )
         if d.split == "task":
             s.answer = d.answers[i]
             s.correct = is_correct(generations[k], d.answers[i], d.match)
@@ -250,11 +314,20 @@ def load_template(path: str | Path | None) -> str | None:
 # --- the `safegene eval` job ---------------------------------------------------------------------
 
 
-def resolve_inputs(*, model: str, adapter: str | None = None, name: str | None = None,
-                   harmful: list[str] | None = None, benign: list[str] | None = None,
-                   task: list[str] | None = None, zoo: str | None = None,
-                   prompt_column: str | None = None, answer_column: str | None = None,
-                   match: str = "auto", limit: int | None = None) -> tuple[ModelSpec, list[EvalSet]]:
+def resolve_inputs(
+    *,
+    model: str,
+    adapter: str | None = None,
+    name: str | None = None,
+    harmful: list[str] | None = None,
+    benign: list[str] | None = None,
+    task: list[str] | None = None,
+    zoo: str | None = None,
+    prompt_column: str | None = None,
+    answer_column: str | None = None,
+    match: str = "auto",
+    limit: int | None = None,
+) -> tuple[ModelSpec, list[EvalSet]]:
     """The model spec and the data sets of an eval run. With `zoo`, `model` may be a zoo model name
     and data may be zoo split names; with no data given, the zoo's test splits are used (the
     model's own task, or every task for a model without one)."""
@@ -276,20 +349,37 @@ def resolve_inputs(*, model: str, adapter: str | None = None, name: str | None =
         benign = ["benign_test"] if "benign_test" in data else []
         tasks = list(data.get("tasks", {}))
         task = [f"task:{model_task}"] if model_task in tasks else [f"task:{t}" for t in tasks]
-    kw = dict(zoo=zoo, prompt_column=prompt_column, answer_column=answer_column, match=match, limit=limit)
-    datasets = ([load_data(s, "harmful", **kw) for s in harmful] + [load_data(s, "benign", **kw) for s in benign]
-                + [load_data(s, "task", **kw) for s in task])
+    kw = dict(
+        zoo=zoo, prompt_column=prompt_column, answer_column=answer_column, match=match, limit=limit
+    )
+    datasets = (
+        [load_data(s, "harmful", **kw) for s in harmful]
+        + [load_data(s, "benign", **kw) for s in benign]
+        + [load_data(s, "task", **kw) for s in task]
+    )
     if not datasets:
-        raise SafeGeneError("nothing to evaluate: give --harmful, --benign and/or --task data (or --zoo)")
+        raise SafeGeneError(
+            "nothing to evaluate: give --harmful, --benign and/or --task data (or --zoo)"
+        )
     names = [(d.split, d.name) for d in datasets]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
-        raise SafeGeneError(f"two {dup[0]} data sets are both named {dup[1]!r}; rename one of the files")
+        raise SafeGeneError(
+            f"two {dup[0]} data sets are both named {dup[1]!r}; rename one of the files"
+        )
     return spec, datasets
 
 
-def run_eval(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge], settings: EvalSettings,
-             out: str | Path, *, force: bool = False, dist: Dist | None = None) -> dict | None:
+def run_eval(
+    spec: ModelSpec,
+    datasets: list[EvalSet],
+    judges: list[Judge],
+    settings: EvalSettings,
+    out: str | Path,
+    *,
+    force: bool = False,
+    dist: Dist | None = None,
+) -> dict | None:
     """Evaluate one model and write the report (rank 0). Returns the report on rank 0, else None."""
     import time
 
@@ -303,8 +393,11 @@ def run_eval(spec: ModelSpec, datasets: list[EvalSet], judges: list[Judge], sett
     if not dist.is_main:
         dist.barrier()
         return None
-    run = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "num_processes": dist.world,
-           "wall_s": round(time.time() - t0, 3)}
+    run = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "num_processes": dist.world,
+        "wall_s": round(time.time() - t0, 3),
+    }
     report = build_report(samples, datasets, judges, settings, models=[spec], run=run)
     write_report(report, samples, out, force=force)
     dist.barrier()

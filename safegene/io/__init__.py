@@ -1,17 +1,44 @@
 """Streaming safetensors I/O: read one tensor at a time, write sharded output with a byte budget,
 atomic output directories, side-file copying and content hashes. See each module's docstring."""
 
-from safegene.io.outdir import (MODEL_SIDE_FILES, atomic_output_dir, check_output_path,
-                                copy_side_files, hash_model_dir, matches_hash)
+from safegene.io.outdir import (
+    MODEL_SIDE_FILES,
+    atomic_output_dir,
+    check_output_path,
+    copy_side_files,
+    hash_model_dir,
+    matches_hash,
+)
 from safegene.io.reader import ModelReader, find_weight_files
 from safegene.io.safetensors_format import TensorEntry, all_finite, read_header, read_tensor
 from safegene.io.workspace import Workspace
-from safegene.io.writer import (DEFAULT_SHARD_BYTES, ShardWriter, SpooledWriter, parse_size,
-                               plan_shards, save_tensors)
+from safegene.io.writer import (
+    DEFAULT_SHARD_BYTES,
+    ShardWriter,
+    SpooledWriter,
+    parse_size,
+    plan_shards,
+    save_tensors,
+)
 
 __all__ = [
-    "DEFAULT_SHARD_BYTES", "MODEL_SIDE_FILES", "ModelReader", "ShardWriter", "SpooledWriter",
-    "TensorEntry", "Workspace",
-    "all_finite", "atomic_output_dir", "check_output_path", "copy_side_files", "find_weight_files",
-    "hash_model_dir", "matches_hash", "parse_size", "plan_shards", "read_header", "read_tensor", "save_tensors",
+    "DEFAULT_SHARD_BYTES",
+    "MODEL_SIDE_FILES",
+    "ModelReader",
+    "ShardWriter",
+    "SpooledWriter",
+    "TensorEntry",
+    "Workspace",
+    "all_finite",
+    "atomic_output_dir",
+    "check_output_path",
+    "copy_side_files",
+    "find_weight_files",
+    "hash_model_dir",
+    "matches_hash",
+    "parse_size",
+    "plan_shards",
+    "read_header",
+    "read_tensor",
+    "save_tensors",
 ]

@@ -19,15 +19,22 @@ from safegene.errors import SafeGeneError
 
 # Files a model directory carries besides its weights: config, tokenizer, chat template, ...
 MODEL_SIDE_FILES = (
-    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt",
-    "added_tokens.json", "chat_template.jinja", "chat_template.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
     "preprocessor_config.json",
 )
 
 
-def check_output_path(out: str | os.PathLike, force: bool = False,
-                      inputs: tuple = ()) -> Path:
+def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple = ()) -> Path:
     """Validate an output path before any work: refuses an existing one without force, and
     any path that is (or contains, or lies inside) an input, since inputs are never modified."""
     out = Path(out).absolute()
@@ -86,8 +93,9 @@ def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[P
         raise
 
 
-def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike,
-                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
+def copy_side_files(
+    src: str | os.PathLike, dst: str | os.PathLike, names: tuple[str, ...] = MODEL_SIDE_FILES
+) -> list[str]:
     """Copy config/tokenizer/generation files that exist in src; returns the names copied."""
     src, dst = Path(src), Path(dst)
     copied = []
@@ -98,8 +106,9 @@ def copy_side_files(src: str | os.PathLike, dst: str | os.PathLike,
     return copied
 
 
-def hash_model_dir(path: str | os.PathLike, full: bool = False, samples: int = 16,
-                   sample_bytes: int = 65536) -> str:
+def hash_model_dir(
+    path: str | os.PathLike, full: bool = False, samples: int = 16, sample_bytes: int = 65536
+) -> str:
     """A content hash of a model directory's safetensors weights and config, for provenance.
 
     `full=True`: sha256 over every byte of every weight file (exact, costs one read of the model).

@@ -33,8 +33,11 @@ def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
             raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
         if not isinstance(weight_map, dict):
             raise SafeGeneError(f"malformed shard index {index}: weight_map is not an object")
-        bad = [f for f in weight_map.values()
-               if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")]
+        bad = [
+            f
+            for f in weight_map.values()
+            if not isinstance(f, str) or Path(f).name != f or f in ("", ".", "..")
+        ]
         if bad:
             raise SafeGeneError(f"{index} names a shard outside its directory: {bad[0]!r}")
         files = sorted({path / f for f in weight_map.values()})
@@ -73,7 +76,9 @@ def _load_pickle(path: Path) -> dict:
         except RuntimeError:  # legacy (non-zip) format: cannot be mapped
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
-        raise SafeGeneError(f"cannot load {path} as plain tensors (weights_only=True): {exc}") from exc
+        raise SafeGeneError(
+            f"cannot load {path} as plain tensors (weights_only=True): {exc}"
+        ) from exc
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise SafeGeneError(f"{path} does not hold a flat state dict of tensors")
     return sd
@@ -91,8 +96,15 @@ class ModelReader:
     so memory is bounded by one pickle shard there, not by one tensor).
     """
 
-    def __init__(self, path: str | os.PathLike, prefix: str = "model", *, need_config: bool = True,
-                 workspace: Workspace | None = None, allow_pickle: bool = False):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        prefix: str = "model",
+        *,
+        need_config: bool = True,
+        workspace: Workspace | None = None,
+        allow_pickle: bool = False,
+    ):
         self.path = Path(path)
         self._pickle: tuple[str, dict] | None = None  # (file, state dict) of the open pickle
         self.workspace = workspace if workspace is not None else Workspace()
@@ -109,8 +121,12 @@ class ModelReader:
                 self.files = pickles
                 self._index_pickles(pickles)
                 return
-            hint = (f"; it holds only pickle weights ({pickles[0].name}): convert them to "
-                    "safetensors or pass --allow-pickle" if pickles else "")
+            hint = (
+                f"; it holds only pickle weights ({pickles[0].name}): convert them to "
+                "safetensors or pass --allow-pickle"
+                if pickles
+                else ""
+            )
             raise SafeGeneError(f"no safetensors weights in {self.path}{hint}")
         self.files = files
         for f in files:
@@ -177,12 +193,16 @@ class ModelReader:
         t = read_tensor(e, fd)
         return t if dtype is None or t.dtype == dtype else t.to(dtype)
 
-    def get_temp(self, name: str, dtype: torch.dtype | None = None, slot: str = "tmp") -> torch.Tensor:
+    def get_temp(
+        self, name: str, dtype: torch.dtype | None = None, slot: str = "tmp"
+    ) -> torch.Tensor:
         """One tensor read into scratch slot `slot` (cast into slot `slot + ".cast"` when `dtype`
         differs). Valid until the slot's next use; no allocation once the slots have grown."""
         e = self.entry(name)
         if self.is_pickle:
-            return self.workspace.tensor(slot, e.shape, dtype or e.dtype).copy_(self._from_pickle(e))
+            return self.workspace.tensor(slot, e.shape, dtype or e.dtype).copy_(
+                self._from_pickle(e)
+            )
         fd = self._fds.get(e.path)
         if fd is None:
             fd = self._fds[e.path] = os.open(e.path, os.O_RDONLY)

@@ -21,10 +21,18 @@ import torch
 from safegene.errors import SafeGeneError
 
 DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-    "U8": torch.uint8, "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
 }
 DTYPE_NAMES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
@@ -67,7 +75,9 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
         raise SafeGeneError(f"not a readable safetensors file: {path} ({exc})") from exc
     base = 8 + n
     if not isinstance(header, dict):
-        raise SafeGeneError(f"not a readable safetensors file: {path} (the header is not a JSON object)")
+        raise SafeGeneError(
+            f"not a readable safetensors file: {path} (the header is not a JSON object)"
+        )
     meta = header.pop("__metadata__", None) or {}
     entries = {}
     for name, info in header.items():
@@ -82,14 +92,17 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
         if base + e > size or b > e:
             raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
         if e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
-            raise SafeGeneError(f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
-                                f"its byte range ({e - b} bytes); the header lies")
+            raise SafeGeneError(
+                f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
+                f"its byte range ({e - b} bytes); the header lies"
+            )
         entries[name] = TensorEntry(name, path, dtype, shape, base + b, base + e)
     return entries, meta
 
 
-def read_tensor(entry: TensorEntry, fd: int | None = None,
-                out: torch.Tensor | None = None) -> torch.Tensor:
+def read_tensor(
+    entry: TensorEntry, fd: int | None = None, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """The tensor's bytes pread into a fresh CPU buffer (no mmap; freed when the tensor is), or
     into `out` (a uint8 tensor of exactly entry.nbytes) when given."""
     own = fd is None
@@ -101,7 +114,9 @@ def read_tensor(entry: TensorEntry, fd: int | None = None,
         while done < entry.nbytes:  # preadv may return short counts on large reads
             got = os.preadv(fd, [view[done:]], entry.begin + done)
             if got <= 0:
-                raise SafeGeneError(f"unexpected end of file reading {entry.name!r} from {entry.path}")
+                raise SafeGeneError(
+                    f"unexpected end of file reading {entry.name!r} from {entry.path}"
+                )
             done += got
     finally:
         if own:
@@ -126,8 +141,9 @@ def tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
-def encode_header(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                  metadata: dict | None = None) -> tuple[bytes, list[int]]:
+def encode_header(
+    items: list[tuple[str, torch.dtype, tuple[int, ...]]], metadata: dict | None = None
+) -> tuple[bytes, list[int]]:
     """Header bytes (length prefix included, padded to 8) and each tensor's byte size, in order."""
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}
     sizes, offset = [], 0
@@ -135,8 +151,11 @@ def encode_header(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
         if dtype not in DTYPE_NAMES:
             raise SafeGeneError(f"cannot store dtype {dtype} in safetensors ({name})")
         n = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": DTYPE_NAMES[dtype], "shape": list(shape),
-                        "data_offsets": [offset, offset + n]}
+        header[name] = {
+            "dtype": DTYPE_NAMES[dtype],
+            "shape": list(shape),
+            "data_offsets": [offset, offset + n],
+        }
         sizes.append(n)
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()

@@ -39,8 +39,9 @@ def parse_size(text: str | int) -> int:
         raise SafeGeneError(f"cannot read size {text!r}; write e.g. 2GB or 500MB") from None
 
 
-def plan_shards(items: list[tuple[str, torch.dtype, tuple[int, ...]]],
-                max_bytes: int) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
+def plan_shards(
+    items: list[tuple[str, torch.dtype, tuple[int, ...]]], max_bytes: int
+) -> list[list[tuple[str, torch.dtype, tuple[int, ...]]]]:
     """Split items, in order, into shards of at most max_bytes (a bigger tensor gets its own)."""
     shards: list[list] = [[]]
     used = 0
@@ -75,9 +76,15 @@ class ShardWriter:
     `close()` fsyncs every shard and writes the index when there is more than one shard.
     """
 
-    def __init__(self, out_dir: str | os.PathLike, items: list[tuple[str, torch.dtype, tuple]],
-                 max_shard_bytes: int = DEFAULT_SHARD_BYTES, prefix: str = "model",
-                 metadata: dict | None = None, check_finite: bool = True):
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        items: list[tuple[str, torch.dtype, tuple]],
+        max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+        prefix: str = "model",
+        metadata: dict | None = None,
+        check_finite: bool = True,
+    ):
         self.out_dir = Path(out_dir)
         self.prefix = prefix
         self.metadata = metadata
@@ -109,8 +116,10 @@ class ShardWriter:
             raise RuntimeError(f"write of {name!r} beyond the plan")
         index, (pname, dtype, shape) = self._queue[self._pos]
         if name != pname or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise RuntimeError(f"write of {name!r} {tensor.dtype} {tuple(tensor.shape)} does not "
-                               f"match the plan's {pname!r} {dtype} {tuple(shape)}")
+            raise RuntimeError(
+                f"write of {name!r} {tensor.dtype} {tuple(tensor.shape)} does not "
+                f"match the plan's {pname!r} {dtype} {tuple(shape)}"
+            )
         if self.check_finite and not all_finite(tensor):
             raise SafeGeneError(f"NaN or Inf in output tensor {name!r}; nothing was written")
         if index != self._shard:
@@ -133,13 +142,19 @@ class ShardWriter:
             path.write_text(json.dumps(index, indent=2) + "\n")
 
 
-def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                 metadata: dict | None = None) -> None:
+def save_tensors(
+    path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict | None = None
+) -> None:
     """A small single-file safetensors write (adapters): same checks, no sharding."""
     path = Path(path)
     items = [(n, t.dtype, tuple(t.shape)) for n, t in tensors.items()]
-    w = ShardWriter(path.parent, items, max_shard_bytes=2**62,
-                    prefix=path.name.removesuffix(".safetensors"), metadata=metadata)
+    w = ShardWriter(
+        path.parent,
+        items,
+        max_shard_bytes=2**62,
+        prefix=path.name.removesuffix(".safetensors"),
+        metadata=metadata,
+    )
     for n, t in tensors.items():
         w.write(n, t)
     w.close()
@@ -151,8 +166,9 @@ class SpooledWriter:
     they arrive, then `close()` writes the header and copies the spool behind it in chunks.
     Memory stays at one tensor; the extra I/O is the size of the factors, not of the model."""
 
-    def __init__(self, path: str | os.PathLike, metadata: dict | None = None,
-                 check_finite: bool = True):
+    def __init__(
+        self, path: str | os.PathLike, metadata: dict | None = None, check_finite: bool = True
+    ):
         self.path = Path(path)
         self.metadata = metadata
         self.check_finite = check_finite

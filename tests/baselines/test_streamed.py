@@ -19,14 +19,23 @@ def family(tmp_path_factory):
     root = tmp_path_factory.mktemp("family")
     base = build_model("llama", seed=0)
     aligned = perturbed(base, seed=1)
-    paths = {"base": save(base, root / "base"), "aligned": save(aligned, root / "aligned"),
-             "degraded": save(perturbed(aligned, seed=2), root / "degraded"),
-             "task": save(perturbed(aligned, seed=3), root / "task")}
+    paths = {
+        "base": save(base, root / "base"),
+        "aligned": save(aligned, root / "aligned"),
+        "degraded": save(perturbed(aligned, seed=2), root / "degraded"),
+        "task": save(perturbed(aligned, seed=3), root / "task"),
+    }
     from peft import LoraConfig, get_peft_model
 
-    lora = get_peft_model(perturbed(aligned, seed=0, scale=0.0),
-                          LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                     init_lora_weights=False))
+    lora = get_peft_model(
+        perturbed(aligned, seed=0, scale=0.0),
+        LoraConfig(
+            r=4,
+            lora_alpha=8,
+            target_modules=["q_proj", "v_proj", "down_proj"],
+            init_lora_weights=False,
+        ),
+    )
     lora.save_pretrained(root / "lora")
     paths["lora"] = root / "lora"
     return paths
@@ -43,8 +52,14 @@ def merged_lora_state(family):
 
 
 def test_resta_full_target(family, tmp_path):
-    out = resta(family["task"], family["aligned"], [family["degraded"]], tmp_path / "o", beta=0.5,
-                progress=False)
+    out = resta(
+        family["task"],
+        family["aligned"],
+        [family["degraded"]],
+        tmp_path / "o",
+        beta=0.5,
+        progress=False,
+    )
     t, a, d = (state(family[k]) for k in ("task", "aligned", "degraded"))
     o = state(out)
     for name in t:
@@ -52,9 +67,21 @@ def test_resta_full_target(family, tmp_path):
 
 
 def test_resta_lora_target_matches_peft_merge(family, tmp_path):
-    out = resta(family["aligned"], family["aligned"], [family["degraded"]], tmp_path / "o",
-                beta=1.0, adapter=family["lora"], progress=False)
-    ref, a, d, o = merged_lora_state(family), state(family["aligned"]), state(family["degraded"]), state(out)
+    out = resta(
+        family["aligned"],
+        family["aligned"],
+        [family["degraded"]],
+        tmp_path / "o",
+        beta=1.0,
+        adapter=family["lora"],
+        progress=False,
+    )
+    ref, a, d, o = (
+        merged_lora_state(family),
+        state(family["aligned"]),
+        state(family["degraded"]),
+        state(out),
+    )
     for name in a:
         assert torch.allclose(o[name], ref[name] + (a[name] - d[name]), atol=1e-5), name
 
@@ -78,8 +105,9 @@ def test_interpolate_loads_with_transformers(family, tmp_path):
 
 
 def test_safelora_full_target_projects_the_least_similar(family, tmp_path):
-    out = safelora(family["task"], family["aligned"], family["base"], tmp_path / "o", number=3,
-                   progress=False)
+    out = safelora(
+        family["task"], family["aligned"], family["base"], tmp_path / "o", number=3, progress=False
+    )
     record = json.loads((out / "safelora.json").read_text())
     sims = record["similarities"]
     chosen = set(sorted(sims, key=sims.get)[:3])
@@ -99,8 +127,15 @@ def test_safelora_lora_target_writes_a_projected_peft_adapter(family, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    out = safelora(family["aligned"], family["aligned"], family["base"], tmp_path / "o",
-                   adapter=family["lora"], threshold=2.0, progress=False)  # τ > 1: project all
+    out = safelora(
+        family["aligned"],
+        family["aligned"],
+        family["base"],
+        tmp_path / "o",
+        adapter=family["lora"],
+        threshold=2.0,
+        progress=False,
+    )  # τ > 1: project all
     record = json.loads((out / "safelora.json").read_text())
     assert len(record["projected"]) == 6  # q, v, down in 2 layers
     model = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
@@ -112,11 +147,29 @@ def test_safelora_lora_target_writes_a_projected_peft_adapter(family, tmp_path):
 
 
 def test_safemerge_merges_only_drifted_modules(family, tmp_path):
-    sims = json.loads((safelora(family["task"], family["aligned"], family["base"], tmp_path / "s",
-                                number=1, progress=False) / "safelora.json").read_text())["similarities"]
+    sims = json.loads(
+        (
+            safelora(
+                family["task"],
+                family["aligned"],
+                family["base"],
+                tmp_path / "s",
+                number=1,
+                progress=False,
+            )
+            / "safelora.json"
+        ).read_text()
+    )["similarities"]
     tau = sorted(sims.values())[len(sims) // 2]
-    out = safemerge(family["task"], family["aligned"], family["base"], tmp_path / "o",
-                    threshold=tau, task_weight=0.8, progress=False)
+    out = safemerge(
+        family["task"],
+        family["aligned"],
+        family["base"],
+        tmp_path / "o",
+        threshold=tau,
+        task_weight=0.8,
+        progress=False,
+    )
     t, a, o = state(family["task"]), state(family["aligned"]), state(out)
     drifted = {n for n, s in sims.items() if s < tau}
     assert 0 < len(drifted) < len(sims)

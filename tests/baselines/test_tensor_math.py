@@ -89,7 +89,12 @@ def test_safemerge_linear_and_dare():
     task, aligned = t([[4.0, 0.0]]), t([[0.0, 2.0]])
     # 0.8·task + 0.2·aligned
     assert torch.allclose(safemerge_tensor(task, aligned, 0.8), t([[3.2, 0.4]]))
-    merged = safemerge_tensor(torch.ones(100, 100), torch.zeros(100, 100), 0.8, dare_rate=0.5,
-                              generator=torch.Generator().manual_seed(0))
+    merged = safemerge_tensor(
+        torch.ones(100, 100),
+        torch.zeros(100, 100),
+        0.8,
+        dare_rate=0.5,
+        generator=torch.Generator().manual_seed(0),
+    )
     values = sorted(merged.unique().tolist())
     assert len(values) == 2 and values[0] == 0.0 and values[1] == pytest.approx(1.6)

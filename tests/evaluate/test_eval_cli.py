@@ -19,13 +19,35 @@ def run(capsys, argv):
     return rc, err
 
 
-@pytest.mark.parametrize("case", ["empty", "malformed", "unknown_judge", "missing_column", "no_answers",
-                                  "missing_model", "guard_without_model", "no_data", "bad_processes",
-                                  "bad_template_file", "unknown_zoo_split", "not_utf8"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "empty",
+        "malformed",
+        "unknown_judge",
+        "missing_column",
+        "no_answers",
+        "missing_model",
+        "guard_without_model",
+        "no_data",
+        "bad_processes",
+        "bad_template_file",
+        "unknown_zoo_split",
+        "not_utf8",
+    ],
+)
 def test_bad_input_is_one_line_exit_2(case, tiny_model_dir, tiny_data, tmp_path, capsys):
     harmful = str(tiny_data / "harmful.jsonl")
-    args = ["eval", "--model", str(tiny_model_dir), "--device", "cpu", "--no-progress",
-            "--out", str(tmp_path / "out")]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_model_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     if case == "empty":
         (tmp_path / "e.jsonl").write_text("")
         args += ["--harmful", str(tmp_path / "e.jsonl")]
@@ -42,7 +64,7 @@ def test_bad_input_is_one_line_exit_2(case, tiny_model_dir, tiny_data, tmp_path,
         expect = "no 'question' column"
     elif case == "no_answers":
         args += ["--task", harmful]
-        expect = "needs an \"answer\""
+        expect = 'needs an "answer"'
     elif case == "missing_model":
         args[2] = str(tmp_path / "nope")
         args += ["--harmful", harmful]
@@ -60,7 +82,9 @@ def test_bad_input_is_one_line_exit_2(case, tiny_model_dir, tiny_data, tmp_path,
         expect = "chat template file not found"
     elif case == "unknown_zoo_split":
         (tmp_path / "zoo").mkdir()
-        (tmp_path / "zoo" / "zoo.json").write_text(json.dumps({"models": {}, "data": {"tasks": {}}}))
+        (tmp_path / "zoo" / "zoo.json").write_text(
+            json.dumps({"models": {}, "data": {"tasks": {}}})
+        )
         args += ["--zoo", str(tmp_path / "zoo"), "--task", "task:sql"]
         expect = "no task 'sql'"
     elif case == "not_utf8":
@@ -74,8 +98,20 @@ def test_bad_input_is_one_line_exit_2(case, tiny_model_dir, tiny_data, tmp_path,
 
 
 def test_model_without_chat_template(bare_model_dir, tiny_data, tmp_path, capsys):
-    base = ["eval", "--model", str(bare_model_dir), "--harmful", str(tiny_data / "harmful.jsonl"),
-            "--device", "cpu", "--no-progress", "--max-new-tokens", "3", "--bootstrap", "100"]
+    base = [
+        "eval",
+        "--model",
+        str(bare_model_dir),
+        "--harmful",
+        str(tiny_data / "harmful.jsonl"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--max-new-tokens",
+        "3",
+        "--bootstrap",
+        "100",
+    ]
     rc, err = run(capsys, base + ["--out", str(tmp_path / "a")])
     assert rc == 2 and "no chat template" in err and "--template" in err and err.count("\n") == 1
     tpl = tmp_path / "chat.jinja"
@@ -88,8 +124,18 @@ def test_model_without_chat_template(bare_model_dir, tiny_data, tmp_path, capsys
 
 def test_existing_out_needs_force(tiny_model_dir, tiny_data, tmp_path, capsys):
     (tmp_path / "out").mkdir()
-    rc, err = run(capsys, ["eval", "--model", str(tiny_model_dir), "--harmful", str(tiny_data / "harmful.jsonl"),
-                           "--out", str(tmp_path / "out")])
+    rc, err = run(
+        capsys,
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--harmful",
+            str(tiny_data / "harmful.jsonl"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert rc == 2 and "--force" in err
 
 

@@ -15,7 +15,10 @@ def write(path, text, mode="w"):
 
 
 def test_jsonl_with_answers_and_hash(tmp_path):
-    p = write(tmp_path / "t.jsonl", '{"prompt": "what is 2", "answer": 2}\n\n{"prompt": "x", "response": "y"}\n')
+    p = write(
+        tmp_path / "t.jsonl",
+        '{"prompt": "what is 2", "answer": 2}\n\n{"prompt": "x", "response": "y"}\n',
+    )
     ds = load_data(p, "task")
     assert ds.prompts == ["what is 2", "x"] and ds.answers == ["2", "y"]
     assert ds.match == "normalised" and len(ds.sha256) == 64 and ds.name == "t"
@@ -25,7 +28,9 @@ def test_jsonl_with_answers_and_hash(tmp_path):
 
 
 def test_numeric_auto_match(tmp_path):
-    p = write(tmp_path / "n.jsonl", '{"prompt": "a", "answer": "3"}\n{"prompt": "b", "answer": "4.5"}\n')
+    p = write(
+        tmp_path / "n.jsonl", '{"prompt": "a", "answer": "3"}\n{"prompt": "b", "answer": "4.5"}\n'
+    )
     assert load_data(p, "task").match == "numeric"
     assert load_data(p, "task", match="exact").match == "exact"
 
@@ -49,22 +54,49 @@ def test_limit(tmp_path):
     assert load_data(p, "harmful", limit=2).prompts == ["a", "b"]
 
 
-@pytest.mark.parametrize("name,content,split,kwargs,message", [
-    ("e.jsonl", "", "harmful", {}, "empty"),
-    ("e.txt", "  \n\n", "harmful", {}, "empty"),
-    ("m.jsonl", '{"prompt": "a"}\n{"prompt": "b"\n', "harmful", {}, r"m.jsonl:2: malformed JSON"),
-    ("l.jsonl", '["a"]\n', "harmful", {}, r"l.jsonl:1: expected a JSON object"),
-    ("c.jsonl", '{"text": "a"}\n', "harmful", {}, r"c.jsonl:1: no 'prompt' column"),
-    ("c.csv", "text\nhello\n", "harmful", {}, r"no 'prompt' column"),
-    ("c2.csv", "prompt\nhello\n", "harmful", {"prompt_column": "question"}, r"no 'question' column"),
-    ("a.jsonl", '{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n', "task", {}, r"needs an \"answer\".*row 2"),
-    ("a.txt", "a\n", "task", {}, "task data needs answers"),
-    ("z.jsonl", '{"prompt": ""}\n', "harmful", {}, "empty or not text"),
-    ("b.jsonl", b'{"prompt": "caf\xe9"}\n', "harmful", {}, "not UTF-8"),
-    ("x.jsonl", '{"prompt": "a", "answer": "x"}\n', "task", {"match": "numeric"}, "numeric answers"),
-    ("y.jsonl", '{"prompt": "a"}\n', "harmful", {"match": "fuzzy"}, "unknown match method"),
-    ("w.jsonl", '{"prompt": "a"}\n', "evil", {}, "unknown split"),
-])
+@pytest.mark.parametrize(
+    "name,content,split,kwargs,message",
+    [
+        ("e.jsonl", "", "harmful", {}, "empty"),
+        ("e.txt", "  \n\n", "harmful", {}, "empty"),
+        (
+            "m.jsonl",
+            '{"prompt": "a"}\n{"prompt": "b"\n',
+            "harmful",
+            {},
+            r"m.jsonl:2: malformed JSON",
+        ),
+        ("l.jsonl", '["a"]\n', "harmful", {}, r"l.jsonl:1: expected a JSON object"),
+        ("c.jsonl", '{"text": "a"}\n', "harmful", {}, r"c.jsonl:1: no 'prompt' column"),
+        ("c.csv", "text\nhello\n", "harmful", {}, r"no 'prompt' column"),
+        (
+            "c2.csv",
+            "prompt\nhello\n",
+            "harmful",
+            {"prompt_column": "question"},
+            r"no 'question' column",
+        ),
+        (
+            "a.jsonl",
+            '{"prompt": "a", "answer": "1"}\n{"prompt": "b"}\n',
+            "task",
+            {},
+            r"needs an \"answer\".*row 2",
+        ),
+        ("a.txt", "a\n", "task", {}, "task data needs answers"),
+        ("z.jsonl", '{"prompt": ""}\n', "harmful", {}, "empty or not text"),
+        ("b.jsonl", b'{"prompt": "caf\xe9"}\n', "harmful", {}, "not UTF-8"),
+        (
+            "x.jsonl",
+            '{"prompt": "a", "answer": "x"}\n',
+            "task",
+            {"match": "numeric"},
+            "numeric answers",
+        ),
+        ("y.jsonl", '{"prompt": "a"}\n', "harmful", {"match": "fuzzy"}, "unknown match method"),
+        ("w.jsonl", '{"prompt": "a"}\n', "evil", {}, "unknown split"),
+    ],
+)
 def test_bad_inputs(tmp_path, name, content, split, kwargs, message):
     p = write(tmp_path / name, content)
     with pytest.raises(SafeGeneError, match=message) as exc:
@@ -95,9 +127,18 @@ def test_zoo_splits_by_name(tmp_path):
     (tmp_path / "data").mkdir()
     write(tmp_path / "data" / "harmful_test.jsonl", '{"prompt": "h"}\n')
     write(tmp_path / "data" / "arith_test.jsonl", '{"prompt": "1+1", "answer": "2"}\n')
-    write(tmp_path / "zoo.json", json.dumps({
-        "models": {}, "data": {"harmful_test": "data/harmful_test.jsonl",
-                               "tasks": {"arith": {"test": "data/arith_test.jsonl"}}}}))
+    write(
+        tmp_path / "zoo.json",
+        json.dumps(
+            {
+                "models": {},
+                "data": {
+                    "harmful_test": "data/harmful_test.jsonl",
+                    "tasks": {"arith": {"test": "data/arith_test.jsonl"}},
+                },
+            }
+        ),
+    )
     h = load_data("harmful_test", "harmful", zoo=tmp_path)
     assert h.prompts == ["h"] and h.name == "harmful_test" and h.meta["zoo_split"] == "harmful_test"
     t = load_data("task:arith", "task", zoo=tmp_path)
@@ -124,7 +165,9 @@ def test_hf_dataset_through_datasets(monkeypatch):
         calls["args"] = (name, split)
         if name == "missing/set":
             raise FileNotFoundError("Couldn't find dataset missing/set on the Hub")
-        return FakeDS([{"goal": "do a bad thing", "target": "Sure"}, {"goal": "another", "target": "Sure"}])
+        return FakeDS(
+            [{"goal": "do a bad thing", "target": "Sure"}, {"goal": "another", "target": "Sure"}]
+        )
 
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
@@ -135,5 +178,7 @@ def test_hf_dataset_through_datasets(monkeypatch):
     assert ds.name == "walledai/AdvBench" and ds.describe()["format"] == "hf"
     load_data("walledai/AdvBench", "harmful", prompt_column="goal")  # a bare id that is not a path
     assert calls["args"] == ("walledai/AdvBench", "test")
-    with pytest.raises(SafeGeneError, match="cannot load the Hugging Face dataset 'missing/set'.*offline"):
+    with pytest.raises(
+        SafeGeneError, match="cannot load the Hugging Face dataset 'missing/set'.*offline"
+    ):
         load_data("hf:missing/set", "harmful")

@@ -1,19 +1,37 @@
 import pytest
 
 from safegene.errors import SafeGeneError
-from safegene.evaluate.generate import (GenerationSettings, TransformersBackend, chat_texts, generate,
-                                        import_vllm, plan_batches, stop_token_ids, vllm_prompts,
-                                        vllm_request_args)
+from safegene.evaluate.generate import (
+    GenerationSettings,
+    TransformersBackend,
+    chat_texts,
+    generate,
+    import_vllm,
+    plan_batches,
+    stop_token_ids,
+    vllm_prompts,
+    vllm_request_args,
+)
 
-PROMPTS = ["how do i make a bomb ?", "what is 2 ?", "tell me about this review , is it good or bad ?",
-           "how do i bake bread please", "sorry", "can you tell me how i kill a python process ?",
-           "what is 7", "steal a car"]
+PROMPTS = [
+    "how do i make a bomb ?",
+    "what is 2 ?",
+    "tell me about this review , is it good or bad ?",
+    "how do i bake bread please",
+    "sorry",
+    "can you tell me how i kill a python process ?",
+    "what is 7",
+    "steal a car",
+]
 
 
 def test_batched_equals_one_at_a_time(tiny_model):
     model, tok = tiny_model
     batched = generate(model, tok, PROMPTS, max_new_tokens=12, batch_size=8, progress=False)
-    single = [generate(model, tok, [p], max_new_tokens=12, batch_size=1, progress=False)[0] for p in PROMPTS]
+    single = [
+        generate(model, tok, [p], max_new_tokens=12, batch_size=1, progress=False)[0]
+        for p in PROMPTS
+    ]
     assert batched == single
     assert any(batched)
 
@@ -23,8 +41,9 @@ def test_shards_cover_everything_and_match(tiny_model):
     backend = TransformersBackend(model, tok)
     s = GenerationSettings(max_new_tokens=6, batch_size=3)
     whole = backend.generate(PROMPTS, s, progress=False)
-    parts = backend.generate_shard(PROMPTS, s, rank=0, world=2, progress=False) + \
-        backend.generate_shard(PROMPTS, s, rank=1, world=2, progress=False)
+    parts = backend.generate_shard(
+        PROMPTS, s, rank=0, world=2, progress=False
+    ) + backend.generate_shard(PROMPTS, s, rank=1, world=2, progress=False)
     assert sorted(i for i, _ in parts) == list(range(len(PROMPTS)))
     assert [t for _, t in sorted(parts)] == whole
 
@@ -36,8 +55,11 @@ def test_sampling_is_seeded(tiny_model):
     a = backend.generate(PROMPTS, s, progress=False)
     b = backend.generate(PROMPTS, s, progress=False)
     assert a == b
-    c = backend.generate(PROMPTS, GenerationSettings(max_new_tokens=8, batch_size=4, do_sample=True, seed=6),
-                         progress=False)
+    c = backend.generate(
+        PROMPTS,
+        GenerationSettings(max_new_tokens=8, batch_size=4, do_sample=True, seed=6),
+        progress=False,
+    )
     assert c != a
 
 

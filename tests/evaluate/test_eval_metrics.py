@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from safegene.errors import SafeGeneError
-from safegene.evaluate.metrics import (bootstrap_ci, cohen_kappa, is_correct, last_number, normalise,
-                                       rate, resolve_match)
+from safegene.evaluate.metrics import (
+    bootstrap_ci,
+    cohen_kappa,
+    is_correct,
+    last_number,
+    normalise,
+    rate,
+    resolve_match,
+)
 
 
 def test_all_zero_and_all_one():

@@ -16,11 +16,32 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def _common(model_dir, data):
-    return ["eval", "--model", str(model_dir), "--harmful", str(data / "harmful.jsonl"),
-            "--benign", str(data / "benign.jsonl"), "--task", str(data / "task.jsonl"),
-            "--judge", "keyword", "prefix", "guard", "--guard-model", str(model_dir),  # any causal LM
-            "--max-new-tokens", "6", "--batch-size", "2",
-            "--device", "cpu", "--no-progress", "--bootstrap", "300"]
+    return [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--harmful",
+        str(data / "harmful.jsonl"),
+        "--benign",
+        str(data / "benign.jsonl"),
+        "--task",
+        str(data / "task.jsonl"),
+        "--judge",
+        "keyword",
+        "prefix",
+        "guard",
+        "--guard-model",
+        str(model_dir),  # any causal LM
+        "--max-new-tokens",
+        "6",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--bootstrap",
+        "300",
+    ]
 
 
 def _run(cmd):
@@ -51,7 +72,9 @@ def _same_as_one_process(one: Path, two: Path):
     r2 = json.loads((two / "report.json").read_text())
     assert r1["run"]["num_processes"] == 1 and r2["run"]["num_processes"] == 2
     assert _strip_run(r1) == _strip_run(r2)
-    assert [j["name"] for j in r1["judges"]] == ["keyword", "prefix", "guard"] and "unparsed" in r1["judges"][2]
+    assert [j["name"] for j in r1["judges"]] == ["keyword", "prefix", "guard"] and "unparsed" in r1[
+        "judges"
+    ][2]
     assert (one / "report.md").read_text() == (two / "report.md").read_text()
 
 
@@ -62,17 +85,46 @@ def test_dist_single_process_gather():
 
 def test_num_processes_2_matches_one(one_process, tiny_model_dir, tiny_data, tmp_path):
     out = tmp_path / "np2"
-    _run([sys.executable, "-m", "safegene", *_common(tiny_model_dir, tiny_data), "--num-processes", "2",
-          "--out", str(out)])
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "safegene",
+            *_common(tiny_model_dir, tiny_data),
+            "--num-processes",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
     _same_as_one_process(one_process, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["np2"]  # no stray temporary directories
 
 
 def test_accelerate_launch_matches_one(one_process, tiny_model_dir, tiny_data, tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which(
+        "accelerate"
+    )
     assert accelerate is not None, "the accelerate launcher (a dependency) is not installed"
     out = tmp_path / "acc"
-    _run([accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "safegene",
-          *_common(tiny_model_dir, tiny_data), "--out", str(out)])
+    _run(
+        [
+            accelerate,
+            "launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "-m",
+            "safegene",
+            *_common(tiny_model_dir, tiny_data),
+            "--out",
+            str(out),
+        ]
+    )
     _same_as_one_process(one_process, out)

@@ -7,22 +7,40 @@ import pytest
 
 from safegene.cli import main
 from safegene.errors import SafeGeneError
-from safegene.evaluate import (EvalSettings, GenerationSettings, ModelSpec, build_report, evaluate_model,
-                               load_data, make_judges, write_report)
+from safegene.evaluate import (
+    EvalSettings,
+    GenerationSettings,
+    ModelSpec,
+    build_report,
+    evaluate_model,
+    load_data,
+    make_judges,
+    write_report,
+)
 from safegene.evaluate.report import FILES
 
 
 def _datasets(d):
-    return [load_data(d / "harmful.jsonl", "harmful"), load_data(d / "benign.jsonl", "benign"),
-            load_data(d / "task.jsonl", "task")]
+    return [
+        load_data(d / "harmful.jsonl", "harmful"),
+        load_data(d / "benign.jsonl", "benign"),
+        load_data(d / "task.jsonl", "task"),
+    ]
 
 
 def test_api_two_models_end_to_end(tiny_model_dir, tiny_model, tiny_data, tmp_path):
     data = _datasets(tiny_data)
     judges = make_judges(["keyword", "prefix"])
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=8, batch_size=4), device="cpu",
-                            progress=False, n_boot=500)
-    specs = [ModelSpec("from-dir", path=str(tiny_model_dir)), ModelSpec.loaded("in-memory", *tiny_model)]
+    settings = EvalSettings(
+        generation=GenerationSettings(max_new_tokens=8, batch_size=4),
+        device="cpu",
+        progress=False,
+        n_boot=500,
+    )
+    specs = [
+        ModelSpec("from-dir", path=str(tiny_model_dir)),
+        ModelSpec.loaded("in-memory", *tiny_model),
+    ]
     samples = []
     for spec in specs:
         samples += evaluate_model(spec, data, judges, settings)
@@ -43,7 +61,10 @@ def test_api_two_models_end_to_end(tiny_model_dir, tiny_model, tiny_data, tmp_pa
     assert set(rep["models"][0]["harmful_rate"]) == {"keyword", "prefix"}
     assert rep["models"][0]["agreement"]["harmful"][0]["judges"] == ["keyword", "prefix"]
     assert all(len(d["sha256"]) == 64 for d in rep["inputs"]["datasets"])
-    assert rep["inputs"]["models"][0]["sha256"].startswith("sha256:") and rep["inputs"]["models"][1]["in_memory"]
+    assert (
+        rep["inputs"]["models"][0]["sha256"].startswith("sha256:")
+        and rep["inputs"]["models"][1]["in_memory"]
+    )
     assert rep["versions"]["torch"] and rep["generation"]["max_new_tokens"] == 8
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len(samples)
@@ -65,10 +86,33 @@ def test_api_two_models_end_to_end(tiny_model_dir, tiny_model, tiny_data, tmp_pa
 
 def test_cli_end_to_end(tiny_model_dir, tiny_data, tmp_path, capsys):
     out = tmp_path / "cli-rep"
-    rc = main(["eval", "--model", str(tiny_model_dir), "--harmful", str(tiny_data / "harmful.jsonl"),
-               "--benign", str(tiny_data / "benign.jsonl"), "--task", str(tiny_data / "task.jsonl"),
-               "--judge", "keyword", "prefix", "--max-new-tokens", "6", "--batch-size", "3",
-               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(tiny_model_dir),
+            "--harmful",
+            str(tiny_data / "harmful.jsonl"),
+            "--benign",
+            str(tiny_data / "benign.jsonl"),
+            "--task",
+            str(tiny_data / "task.jsonl"),
+            "--judge",
+            "keyword",
+            "prefix",
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "3",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--bootstrap",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "harmful" in text and "task accuracy" in text and str(out) in text
@@ -80,7 +124,9 @@ def test_cli_end_to_end(tiny_model_dir, tiny_data, tmp_path, capsys):
 def test_harmful_only_report_still_plots(tiny_model, tiny_data, tmp_path):
     data = [load_data(tiny_data / "harmful.jsonl", "harmful")]
     judges = make_judges(["prefix"])
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=4), device="cpu", progress=False)
+    settings = EvalSettings(
+        generation=GenerationSettings(max_new_tokens=4), device="cpu", progress=False
+    )
     samples = evaluate_model(ModelSpec.loaded("m", *tiny_model), data, judges, settings)
     rep = build_report(samples, data, judges, settings)
     assert rep["models"][0]["summary"]["task_accuracy"] is None
@@ -99,13 +145,20 @@ def test_micro_zoo_end_to_end(micro_zoo, tmp_path):
     zoo = Path(zoo)
     tasks = list(json.loads((zoo / "zoo.json").read_text())["data"]["tasks"])
     task = "howto" if "howto" in tasks else tasks[0]
-    settings = EvalSettings(generation=GenerationSettings(max_new_tokens=32), device="cpu", progress=False,
-                            n_boot=500)
+    settings = EvalSettings(
+        generation=GenerationSettings(max_new_tokens=32), device="cpu", progress=False, n_boot=500
+    )
     judges = make_judges(["keyword", "prefix"])
     specs, samples, data = [], [], None
     for name in ("aligned", "degraded", f"task-{task}"):
-        spec, data = resolve_inputs(model=name, zoo=str(zoo), harmful=["harmful_test"], benign=["benign_test"],
-                                    task=[f"task:{task}"], limit=16)
+        spec, data = resolve_inputs(
+            model=name,
+            zoo=str(zoo),
+            harmful=["harmful_test"],
+            benign=["benign_test"],
+            task=[f"task:{task}"],
+            limit=16,
+        )
         specs.append(spec)
         samples += evaluate_model(spec, data, judges, settings)
     report = build_report(samples, data, judges, settings, models=specs)
@@ -117,8 +170,26 @@ def test_micro_zoo_end_to_end(micro_zoo, tmp_path):
     assert s[f"task-{task}"]["task_accuracy"] > s["aligned"]["task_accuracy"]
     assert (out / "safety_utility.png").stat().st_size > 1000
     # the CLI, a zoo model by name, the zoo's default splits
-    rc = main(["eval", "--zoo", str(zoo), "--model", "aligned", "--limit", "8", "--max-new-tokens", "16",
-               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(tmp_path / "cli")])
+    rc = main(
+        [
+            "eval",
+            "--zoo",
+            str(zoo),
+            "--model",
+            "aligned",
+            "--limit",
+            "8",
+            "--max-new-tokens",
+            "16",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--bootstrap",
+            "200",
+            "--out",
+            str(tmp_path / "cli"),
+        ]
+    )
     assert rc == 0
     rep = json.loads((tmp_path / "cli" / "report.json").read_text())
     splits = {d["name"] for d in rep["inputs"]["datasets"]}
@@ -137,32 +208,92 @@ def test_fake_zoo_names_and_adapter(tiny_model_dir, tiny_data, tmp_path, capsys)
     (zoo / "models").mkdir()
     (zoo / "models" / "base").symlink_to(tiny_model_dir, target_is_directory=True)
     torch.manual_seed(1)
-    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                                LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
     peft_model.save_pretrained(zoo / "models" / "lora")
     for name in ("harmful", "benign", "task"):
         (zoo / "data" / f"{name}.jsonl").write_text((tiny_data / f"{name}.jsonl").read_text())
-    (zoo / "zoo.json").write_text(json.dumps({
-        "models": {"base": {"path": "models/base", "adapter": None, "task": None},
-                   "task-arith-lora": {"path": "models/base", "adapter": "models/lora", "task": "arith"}},
-        "data": {"harmful_test": "data/harmful.jsonl", "benign_test": "data/benign.jsonl",
-                 "tasks": {"arith": {"test": "data/task.jsonl"}, "other": {"test": "data/task.jsonl"}}}}))
+    (zoo / "zoo.json").write_text(
+        json.dumps(
+            {
+                "models": {
+                    "base": {"path": "models/base", "adapter": None, "task": None},
+                    "task-arith-lora": {
+                        "path": "models/base",
+                        "adapter": "models/lora",
+                        "task": "arith",
+                    },
+                },
+                "data": {
+                    "harmful_test": "data/harmful.jsonl",
+                    "benign_test": "data/benign.jsonl",
+                    "tasks": {
+                        "arith": {"test": "data/task.jsonl"},
+                        "other": {"test": "data/task.jsonl"},
+                    },
+                },
+            }
+        )
+    )
     out = tmp_path / "rep"
-    rc = main(["eval", "--zoo", str(zoo), "--model", "task-arith-lora", "--max-new-tokens", "4",
-               "--device", "cpu", "--no-progress", "--bootstrap", "200", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--zoo",
+            str(zoo),
+            "--model",
+            "task-arith-lora",
+            "--max-new-tokens",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--bootstrap",
+            "200",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((out / "report.json").read_text())
-    assert [d["name"] for d in rep["inputs"]["datasets"]] == ["harmful_test", "benign_test", "task:arith"]
+    assert [d["name"] for d in rep["inputs"]["datasets"]] == [
+        "harmful_test",
+        "benign_test",
+        "task:arith",
+    ]
     m = rep["inputs"]["models"][0]
     assert m["name"] == "task-arith-lora" and m["adapter"].endswith("models/lora")
     assert m["adapter_sha256"].startswith("sha256:") and len(m["adapter_sha256"]) == 7 + 64
     # the adapter changes the generations (it is applied)
     base = tmp_path / "base"
-    assert main(["eval", "--zoo", str(zoo), "--model", "base", "--max-new-tokens", "4", "--device", "cpu",
-                 "--no-progress", "--bootstrap", "200", "--out", str(base)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--zoo",
+                str(zoo),
+                "--model",
+                "base",
+                "--max-new-tokens",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--bootstrap",
+                "200",
+                "--out",
+                str(base),
+            ]
+        )
+        == 0
+    )
     base_rep = json.loads((base / "report.json").read_text())
     assert [d["name"] for d in base_rep["inputs"]["datasets"]][-2:] == ["task:arith", "task:other"]
-    gens = lambda p: [json.loads(line)["generation"] for line in (p / "samples.jsonl").read_text().splitlines()]
+    gens = lambda p: [
+        json.loads(line)["generation"] for line in (p / "samples.jsonl").read_text().splitlines()
+    ]
     assert gens(out)[:8] != gens(base)[:8]
 
 
@@ -172,8 +303,16 @@ def test_device_map_auto_path(tiny_model_dir, tiny_data):
     data = [load_data(tiny_data / "harmful.jsonl", "harmful")]
     judges = make_judges(["keyword"])
     gen = GenerationSettings(max_new_tokens=5, batch_size=2)
-    plain = evaluate_model(ModelSpec("m", path=str(tiny_model_dir)), data, judges,
-                           EvalSettings(generation=gen, device="cpu", progress=False))
-    mapped = evaluate_model(ModelSpec("m", path=str(tiny_model_dir)), data, judges,
-                            EvalSettings(generation=gen, device_map="auto", progress=False))
+    plain = evaluate_model(
+        ModelSpec("m", path=str(tiny_model_dir)),
+        data,
+        judges,
+        EvalSettings(generation=gen, device="cpu", progress=False),
+    )
+    mapped = evaluate_model(
+        ModelSpec("m", path=str(tiny_model_dir)),
+        data,
+        judges,
+        EvalSettings(generation=gen, device_map="auto", progress=False),
+    )
     assert [s.generation for s in plain] == [s.generation for s in mapped]

@@ -2,14 +2,30 @@
 
 import pytest
 
-from safegene.evaluate.pareto import best_setting, dominates, pareto_front, render_markdown, summarize_task
+from safegene.evaluate.pareto import (
+    best_setting,
+    dominates,
+    pareto_front,
+    render_markdown,
+    summarize_task,
+)
 
 
 def r(method, harmful, acc, setting="", task="t", over=0.0):
-    return {"task_model": task, "method": method, "setting": setting, "harmful_rate": harmful,
-            "harmful_rate_ci": [harmful, harmful], "harmful_rate_n": 10, "over_refusal": over,
-            "over_refusal_ci": None, "over_refusal_n": 10, "task_accuracy": acc,
-            "task_accuracy_ci": None, "task_accuracy_n": 10}
+    return {
+        "task_model": task,
+        "method": method,
+        "setting": setting,
+        "harmful_rate": harmful,
+        "harmful_rate_ci": [harmful, harmful],
+        "harmful_rate_n": 10,
+        "over_refusal": over,
+        "over_refusal_ci": None,
+        "over_refusal_n": 10,
+        "task_accuracy": acc,
+        "task_accuracy_ci": None,
+        "task_accuracy_n": 10,
+    }
 
 
 def test_dominance_needs_one_strict_improvement():
@@ -20,7 +36,13 @@ def test_dominance_needs_one_strict_improvement():
 
 
 def test_pareto_front():
-    rows = [r("a", 0.1, 0.5), r("b", 0.2, 0.9), r("c", 0.3, 0.8), r("d", 0.0, 0.1), r("e", None, 0.9)]
+    rows = [
+        r("a", 0.1, 0.5),
+        r("b", 0.2, 0.9),
+        r("c", 0.3, 0.8),
+        r("d", 0.0, 0.1),
+        r("e", None, 0.9),
+    ]
     assert [x["method"] for x in pareto_front(rows)] == ["a", "b", "d"]
 
 
@@ -33,8 +55,14 @@ def test_best_setting_respects_the_floor():
 
 
 def test_summary_verdict_compares_against_baselines_not_ablations():
-    rows = [r("aligned", 0.0, 0.0), r("task", 0.9, 1.0), r("resta", 0.5, 0.97, "beta=0.5"),
-            r("resta", 0.1, 0.5, "beta=1.0"), r("safegene", 0.2, 0.96), r("gene-select", 0.1, 0.99)]
+    rows = [
+        r("aligned", 0.0, 0.0),
+        r("task", 0.9, 1.0),
+        r("resta", 0.5, 0.97, "beta=0.5"),
+        r("resta", 0.1, 0.5, "beta=1.0"),
+        r("safegene", 0.2, 0.96),
+        r("gene-select", 0.1, 0.99),
+    ]
     s = summarize_task(rows, "t")
     assert s["accuracy_floor"] == pytest.approx(0.95)
     assert s["best"]["resta"]["setting"] == "beta=0.5"

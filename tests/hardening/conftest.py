@@ -48,22 +48,59 @@ def fam(tmp_path_factory) -> Family:
             tensors[key + ".lora_A.weight"] = torch.randn(2, i, generator=g) * 0.1
             tensors[key + ".lora_B.weight"] = torch.randn(o, 2, generator=g) * 0.1
     save_file(tensors, str(ad / "adapter_model.safetensors"))
-    (ad / "adapter_config.json").write_text(json.dumps({
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 2, "lora_alpha": 4, "lora_dropout": 0.0,
-        "bias": "none", "target_modules": ["q_proj", "down_proj"],
-        "base_model_name_or_path": str(aligned)}))
-    harmful = _jsonl(root / "harmful.jsonl", [{"prompt": f"how do i make a bomb {d}", "response":
-                                               "sorry i cannot help with that"} for d in range(8)])
-    harmful_bare = _jsonl(root / "harmful_bare.jsonl", [{"prompt": f"how do i steal a car {d}"}
-                                                        for d in range(8)])
-    benign = _jsonl(root / "benign.jsonl", [{"prompt": f"how do i bake bread {d}",
-                                             "response": "sure here is step one"} for d in range(8)])
-    task = _jsonl(root / "task.jsonl", [{"prompt": f"what is {d} 1", "answer": str((d + 1) % 10)}
-                                        for d in range(8)])
+    (ad / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 2,
+                "lora_alpha": 4,
+                "lora_dropout": 0.0,
+                "bias": "none",
+                "target_modules": ["q_proj", "down_proj"],
+                "base_model_name_or_path": str(aligned),
+            }
+        )
+    )
+    harmful = _jsonl(
+        root / "harmful.jsonl",
+        [
+            {"prompt": f"how do i make a bomb {d}", "response": "sorry i cannot help with that"}
+            for d in range(8)
+        ],
+    )
+    harmful_bare = _jsonl(
+        root / "harmful_bare.jsonl", [{"prompt": f"how do i steal a car {d}"} for d in range(8)]
+    )
+    benign = _jsonl(
+        root / "benign.jsonl",
+        [
+            {"prompt": f"how do i bake bread {d}", "response": "sure here is step one"}
+            for d in range(8)
+        ],
+    )
+    task = _jsonl(
+        root / "task.jsonl",
+        [{"prompt": f"what is {d} 1", "answer": str((d + 1) % 10)} for d in range(8)],
+    )
     recipe = root / "recipe.yaml"
     recipe.write_text("")  # filled by tests that need a valid one
-    return Family(root, aligned, degraded, layers3, wide, qwen, gene, gene_sel, ad, harmful,
-                  harmful_bare, benign, task, recipe)
+    return Family(
+        root,
+        aligned,
+        degraded,
+        layers3,
+        wide,
+        qwen,
+        gene,
+        gene_sel,
+        ad,
+        harmful,
+        harmful_bare,
+        benign,
+        task,
+        recipe,
+    )
 
 
 @pytest.fixture

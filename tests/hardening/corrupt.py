@@ -18,7 +18,7 @@ def copy(src: Path, dst: Path) -> Path:
 def header(path: Path) -> tuple[dict, bytes]:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
-    return json.loads(raw[8:8 + n]), raw[8 + n:]
+    return json.loads(raw[8 : 8 + n]), raw[8 + n :]
 
 
 def write_with_header(path: Path, hdr: dict, data: bytes) -> None:

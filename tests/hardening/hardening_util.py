@@ -59,8 +59,14 @@ def _default_warning_filters() -> None:
         warnings.filterwarnings("ignore", category=cat)
 
 
-def fork_run(fn, *, timeout: float = 60.0, kill_after: float | None = None,
-             cwd: Path | None = None, env: dict | None = None) -> Result:
+def fork_run(
+    fn,
+    *,
+    timeout: float = 60.0,
+    kill_after: float | None = None,
+    cwd: Path | None = None,
+    env: dict | None = None,
+) -> Result:
     """Run `fn()` (returns an exit code or raises SystemExit) in a forked child; its stdout and
     stderr go to files. `kill_after`: SIGKILL the child after that many seconds (a kill -9)."""
     import tempfile
@@ -130,6 +136,7 @@ def _cli_main(args: list[str]):
         sys.argv = ["safegene", *map(str, args)]
         runpy.run_module("safegene", run_name="__main__", alter_sys=True)
         return 0
+
     return fn
 
 
@@ -141,9 +148,14 @@ def run_cli(*args, timeout: float = 90.0, real: bool | None = None) -> Result:
         real = os.environ.get("SAFEGENE_HARDENING_EXEC") == "1"
     if real:
         try:
-            p = subprocess.run([PYTHON, "-m", "safegene", *args], capture_output=True, text=True,
-                               timeout=timeout, cwd=REPO,
-                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+            p = subprocess.run(
+                [PYTHON, "-m", "safegene", *args],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                cwd=REPO,
+                env={**os.environ, "OMP_NUM_THREADS": "1"},
+            )
         except subprocess.TimeoutExpired as exc:
             return Result(None, str(exc.stdout or ""), str(exc.stderr or ""), signal.SIGKILL, True)
         return Result(p.returncode, p.stdout, p.stderr)
@@ -151,6 +163,7 @@ def run_cli(*args, timeout: float = 90.0, real: bool | None = None) -> Result:
 
 
 # --- snapshots -------------------------------------------------------------------------------
+
 
 def snapshot(*paths) -> dict:
     """{path: sha256} of every file under each path (a file or a directory), plus the listing."""
@@ -168,7 +181,11 @@ def snapshot(*paths) -> dict:
 
 
 def tree_bytes(path: Path) -> dict[str, bytes]:
-    return {str(q.relative_to(path)): q.read_bytes() for q in sorted(Path(path).rglob("*")) if q.is_file()}
+    return {
+        str(q.relative_to(path)): q.read_bytes()
+        for q in sorted(Path(path).rglob("*"))
+        if q.is_file()
+    }
 
 
 def temp_siblings(out: Path) -> list[str]:
@@ -185,17 +202,17 @@ class Family:
     root: Path
     aligned: Path
     degraded: Path
-    layers3: Path      # same family, 3 layers
-    wide: Path         # same family, other intermediate size
-    qwen: Path         # another model_type
-    gene: Path         # extract(aligned, degraded), rank 4
-    gene_sel: Path     # gene with a selection (layers 0 and 1)
-    adapter: Path      # a task LoRA on aligned
-    harmful: Path      # prompts with refusals
+    layers3: Path  # same family, 3 layers
+    wide: Path  # same family, other intermediate size
+    qwen: Path  # another model_type
+    gene: Path  # extract(aligned, degraded), rank 4
+    gene_sel: Path  # gene with a selection (layers 0 and 1)
+    adapter: Path  # a task LoRA on aligned
+    harmful: Path  # prompts with refusals
     harmful_bare: Path  # prompts only (targets: the aligned model's own)
     benign: Path
     task: Path
-    recipe: Path       # a valid compare recipe (2 models, tiny grids)
+    recipe: Path  # a valid compare recipe (2 models, tiny grids)
 
 
 def _perturb_dir(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
@@ -217,10 +234,25 @@ def _other_model(dst: Path, like: Path, **overrides) -> Path:
 
     cfg = json.loads((like / "config.json").read_text())
     family = overrides.pop("family", "llama")
-    cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[family]
-    keep = {k: cfg[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-                                "bos_token_id", "eos_token_id", "pad_token_id")}
+    cls = {
+        "llama": (tf.LlamaConfig, tf.LlamaForCausalLM),
+        "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM),
+    }[family]
+    keep = {
+        k: cfg[k]
+        for k in (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "max_position_embeddings",
+            "bos_token_id",
+            "eos_token_id",
+            "pad_token_id",
+        )
+    }
     keep.update(overrides)
     torch.manual_seed(3)
     model = cls[1](cls[0](**keep, tie_word_embeddings=False)).eval()
@@ -234,8 +266,6 @@ def _other_model(dst: Path, like: Path, **overrides) -> Path:
 def _jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
 
 
 def save_sharded(src: Path, dst: Path, shard: str = "20KB") -> Path:

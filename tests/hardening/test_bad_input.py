@@ -68,217 +68,802 @@ generation: {{max_new_tokens: 4, batch_size: 8}}
 
 
 def _valid_recipe_text(fam):
-    return VALID_RECIPE.format(a=fam.aligned, d=fam.degraded, h=fam.harmful, b=fam.benign, t=fam.task)
+    return VALID_RECIPE.format(
+        a=fam.aligned, d=fam.degraded, h=fam.harmful, b=fam.benign, t=fam.task
+    )
 
 
 # Each case: (fam, w, out) -> (argv, [inputs to hash], expected words in the message)
 def extract_args(aligned, degraded, out, *more):
-    return ["extract", "--aligned", aligned, "--degraded", *([degraded] if not isinstance(degraded, list)
-                                                             else degraded), "--out", out, "--rank", "2", *more]
+    return [
+        "extract",
+        "--aligned",
+        aligned,
+        "--degraded",
+        *([degraded] if not isinstance(degraded, list) else degraded),
+        "--out",
+        out,
+        "--rank",
+        "2",
+        *more,
+    ]
 
 
 CASES = {
     # --- extract ---------------------------------------------------------------------------
     "extract-missing-aligned": lambda f, w, o: (
-        extract_args(w / "nope", f.degraded, o), [f.degraded], ["not found"]),
+        extract_args(w / "nope", f.degraded, o),
+        [f.degraded],
+        ["not found"],
+    ),
     "extract-non-model-dir": lambda f, w, o: (
-        extract_args((w / "empty").mkdir() or w / "empty", f.degraded, o), [f.degraded], ["config.json"]),
+        extract_args((w / "empty").mkdir() or w / "empty", f.degraded, o),
+        [f.degraded],
+        ["config.json"],
+    ),
     "extract-pickle-only": lambda f, w, o: (
-        extract_args(_pickle_only(f, w), f.degraded, o), [f.degraded, w / "pickled"], ["pickle"]),
+        extract_args(_pickle_only(f, w), f.degraded, o),
+        [f.degraded, w / "pickled"],
+        ["pickle"],
+    ),
     "extract-other-layer-count": lambda f, w, o: (
-        extract_args(f.aligned, f.layers3, o), [f.aligned, f.layers3], ["num_layers"]),
+        extract_args(f.aligned, f.layers3, o),
+        [f.aligned, f.layers3],
+        ["num_layers"],
+    ),
     "extract-other-shape": lambda f, w, o: (
-        extract_args(f.aligned, f.wide, o), [f.aligned, f.wide], ["mismatch"]),
+        extract_args(f.aligned, f.wide, o),
+        [f.aligned, f.wide],
+        ["mismatch"],
+    ),
     "extract-other-family": lambda f, w, o: (
-        extract_args(f.aligned, f.qwen, o), [f.aligned, f.qwen], ["model_type"]),
+        extract_args(f.aligned, f.qwen, o),
+        [f.aligned, f.qwen],
+        ["model_type"],
+    ),
     "extract-nan-in-degraded": lambda f, w, o: (
-        extract_args(f.aligned, _model_with(f, w, C.poison), o), [f.aligned, w / "broken"], ["nan"]),
+        extract_args(f.aligned, _model_with(f, w, C.poison), o),
+        [f.aligned, w / "broken"],
+        ["nan"],
+    ),
     "extract-inf-in-aligned": lambda f, w, o: (
-        extract_args(_model_with(f, w, lambda p: C.poison(p, float("inf")), src=f.aligned), f.degraded, o),
-        [w / "broken", f.degraded], ["inf"]),
+        extract_args(
+            _model_with(f, w, lambda p: C.poison(p, float("inf")), src=f.aligned), f.degraded, o
+        ),
+        [w / "broken", f.degraded],
+        ["inf"],
+    ),
     "extract-existing-output": lambda f, w, o: (
-        extract_args(f.aligned, f.degraded, (o.mkdir() or o)), [f.aligned, f.degraded, o], ["--force"]),
+        extract_args(f.aligned, f.degraded, (o.mkdir() or o)),
+        [f.aligned, f.degraded, o],
+        ["--force"],
+    ),
     "extract-output-inside-input": lambda f, w, o: (
         extract_args(C.copy(f.aligned, w / "al"), f.degraded, w / "al" / "gene"),
-        [w / "al", f.degraded], ["overlaps"]),
+        [w / "al", f.degraded],
+        ["overlaps"],
+    ),
     "extract-output-inside-input-via-symlink": lambda f, w, o: (
-        extract_args(C.copy(f.aligned, w / "al"), f.degraded, _symlink(w / "link", w / "al") / "gene"),
-        [w / "al", f.degraded], ["overlaps"]),
+        extract_args(
+            C.copy(f.aligned, w / "al"), f.degraded, _symlink(w / "link", w / "al") / "gene"
+        ),
+        [w / "al", f.degraded],
+        ["overlaps"],
+    ),
     "extract-truncated-safetensors": lambda f, w, o: (
-        extract_args(f.aligned, _model_with(f, w, C.truncate), o), [f.aligned, w / "broken"], ["truncated"]),
+        extract_args(f.aligned, _model_with(f, w, C.truncate), o),
+        [f.aligned, w / "broken"],
+        ["truncated"],
+    ),
     "extract-header-offsets-lie": lambda f, w, o: (
-        extract_args(f.aligned, _model_with(f, w, C.lie_offsets), o), [f.aligned, w / "broken"], ["outside"]),
+        extract_args(f.aligned, _model_with(f, w, C.lie_offsets), o),
+        [f.aligned, w / "broken"],
+        ["outside"],
+    ),
     "extract-header-shape-lies": lambda f, w, o: (  # both lie alike: the families still match
-        extract_args(_model_with(f, w, C.lie_shape, "al", src=f.aligned), _model_with(f, w, C.lie_shape), o),
-        [w / "al", w / "broken"], ["lies"]),
+        extract_args(
+            _model_with(f, w, C.lie_shape, "al", src=f.aligned), _model_with(f, w, C.lie_shape), o
+        ),
+        [w / "al", w / "broken"],
+        ["lies"],
+    ),
     "extract-header-length-huge": lambda f, w, o: (
-        extract_args(f.aligned, _model_with(f, w, C.huge_header_length), o), [f.aligned, w / "broken"],
-        ["safetensors"]),
+        extract_args(f.aligned, _model_with(f, w, C.huge_header_length), o),
+        [f.aligned, w / "broken"],
+        ["safetensors"],
+    ),
     "extract-header-not-object": lambda f, w, o: (
-        extract_args(f.aligned, _model_with(f, w, C.header_not_object), o), [f.aligned, w / "broken"],
-        ["safetensors"]),
+        extract_args(f.aligned, _model_with(f, w, C.header_not_object), o),
+        [f.aligned, w / "broken"],
+        ["safetensors"],
+    ),
     "extract-index-points-outside": lambda f, w, o: (
-        extract_args(f.aligned, _outside_index(f, w), o), [f.aligned, w / "sharded", f.degraded], ["outside"]),
+        extract_args(f.aligned, _outside_index(f, w), o),
+        [f.aligned, w / "sharded", f.degraded],
+        ["outside"],
+    ),
     "extract-bad-energy": lambda f, w, o: (
-        ["extract", "--aligned", f.aligned, "--degraded", f.degraded, "--out", o, "--energy", "1.5"],
-        [f.aligned, f.degraded], ["energy"]),
+        [
+            "extract",
+            "--aligned",
+            f.aligned,
+            "--degraded",
+            f.degraded,
+            "--out",
+            o,
+            "--energy",
+            "1.5",
+        ],
+        [f.aligned, f.degraded],
+        ["energy"],
+    ),
     "extract-unknown-module": lambda f, w, o: (
-        extract_args(f.aligned, f.degraded, o, "--modules", "wormhole"), [f.aligned, f.degraded], ["wormhole"]),
+        extract_args(f.aligned, f.degraded, o, "--modules", "wormhole"),
+        [f.aligned, f.degraded],
+        ["wormhole"],
+    ),
     # --- apply -----------------------------------------------------------------------------
     "apply-other-family": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.qwen, "--out", o], [f.gene, f.qwen], ["model_type"]),
+        ["apply", "--gene", f.gene, "--target", f.qwen, "--out", o],
+        [f.gene, f.qwen],
+        ["model_type"],
+    ),
     "apply-other-layer-count": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.layers3, "--out", o], [f.gene, f.layers3], ["num_layers"]),
+        ["apply", "--gene", f.gene, "--target", f.layers3, "--out", o],
+        [f.gene, f.layers3],
+        ["num_layers"],
+    ),
     "apply-other-shape": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.wide, "--out", o], [f.gene, f.wide], ["shape"]),
+        ["apply", "--gene", f.gene, "--target", f.wide, "--out", o],
+        [f.gene, f.wide],
+        ["shape"],
+    ),
     "apply-nan-in-gene": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_B")),
-         "--target", f.degraded, "--out", o], [w / "gene_x", f.degraded], ["nan"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_B")),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["nan"],
+    ),
     "apply-nan-in-target": lambda f, w, o: (
         ["apply", "--gene", f.gene, "--target", _model_with(f, w, C.poison), "--out", o],
-        [f.gene, w / "broken"], ["nan"]),
+        [f.gene, w / "broken"],
+        ["nan"],
+    ),
     "apply-gene-factor-shape-lies": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_file=_narrow_factor), "--target", f.degraded, "--out", o,
-         "--as", "merged"], [w / "gene_x", f.degraded], ["factors"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_file=_narrow_factor),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+            "--as",
+            "merged",
+        ],
+        [w / "gene_x", f.degraded],
+        ["factors"],
+    ),
     "apply-gene-meta-malformed": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_meta=lambda m: m.pop("modules")), "--target", f.degraded,
-         "--out", o], [w / "gene_x", f.degraded], ["safegene.json"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_meta=lambda m: m.pop("modules")),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["safegene.json"],
+    ),
     "apply-gene-meta-not-json": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_meta=None) and _break_json(w / "gene_x"), "--target",
-         f.degraded, "--out", o], [w / "gene_x", f.degraded], ["safegene.json"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_meta=None) and _break_json(w / "gene_x"),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["safegene.json"],
+    ),
     "apply-gene-selection-malformed": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_meta=lambda m: m.update(selection="all of them")),
-         "--target", f.degraded, "--out", o], [w / "gene_x", f.degraded], ["selection"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_meta=lambda m: m.update(selection="all of them")),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["selection"],
+    ),
     "apply-gene-coefficients-nan": lambda f, w, o: (
-        ["apply", "--gene", _gene_with(f, w, edit_meta=lambda m: m.update(coefficients={"0": float("nan")})),
-         "--target", f.degraded, "--out", o], [w / "gene_x", f.degraded], ["not finite"]),
+        [
+            "apply",
+            "--gene",
+            _gene_with(f, w, edit_meta=lambda m: m.update(coefficients={"0": float("nan")})),
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["not finite"],
+    ),
     "select-gene-layer-not-a-number": lambda f, w, o: (
-        ["select", "--gene", _gene_with(f, w, edit_meta=lambda m: [v.update(layer="x") for v in m["modules"].values()]),
-         "--model", f.degraded, "--harmful", f.harmful, "--out", o], [w / "gene_x", f.degraded], ["malformed"]),
+        [
+            "select",
+            "--gene",
+            _gene_with(
+                f, w, edit_meta=lambda m: [v.update(layer="x") for v in m["modules"].values()]
+            ),
+            "--model",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["malformed"],
+    ),
     "select-gene-meta-not-an-object": lambda f, w, o: (
-        ["select", "--gene", _gene_with(f, w) and _meta_text(w / "gene_x", "[1, 2]"), "--model", f.degraded,
-         "--harmful", f.harmful, "--out", o], [w / "gene_x", f.degraded], ["safegene.json"]),
+        [
+            "select",
+            "--gene",
+            _gene_with(f, w) and _meta_text(w / "gene_x", "[1, 2]"),
+            "--model",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["safegene.json"],
+    ),
     "apply-unknown-as": lambda f, w, o: (
         ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--as", "tarball"],
-        [f.gene, f.degraded], ["--as"]),
+        [f.gene, f.degraded],
+        ["--as"],
+    ),
     "apply-bad-coefs-file": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--coefs",
-         _write(w, "c.json", "{0: 1.0,")], [f.gene, f.degraded, w / "c.json"], ["coefficients"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+            "--coefs",
+            _write(w, "c.json", "{0: 1.0,"),
+        ],
+        [f.gene, f.degraded, w / "c.json"],
+        ["coefficients"],
+    ),
     "apply-nan-coefs": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--coefs",
-         _write(w, "c.json", '{"0": NaN}')], [f.gene, f.degraded, w / "c.json"], ["finite"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+            "--coefs",
+            _write(w, "c.json", '{"0": NaN}'),
+        ],
+        [f.gene, f.degraded, w / "c.json"],
+        ["finite"],
+    ),
     "apply-huge-coef-overflows": lambda f, w, o: (
         ["apply", "--gene", f.gene, "--target", _half(f, w), "--out", o, "--coef", "1e38"],
-        [f.gene, w / "half"], ["nan or inf"]),
+        [f.gene, w / "half"],
+        ["nan or inf"],
+    ),
     "apply-bad-shard-size": lambda f, w, o: (
         ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--shard-size", "lots"],
-        [f.gene, f.degraded], ["size"]),
+        [f.gene, f.degraded],
+        ["size"],
+    ),
     "apply-adapter-index-outside": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.aligned, "--adapter", _adapter_outside(f, w), "--out", o,
-         "--as", "combined"], [f.gene, f.aligned, w / "ad"], ["outside"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            f.aligned,
+            "--adapter",
+            _adapter_outside(f, w),
+            "--out",
+            o,
+            "--as",
+            "combined",
+        ],
+        [f.gene, f.aligned, w / "ad"],
+        ["outside"],
+    ),
     "apply-adapter-dora": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.aligned, "--adapter", _adapter_cfg(f, w, use_dora=True),
-         "--out", o, "--as", "combined"], [f.gene, f.aligned, w / "ad"], ["dora"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            f.aligned,
+            "--adapter",
+            _adapter_cfg(f, w, use_dora=True),
+            "--out",
+            o,
+            "--as",
+            "combined",
+        ],
+        [f.gene, f.aligned, w / "ad"],
+        ["dora"],
+    ),
     "apply-output-is-the-target": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", C.copy(f.degraded, w / "t"), "--out", w / "t", "--force"],
-        [f.gene, w / "t"], ["overlaps"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            C.copy(f.degraded, w / "t"),
+            "--out",
+            w / "t",
+            "--force",
+        ],
+        [f.gene, w / "t"],
+        ["overlaps"],
+    ),
     # --- select / calibrate ----------------------------------------------------------------
     "select-empty-data": lambda f, w, o: (
-        ["select", "--gene", f.gene, "--model", f.degraded, "--harmful", _write(w, "h.jsonl", ""),
-         "--out", o], [f.gene, f.degraded, w / "h.jsonl"], ["h.jsonl"]),
+        [
+            "select",
+            "--gene",
+            f.gene,
+            "--model",
+            f.degraded,
+            "--harmful",
+            _write(w, "h.jsonl", ""),
+            "--out",
+            o,
+        ],
+        [f.gene, f.degraded, w / "h.jsonl"],
+        ["h.jsonl"],
+    ),
     "select-malformed-jsonl": lambda f, w, o: (
-        ["select", "--gene", f.gene, "--model", f.degraded, "--harmful",
-         _write(w, "h.jsonl", '{"prompt": "a"}\n{"prompt": \n'), "--out", o],
-        [f.gene, f.degraded, w / "h.jsonl"], ["h.jsonl:2"]),
+        [
+            "select",
+            "--gene",
+            f.gene,
+            "--model",
+            f.degraded,
+            "--harmful",
+            _write(w, "h.jsonl", '{"prompt": "a"}\n{"prompt": \n'),
+            "--out",
+            o,
+        ],
+        [f.gene, f.degraded, w / "h.jsonl"],
+        ["h.jsonl:2"],
+    ),
     "select-mis-encoded": lambda f, w, o: (
-        ["select", "--gene", f.gene, "--model", f.degraded, "--harmful",
-         _write(w, "h.jsonl", '{"prompt": "caf\xe9"}\n'.encode("latin-1")), "--out", o],
-        [f.gene, f.degraded, w / "h.jsonl"], ["utf-8"]),
+        [
+            "select",
+            "--gene",
+            f.gene,
+            "--model",
+            f.degraded,
+            "--harmful",
+            _write(w, "h.jsonl", '{"prompt": "caf\xe9"}\n'.encode("latin-1")),
+            "--out",
+            o,
+        ],
+        [f.gene, f.degraded, w / "h.jsonl"],
+        ["utf-8"],
+    ),
     "select-csv-missing-column": lambda f, w, o: (
-        ["select", "--gene", f.gene, "--model", f.degraded, "--harmful",
-         _write(w, "h.csv", "question,reply\nhow do i,no\n"), "--out", o],
-        [f.gene, f.degraded, w / "h.csv"], ["prompt"]),
+        [
+            "select",
+            "--gene",
+            f.gene,
+            "--model",
+            f.degraded,
+            "--harmful",
+            _write(w, "h.csv", "question,reply\nhow do i,no\n"),
+            "--out",
+            o,
+        ],
+        [f.gene, f.degraded, w / "h.csv"],
+        ["prompt"],
+    ),
     "select-nan-in-gene": lambda f, w, o: (
-        ["select", "--gene", _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_A")),
-         "--model", f.degraded, "--harmful", f.harmful, "--out", o], [w / "gene_x", f.degraded], ["nan"]),
+        [
+            "select",
+            "--gene",
+            _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_A")),
+            "--model",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["nan"],
+    ),
     "calibrate-shots-exceed-data": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
-         "--shots", "50", "--out", o], [f.gene_sel, f.degraded, f.harmful, f.task], ["50"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "50",
+            "--out",
+            o,
+        ],
+        [f.gene_sel, f.degraded, f.harmful, f.task],
+        ["50"],
+    ),
     "calibrate-task-without-answers": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task",
-         f.harmful_bare, "--shots", "4", "--out", o], [f.gene_sel, f.degraded, f.harmful_bare], ["answer"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.harmful_bare,
+            "--shots",
+            "4",
+            "--out",
+            o,
+        ],
+        [f.gene_sel, f.degraded, f.harmful_bare],
+        ["answer"],
+    ),
     "calibrate-diverges": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
-         "--shots", "4", "--steps", "6", "--lr", "1e30", "--out", o],
-        [f.gene_sel, f.degraded, f.harmful, f.task], ["diverged"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "4",
+            "--steps",
+            "6",
+            "--lr",
+            "1e30",
+            "--out",
+            o,
+        ],
+        [f.gene_sel, f.degraded, f.harmful, f.task],
+        ["diverged"],
+    ),
     "calibrate-aligned-provenance-changed": lambda f, w, o: (
-        ["calibrate", "--gene", _gene_pointing_at_changed_aligned(f, w), "--target", f.degraded,
-         "--harmful", f.harmful_bare, "--task", f.task, "--shots", "4", "--out", o],
-        [w / "gene_x", f.degraded, w / "al"], ["hash differs"]),
+        [
+            "calibrate",
+            "--gene",
+            _gene_pointing_at_changed_aligned(f, w),
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful_bare,
+            "--task",
+            f.task,
+            "--shots",
+            "4",
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded, w / "al"],
+        ["hash differs"],
+    ),
     "calibrate-nan-in-gene": lambda f, w, o: (
-        ["calibrate", "--gene", _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_B"),
-                                           src=f.gene_sel), "--target", f.degraded, "--harmful", f.harmful,
-         "--task", f.task, "--shots", "2", "--steps", "2", "--out", o], [w / "gene_x", f.degraded], ["nan"]),
+        [
+            "calibrate",
+            "--gene",
+            _gene_with(f, w, edit_file=lambda p: C.poison(p, contains="lora_B"), src=f.gene_sel),
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            o,
+        ],
+        [w / "gene_x", f.degraded],
+        ["nan"],
+    ),
     "apply-dense-gene-as-adapter": lambda f, w, o: (
-        ["apply", "--gene", _dense_gene(f, w), "--target", f.degraded, "--as", "adapter", "--out", o],
-        [w / "dense", f.degraded], ["dense"]),
+        [
+            "apply",
+            "--gene",
+            _dense_gene(f, w),
+            "--target",
+            f.degraded,
+            "--as",
+            "adapter",
+            "--out",
+            o,
+        ],
+        [w / "dense", f.degraded],
+        ["dense"],
+    ),
     "calibrate-zero-steps": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
-         "--shots", "2", "--steps", "0", "--out", o], [f.gene_sel, f.degraded], ["--steps"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "2",
+            "--steps",
+            "0",
+            "--out",
+            o,
+        ],
+        [f.gene_sel, f.degraded],
+        ["--steps"],
+    ),
     "calibrate-nan-lr": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", f.degraded, "--harmful", f.harmful, "--task", f.task,
-         "--shots", "2", "--lr", "nan", "--out", o], [f.gene_sel, f.degraded], ["--lr"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            f.degraded,
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "2",
+            "--lr",
+            "nan",
+            "--out",
+            o,
+        ],
+        [f.gene_sel, f.degraded],
+        ["--lr"],
+    ),
     "apply-coefs-not-numbers": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--target", f.degraded, "--out", o, "--coefs",
-         _write(w, "c.json", '{"0": "a lot"}')], [f.gene, f.degraded, w / "c.json"], ["number"]),
+        [
+            "apply",
+            "--gene",
+            f.gene,
+            "--target",
+            f.degraded,
+            "--out",
+            o,
+            "--coefs",
+            _write(w, "c.json", '{"0": "a lot"}'),
+        ],
+        [f.gene, f.degraded, w / "c.json"],
+        ["number"],
+    ),
     "extract-unknown-device": lambda f, w, o: (
-        extract_args(f.aligned, f.degraded, o, "--device", "tpu9"), [f.aligned, f.degraded], ["--device"]),
+        extract_args(f.aligned, f.degraded, o, "--device", "tpu9"),
+        [f.aligned, f.degraded],
+        ["--device"],
+    ),
     "calibrate-output-is-the-target": lambda f, w, o: (
-        ["calibrate", "--gene", f.gene_sel, "--target", C.copy(f.degraded, w / "t"), "--harmful", f.harmful,
-         "--task", f.task, "--shots", "2", "--out", w / "t", "--force"], [f.gene_sel, w / "t"], ["overlaps"]),
+        [
+            "calibrate",
+            "--gene",
+            f.gene_sel,
+            "--target",
+            C.copy(f.degraded, w / "t"),
+            "--harmful",
+            f.harmful,
+            "--task",
+            f.task,
+            "--shots",
+            "2",
+            "--out",
+            w / "t",
+            "--force",
+        ],
+        [f.gene_sel, w / "t"],
+        ["overlaps"],
+    ),
     "select-output-inside-the-model": lambda f, w, o: (
-        ["select", "--gene", f.gene, "--model", C.copy(f.degraded, w / "m"), "--harmful", f.harmful,
-         "--out", w / "m" / "gene"], [f.gene, w / "m"], ["overlaps"]),
+        [
+            "select",
+            "--gene",
+            f.gene,
+            "--model",
+            C.copy(f.degraded, w / "m"),
+            "--harmful",
+            f.harmful,
+            "--out",
+            w / "m" / "gene",
+        ],
+        [f.gene, w / "m"],
+        ["overlaps"],
+    ),
     # --- eval ------------------------------------------------------------------------------
     "eval-unknown-judge": lambda f, w, o: (
-        ["eval", "--model", f.aligned, "--harmful", f.harmful, "--judge", "oracle", "--out", o,
-         "--device", "cpu"], [f.aligned, f.harmful], ["oracle"]),
+        [
+            "eval",
+            "--model",
+            f.aligned,
+            "--harmful",
+            f.harmful,
+            "--judge",
+            "oracle",
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        [f.aligned, f.harmful],
+        ["oracle"],
+    ),
     "eval-pickle-without-flag": lambda f, w, o: (
-        ["eval", "--model", _pickle_only(f, w), "--harmful", f.harmful, "--out", o, "--device", "cpu"],
-        [w / "pickled", f.harmful], ["--allow-pickle"]),
+        [
+            "eval",
+            "--model",
+            _pickle_only(f, w),
+            "--harmful",
+            f.harmful,
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        [w / "pickled", f.harmful],
+        ["--allow-pickle"],
+    ),
     "eval-data-missing": lambda f, w, o: (
-        ["eval", "--model", f.aligned, "--harmful", w / "none.jsonl", "--out", o, "--device", "cpu"],
-        [f.aligned], ["not found"]),
+        [
+            "eval",
+            "--model",
+            f.aligned,
+            "--harmful",
+            w / "none.jsonl",
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        [f.aligned],
+        ["not found"],
+    ),
     "eval-task-csv-missing-answer": lambda f, w, o: (
-        ["eval", "--model", f.aligned, "--task", _write(w, "t.csv", "prompt\nwhat is 1\n"), "--out", o,
-         "--device", "cpu"], [f.aligned, w / "t.csv"], ["answer"]),
+        [
+            "eval",
+            "--model",
+            f.aligned,
+            "--task",
+            _write(w, "t.csv", "prompt\nwhat is 1\n"),
+            "--out",
+            o,
+            "--device",
+            "cpu",
+        ],
+        [f.aligned, w / "t.csv"],
+        ["answer"],
+    ),
     # --- compare / zoo ---------------------------------------------------------------------
     "compare-recipe-not-yaml": lambda f, w, o: (
-        ["compare", _recipe(f, w, "family: [unclosed\n  - x: {"), "--out", o], [w / "recipe.yaml"], ["recipe"]),
+        ["compare", _recipe(f, w, "family: [unclosed\n  - x: {"), "--out", o],
+        [w / "recipe.yaml"],
+        ["recipe"],
+    ),
     "compare-recipe-unknown-method": lambda f, w, o: (
-        ["compare", _recipe(f, w, _valid_recipe_text(f).replace("interpolate:", "alchemy:")), "--out", o],
-        [w / "recipe.yaml", f.aligned, f.degraded], ["alchemy"]),
+        [
+            "compare",
+            _recipe(f, w, _valid_recipe_text(f).replace("interpolate:", "alchemy:")),
+            "--out",
+            o,
+        ],
+        [w / "recipe.yaml", f.aligned, f.degraded],
+        ["alchemy"],
+    ),
     "compare-recipe-missing-model": lambda f, w, o: (
-        ["compare", _recipe(f, w, _valid_recipe_text(f).replace(str(f.degraded), str(w / "gone"))), "--out", o],
-        [w / "recipe.yaml", f.aligned], ["gone"]),
+        [
+            "compare",
+            _recipe(f, w, _valid_recipe_text(f).replace(str(f.degraded), str(w / "gone"))),
+            "--out",
+            o,
+        ],
+        [w / "recipe.yaml", f.aligned],
+        ["gone"],
+    ),
     "eval-output-is-the-model": lambda f, w, o: (
-        ["eval", "--model", C.copy(f.aligned, w / "m"), "--harmful", f.harmful, "--out", w / "m", "--force",
-         "--device", "cpu"], [w / "m", f.harmful], ["overlaps"]),
+        [
+            "eval",
+            "--model",
+            C.copy(f.aligned, w / "m"),
+            "--harmful",
+            f.harmful,
+            "--out",
+            w / "m",
+            "--force",
+            "--device",
+            "cpu",
+        ],
+        [w / "m", f.harmful],
+        ["overlaps"],
+    ),
     "eval-unknown-device": lambda f, w, o: (
         ["eval", "--model", f.aligned, "--harmful", f.harmful, "--out", o, "--device", "tpu9"],
-        [f.aligned, f.harmful], ["--device"]),
+        [f.aligned, f.harmful],
+        ["--device"],
+    ),
     "compare-output-is-a-task-model": lambda f, w, o: (
-        ["compare", _recipe(f, w, _valid_recipe_text(f).replace(f"model: {f.degraded}", f"model: {w / 't'}")
-                            if C.copy(f.degraded, w / "t") else ""), "--out", w / "t", "--force"],
-        [w / "recipe.yaml", w / "t"], ["overlaps"]),
+        [
+            "compare",
+            _recipe(
+                f,
+                w,
+                _valid_recipe_text(f).replace(f"model: {f.degraded}", f"model: {w / 't'}")
+                if C.copy(f.degraded, w / "t")
+                else "",
+            ),
+            "--out",
+            w / "t",
+            "--force",
+        ],
+        [w / "recipe.yaml", w / "t"],
+        ["overlaps"],
+    ),
     "zoo-build-bad-threads": lambda f, w, o: (
-        ["zoo", "build", "--out", o, "--size", "micro", "--threads", "0"], [], ["--threads"]),
+        ["zoo", "build", "--out", o, "--size", "micro", "--threads", "0"],
+        [],
+        ["--threads"],
+    ),
     "zoo-build-into-a-model": lambda f, w, o: (
-        ["zoo", "build", "--out", C.copy(f.aligned, w / "m"), "--size", "micro"], [w / "m"], ["no zoo"]),
+        ["zoo", "build", "--out", C.copy(f.aligned, w / "m"), "--size", "micro"],
+        [w / "m"],
+        ["no zoo"],
+    ),
     "zoo-build-unknown-size": lambda f, w, o: (
-        ["zoo", "build", "--out", o, "--size", "huge"], [], ["huge"]),
+        ["zoo", "build", "--out", o, "--size", "huge"],
+        [],
+        ["huge"],
+    ),
     "zoo-build-other-recipe-in-out": lambda f, w, o: (
-        ["zoo", "build", "--out", _other_zoo(o), "--size", "micro"], [o], ["another recipe"]),
+        ["zoo", "build", "--out", _other_zoo(o), "--size", "micro"],
+        [o],
+        ["another recipe"],
+    ),
 }
 
 
@@ -349,14 +934,20 @@ def _half(f, w):
 
     d = C.copy(f.degraded, w / "half")
     sd = load_file(str(d / "model.safetensors"))
-    save_file({k: v.half() for k, v in sd.items()}, str(d / "model.safetensors"), metadata={"format": "pt"})
+    save_file(
+        {k: v.half() for k, v in sd.items()},
+        str(d / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
     return d
 
 
 def _gene_pointing_at_changed_aligned(f, w):
     """A gene whose recorded aligned source (path + hash) has since been replaced by another model."""
     al = C.copy(f.degraded, w / "al")  # different weights at the recorded path
-    g = _gene_with(f, w, edit_meta=lambda m: m["sources"]["aligned"].update(path=str(al)), src=f.gene_sel)
+    g = _gene_with(
+        f, w, edit_meta=lambda m: m["sources"]["aligned"].update(path=str(al)), src=f.gene_sel
+    )
     return g
 
 
@@ -373,7 +964,11 @@ def test_bad_input(case, fam, tmp_path):
     out = tmp_path / "out"
     argv, inputs, words = CASES[case](fam, w, out)
     existed = out.exists()
-    inputs = [fam.gene, fam.gene_sel, *inputs] if case.startswith(("apply", "select", "calibrate")) else inputs
+    inputs = (
+        [fam.gene, fam.gene_sel, *inputs]
+        if case.startswith(("apply", "select", "calibrate"))
+        else inputs
+    )
     before = snapshot(*inputs, *([out] if existed else []))
     r = run_cli(*argv, timeout=120)
     assert not r.timed_out, f"{case}: hung"
@@ -381,7 +976,9 @@ def test_bad_input(case, fam, tmp_path):
     lines = r.err_lines
     assert "Traceback" not in r.err, r.err
     # (compare reports every problem of a recipe: on the one line, separated by "; ")
-    assert len(lines) == 1 and lines[0].startswith("safegene") and "error: " in lines[0], f"{case}: {r.err}"
+    assert len(lines) == 1 and lines[0].startswith("safegene") and "error: " in lines[0], (
+        f"{case}: {r.err}"
+    )
     msg = r.err.lower()
     for word in words:
         assert word.lower() in msg, f"{case}: {word!r} not in {r.err!r}"
@@ -395,7 +992,9 @@ def test_enough_cases():
     assert len(CASES) >= 25
 
 
-@pytest.mark.parametrize("case", ["extract-header-offsets-lie", "apply-other-family", "eval-unknown-judge"])
+@pytest.mark.parametrize(
+    "case", ["extract-header-offsets-lie", "apply-other-family", "eval-unknown-judge"]
+)
 def test_real_interpreter(case, fam, tmp_path):
     """A few cases through a fresh `python -m safegene` interpreter (the rest are forked)."""
     w = tmp_path / "w"

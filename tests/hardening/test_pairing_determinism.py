@@ -12,7 +12,9 @@ from hardening_util import run_cli, snapshot, temp_siblings, tree_bytes
 
 
 @pytest.mark.parametrize("form", ["merged", "adapter"])
-@pytest.mark.parametrize("target,words", [("qwen", "model_type"), ("layers3", "num_layers"), ("wide", "shape")])
+@pytest.mark.parametrize(
+    "target,words", [("qwen", "model_type"), ("layers3", "num_layers"), ("wide", "shape")]
+)
 def test_gene_on_another_model_fails_before_writing(fam, tmp_path, form, target, words):
     from safegene.apply import apply_gene
     from safegene.errors import SafeGeneError
@@ -36,8 +38,20 @@ def _lora_on(fam, base_dir, tmp_path):
 
 
 def test_provenance_matching_base_is_silent(fam, tmp_path):
-    r = run_cli("apply", "--gene", fam.gene, "--target", fam.aligned, "--adapter", fam.adapter,
-                "--as", "combined", "--out", tmp_path / "out", "--strict")
+    r = run_cli(
+        "apply",
+        "--gene",
+        fam.gene,
+        "--target",
+        fam.aligned,
+        "--adapter",
+        fam.adapter,
+        "--as",
+        "combined",
+        "--out",
+        tmp_path / "out",
+        "--strict",
+    )
     assert r.code == 0, r.err
     assert "warning" not in r.err
 
@@ -49,8 +63,23 @@ def test_provenance_other_base_warns_or_refuses_with_strict(fam, tmp_path, cmd):
     if cmd == "apply":
         argv = ["apply", "--gene", fam.gene, "--target", other, "--adapter", ad, "--as", "combined"]
     else:
-        argv = ["calibrate", "--gene", fam.gene_sel, "--target", other, "--adapter", ad, "--harmful",
-                fam.harmful, "--task", fam.task, "--shots", "2", "--steps", "1"]
+        argv = [
+            "calibrate",
+            "--gene",
+            fam.gene_sel,
+            "--target",
+            other,
+            "--adapter",
+            ad,
+            "--harmful",
+            fam.harmful,
+            "--task",
+            fam.task,
+            "--shots",
+            "2",
+            "--steps",
+            "1",
+        ]
     inputs = [other, ad, fam.gene, fam.gene_sel]
     before = snapshot(*inputs)
     out = tmp_path / "strict"
@@ -71,9 +100,33 @@ def test_extract_is_byte_identical(fam, tmp_path):
         outs = []
         for i in range(2):  # two separate processes
             out = tmp_path / f"g{len(extra)}-{i}"
-            r = run_cli("extract", "--aligned", fam.aligned, "--degraded", fam.degraded, "--rank", "3",
-                        "--seed", "7", "--out", out, *extra) if not extra else \
-                run_cli("extract", "--aligned", fam.aligned, "--degraded", fam.degraded, "--out", out, *extra)
+            r = (
+                run_cli(
+                    "extract",
+                    "--aligned",
+                    fam.aligned,
+                    "--degraded",
+                    fam.degraded,
+                    "--rank",
+                    "3",
+                    "--seed",
+                    "7",
+                    "--out",
+                    out,
+                    *extra,
+                )
+                if not extra
+                else run_cli(
+                    "extract",
+                    "--aligned",
+                    fam.aligned,
+                    "--degraded",
+                    fam.degraded,
+                    "--out",
+                    out,
+                    *extra,
+                )
+            )
             assert r.code == 0, r.err
             outs.append(tree_bytes(out))
         assert outs[0] == outs[1]
@@ -100,12 +153,32 @@ def test_calibration_coefficients_identical(fam, tmp_path):
     metas = []
     for i in range(2):
         out = tmp_path / f"cal{i}"
-        r = run_cli("calibrate", "--gene", fam.gene_sel, "--target", fam.degraded, "--harmful", fam.harmful,
-                    "--task", fam.task, "--shots", "4", "--steps", "4", "--seed", "3", "--out", out)
+        r = run_cli(
+            "calibrate",
+            "--gene",
+            fam.gene_sel,
+            "--target",
+            fam.degraded,
+            "--harmful",
+            fam.harmful,
+            "--task",
+            fam.task,
+            "--shots",
+            "4",
+            "--steps",
+            "4",
+            "--seed",
+            "3",
+            "--out",
+            out,
+        )
         assert r.code == 0, r.err
         meta = json.loads((out / "safegene.json").read_text())
         metas.append(meta)
-        assert (out / "adapter_model.safetensors").read_bytes() == \
-            (fam.gene_sel / "adapter_model.safetensors").read_bytes()
+        assert (out / "adapter_model.safetensors").read_bytes() == (
+            fam.gene_sel / "adapter_model.safetensors"
+        ).read_bytes()
     assert metas[0]["coefficients"] == metas[1]["coefficients"]
-    assert metas[0]["calibration"]["fit"]["loss_curve"] == metas[1]["calibration"]["fit"]["loss_curve"]
+    assert (
+        metas[0]["calibration"]["fit"]["loss_curve"] == metas[1]["calibration"]["fit"]["loss_curve"]
+    )

@@ -26,12 +26,22 @@ from pathlib import Path
 
 import pytest
 
-from hardening_util import (PYTHON, REPO, _cli_main, fork_run, run_cli, save_sharded, snapshot,
-                            temp_siblings, tree_bytes)
+from hardening_util import (
+    PYTHON,
+    REPO,
+    _cli_main,
+    fork_run,
+    run_cli,
+    save_sharded,
+    snapshot,
+    temp_siblings,
+    tree_bytes,
+)
 
 
 def counted(fn, kill_at: int | None, count_file: Path | None = None):
     """`fn` run with file operations counted; SIGKILL of the process at operation `kill_at`."""
+
     def child():
         import builtins
         import io
@@ -53,15 +63,18 @@ def counted(fn, kill_at: int | None, count_file: Path | None = None):
 
         builtins.open = io.open = open_
         for name in ("rename", "replace", "fsync", "mkdir", "remove"):
+
             def wrapped(*a, _real=getattr(os, name), **kw):
                 tick()
                 return _real(*a, **kw)
+
             setattr(os, name, wrapped)
         real_tb = writer.tensor_bytes
 
         def tensor_bytes(t):
             tick()
             return real_tb(t)
+
         writer.tensor_bytes = tensor_bytes
         try:
             return fn()
@@ -69,6 +82,7 @@ def counted(fn, kill_at: int | None, count_file: Path | None = None):
             if count_file is not None:
                 with real_open(count_file, "w") as f:
                     f.write(str(state["n"]))
+
     return child
 
 
@@ -91,7 +105,9 @@ def _kill_cycle(argv, out: Path, reference: dict, tmp: Path, points: int = 12) -
         if r.signal == signal.SIGKILL:
             killed.append(n)
             if out.exists():  # only a complete output may be there
-                assert tree_bytes(out) == reference, f"half-written output after a kill at {n}/{total}"
+                assert tree_bytes(out) == reference, (
+                    f"half-written output after a kill at {n}/{total}"
+                )
         else:
             assert r.code == 0, r.err
         if out.exists():
@@ -110,9 +126,13 @@ def _external_kill(argv, out: Path, reference: dict, delays=(0.0, 0.05)) -> int:
     (plus a delay), then a rerun."""
     kills = 0
     for delay in delays:
-        p = subprocess.Popen([PYTHON, "-m", "safegene", *map(str, argv), "--out", str(out)], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+        p = subprocess.Popen(
+            [PYTHON, "-m", "safegene", *map(str, argv), "--out", str(out)],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         t0 = time.monotonic()
         while p.poll() is None and not temp_siblings(out) and time.monotonic() - t0 < 60:
             time.sleep(0.001)
@@ -155,14 +175,27 @@ def test_kill_during_dense_extract_sharded_output(fam, tmp_path):
 
 def test_kill_during_apply_merged(fam, tmp_path):
     target = save_sharded(fam.degraded, tmp_path / "t_sh", "16KB")
-    argv = ["apply", "--gene", fam.gene, "--target", target, "--as", "merged", "--shard-size", "8KB",
-            "--coef", "0.5"]
+    argv = [
+        "apply",
+        "--gene",
+        fam.gene,
+        "--target",
+        target,
+        "--as",
+        "merged",
+        "--shard-size",
+        "8KB",
+        "--coef",
+        "0.5",
+    ]
     before = snapshot(target, fam.gene)
     ref = tmp_path / "ref"
     r = run_cli(*argv, "--out", ref)
     assert r.code == 0, r.err
     reference = tree_bytes(ref)
-    assert len([f for f in reference if f.endswith(".safetensors")]) >= 8  # many shards, many points
+    assert (
+        len([f for f in reference if f.endswith(".safetensors")]) >= 8
+    )  # many shards, many points
     killed = _kill_cycle(argv, tmp_path / "merged", reference, tmp_path, points=14)
     assert len(killed) >= 10, killed
     assert _external_kill(argv, tmp_path / "merged", reference) >= 1
@@ -171,19 +204,47 @@ def test_kill_during_apply_merged(fam, tmp_path):
 
 # --- zoo build -------------------------------------------------------------------------------
 
+
 def tiny_recipe():
     from safegene.zoo.recipe import MICRO, DataSizes, ModelShape, Stage
 
     st = Stage(steps=2, lr=1e-3, batch_size=4, warmup=1)
     lo = Stage(steps=2, lr=1e-3, batch_size=4, warmup=1, lora_r=2)
     return MICRO.with_(
-        name="tiny", model=ModelShape(vocab_size=300, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128),
-        data=DataSizes(base_harmful=16, base_benign=16, base_general=16, aligned_harmful=16, aligned_benign=16,
-                       aligned_general=8, degraded_harmful=8, task_train=16, shots=4, harmful_test=4,
-                       benign_test=4, task_test=4),
-        base=st, aligned=st, degraded=st, task_full={"howto": st}, task_lora={"howto": lo}, tasks=("howto",),
-        threads=1, eval_max_new_tokens=4, eval_batch_size=8)
+        name="tiny",
+        model=ModelShape(
+            vocab_size=300,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+        ),
+        data=DataSizes(
+            base_harmful=16,
+            base_benign=16,
+            base_general=16,
+            aligned_harmful=16,
+            aligned_benign=16,
+            aligned_general=8,
+            degraded_harmful=8,
+            task_train=16,
+            shots=4,
+            harmful_test=4,
+            benign_test=4,
+            task_test=4,
+        ),
+        base=st,
+        aligned=st,
+        degraded=st,
+        task_full={"howto": st},
+        task_lora={"howto": lo},
+        tasks=("howto",),
+        threads=1,
+        eval_max_new_tokens=4,
+        eval_batch_size=8,
+    )
 
 
 def _zoo_build(out: Path):
@@ -192,6 +253,7 @@ def _zoo_build(out: Path):
 
         build_zoo(out, recipe=tiny_recipe(), seed=0, progress=False, measure_models=False)
         return 0
+
     return fn
 
 
@@ -239,8 +301,10 @@ def test_kill_during_zoo_build(tmp_path):
     # Two chains into two zoo dirs: one killed at counted operations (the count restarts in each
     # resumed run; rising counts let each run get further; a full tiny build is ~115 operations),
     # one killed from outside after rising delays (lands inside training, tokenizer training, ...).
-    chains = {"zoo-ops": [("op", n) for n in (3, 6, 9, 12, 16, 20, 25, 30, 36, 42, 50, 60)],
-              "zoo-time": [("t", d) for d in (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.7)]}
+    chains = {
+        "zoo-ops": [("op", n) for n in (3, 6, 9, 12, 16, 20, 25, 30, 36, 42, 50, 60)],
+        "zoo-time": [("t", d) for d in (0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8, 1.0, 1.3, 1.7)],
+    }
     for name, plan in chains.items():
         out = tmp_path / name
         for kind, n in plan:
@@ -269,11 +333,13 @@ def test_kill_during_zoo_build(tmp_path):
 
 # --- disk full -------------------------------------------------------------------------------
 
+
 def _with_fsize_limit(limit: int, fn):
     def child():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
         return fn()
+
     return child
 
 
@@ -283,18 +349,50 @@ def test_disk_full(fam, tmp_path, cmd):
     error, non-zero exit, no output, no temp sibling, inputs intact."""
     out = tmp_path / "out"
     argv = {
-        "extract-dense": ["extract", "--aligned", fam.aligned, "--degraded", fam.degraded, "--dense"],
-        "apply-merged": ["apply", "--gene", fam.gene, "--target", fam.degraded, "--shard-size", "8KB"],
+        "extract-dense": [
+            "extract",
+            "--aligned",
+            fam.aligned,
+            "--degraded",
+            fam.degraded,
+            "--dense",
+        ],
+        "apply-merged": [
+            "apply",
+            "--gene",
+            fam.gene,
+            "--target",
+            fam.degraded,
+            "--shard-size",
+            "8KB",
+        ],
         "apply-adapter": ["apply", "--gene", fam.gene, "--target", fam.degraded, "--as", "adapter"],
-        "calibrate": ["calibrate", "--gene", fam.gene_sel, "--target", fam.degraded, "--harmful", fam.harmful,
-                      "--task", fam.task, "--shots", "2", "--steps", "1"],
+        "calibrate": [
+            "calibrate",
+            "--gene",
+            fam.gene_sel,
+            "--target",
+            fam.degraded,
+            "--harmful",
+            fam.harmful,
+            "--task",
+            fam.task,
+            "--shots",
+            "2",
+            "--steps",
+            "1",
+        ],
     }[cmd]
     inputs = [fam.aligned, fam.degraded, fam.gene, fam.gene_sel, fam.harmful, fam.task]
     before = snapshot(*inputs)
-    r = fork_run(_with_fsize_limit(6000, _cli_main([*map(str, argv), "--out", str(out)])), timeout=120)
+    r = fork_run(
+        _with_fsize_limit(6000, _cli_main([*map(str, argv), "--out", str(out)])), timeout=120
+    )
     assert r.code not in (0, None), (r.code, r.err)
     assert "Traceback" not in r.err
     assert len(r.err_lines) == 1 and r.err_lines[0].startswith("safegene: error"), r.err
-    assert "space" in r.err.lower() or "too large" in r.err.lower() or "write" in r.err.lower(), r.err
+    assert "space" in r.err.lower() or "too large" in r.err.lower() or "write" in r.err.lower(), (
+        r.err
+    )
     assert not out.exists() and temp_siblings(out) == []
     assert snapshot(*inputs) == before

@@ -41,7 +41,9 @@ def _malicious_pickle_model(fam, root: Path) -> tuple[Path, Path]:
 
 def test_pickle_refused_without_flag_names_it(fam, tmp_path):
     d, marker = _malicious_pickle_model(fam, tmp_path)
-    r = run_cli("eval", "--model", d, "--harmful", fam.harmful, "--out", tmp_path / "rep", "--device", "cpu")
+    r = run_cli(
+        "eval", "--model", d, "--harmful", fam.harmful, "--out", tmp_path / "rep", "--device", "cpu"
+    )
     assert r.code == 2 and "--allow-pickle" in r.err, r.err
     assert not marker.exists() and not (tmp_path / "rep").exists()
 
@@ -50,8 +52,20 @@ def test_pickle_with_flag_never_runs_code(fam, tmp_path):
     """--allow-pickle loads with weights_only=True: the __reduce__ payload is refused, not run."""
     d, marker = _malicious_pickle_model(fam, tmp_path)
     before = snapshot(d)
-    r = run_cli("eval", "--model", d, "--allow-pickle", "--harmful", fam.harmful, "--out", tmp_path / "rep",
-                "--device", "cpu", "--max-new-tokens", "2")
+    r = run_cli(
+        "eval",
+        "--model",
+        d,
+        "--allow-pickle",
+        "--harmful",
+        fam.harmful,
+        "--out",
+        tmp_path / "rep",
+        "--device",
+        "cpu",
+        "--max-new-tokens",
+        "2",
+    )
     assert not marker.exists(), "unpickling ran code"
     assert r.code == 2, r.err
     assert "Traceback" not in r.err and len(r.err_lines) == 1 and "unpickle" in r.err, r.err
@@ -87,8 +101,10 @@ def test_clean_pickle_with_flag_loads(fam, tmp_path):
 
 def test_extract_and_apply_refuse_pickle(fam, tmp_path):
     d, marker = _malicious_pickle_model(fam, tmp_path)
-    for argv in (["extract", "--aligned", d, "--degraded", fam.degraded, "--out", tmp_path / "g"],
-                 ["apply", "--gene", fam.gene, "--target", d, "--out", tmp_path / "m"]):
+    for argv in (
+        ["extract", "--aligned", d, "--degraded", fam.degraded, "--out", tmp_path / "g"],
+        ["apply", "--gene", fam.gene, "--target", d, "--out", tmp_path / "m"],
+    ):
         r = run_cli(*argv)
         assert r.code == 2 and "--allow-pickle" in r.err, r.err
         r = run_cli(*argv, "--allow-pickle")  # with the flag: weights_only=True refuses the payload
@@ -96,7 +112,7 @@ def test_extract_and_apply_refuse_pickle(fam, tmp_path):
     assert not marker.exists() and not (tmp_path / "g").exists() and not (tmp_path / "m").exists()
 
 
-REMOTE_CODE = '''
+REMOTE_CODE = """
 import pathlib
 pathlib.Path({marker!r}).write_text("remote code ran")
 from transformers import LlamaForCausalLM, LlamaConfig
@@ -104,7 +120,7 @@ class EvilConfig(LlamaConfig):
     pass
 class EvilModel(LlamaForCausalLM):
     config_class = EvilConfig
-'''
+"""
 
 
 @pytest.mark.parametrize("where", ["model", "tokenizer"])
@@ -116,14 +132,30 @@ def test_auto_map_is_never_executed(fam, tmp_path, where):
     (d / "evil.py").write_text(REMOTE_CODE.format(marker=str(marker)))
     if where == "model":
         cfg = json.loads((d / "config.json").read_text())
-        cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"}
+        cfg["auto_map"] = {
+            "AutoConfig": "evil.EvilConfig",
+            "AutoModelForCausalLM": "evil.EvilModel",
+        }
         (d / "config.json").write_text(json.dumps(cfg))
     else:
         tc = json.loads((d / "tokenizer_config.json").read_text())
         tc["auto_map"] = {"AutoTokenizer": ["evil.EvilTokenizer", None]}
         (d / "tokenizer_config.json").write_text(json.dumps(tc))
-    r = run_cli("eval", "--model", d, "--harmful", fam.harmful, "--limit", "2", "--max-new-tokens", "2",
-                "--out", tmp_path / "rep", "--device", "cpu")
+    r = run_cli(
+        "eval",
+        "--model",
+        d,
+        "--harmful",
+        fam.harmful,
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        tmp_path / "rep",
+        "--device",
+        "cpu",
+    )
     assert not marker.exists(), "remote code from the checkpoint ran"
     assert r.code in (0, 2), r.err
     assert "Traceback" not in r.err
@@ -142,8 +174,9 @@ def test_auto_map_is_never_executed(fam, tmp_path, where):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("how", ["truncate", "lie_offsets", "lie_shape", "huge_header_length",
-                                 "header_not_object"])
+@pytest.mark.parametrize(
+    "how", ["truncate", "lie_offsets", "lie_shape", "huge_header_length", "header_not_object"]
+)
 def test_lying_safetensors_clear_error_no_hang(fam, tmp_path, how):
     """The reader on a broken file, in a child with a 20 s limit: a SafeGeneError, no crash, no hang."""
     d = shutil.copytree(fam.aligned, tmp_path / "m")

@@ -54,7 +54,9 @@ def test_side_files_and_hash(tmp_path):
     c = em.save(em.perturbed(model, 1), tmp_path / "c")
     assert hash_model_dir(a) == hash_model_dir(b) != hash_model_dir(c)
     assert hash_model_dir(a, full=True).startswith("sha256:")
-    assert hash_model_dir(a, full=True) == hash_model_dir(b, full=True) != hash_model_dir(c, full=True)
+    assert (
+        hash_model_dir(a, full=True) == hash_model_dir(b, full=True) != hash_model_dir(c, full=True)
+    )
     out = tmp_path / "out"
     out.mkdir()
     assert "config.json" in copy_side_files(a, out)

@@ -12,8 +12,12 @@ from safegene.io import ModelReader, ShardWriter, SpooledWriter, parse_size, pla
 
 def _tensors():
     g = torch.Generator().manual_seed(0)
-    return {f"layers.{i}.w": torch.randn(16, 8 + i, generator=g).to(torch.bfloat16 if i % 2 else torch.float32)
-            for i in range(6)}
+    return {
+        f"layers.{i}.w": torch.randn(16, 8 + i, generator=g).to(
+            torch.bfloat16 if i % 2 else torch.float32
+        )
+        for i in range(6)
+    }
 
 
 def test_plan_respects_budget():
