@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from safegene.errors import SafeGeneError
+from safegene.io.atomic import write_text_atomic
 
 # What the demo compares; the grids are small enough for `small` to finish in minutes on 2 cores.
 DEMO_METHODS = {
@@ -116,7 +117,5 @@ def run_demo(
             raise SafeGeneError(f"no task model {sorted(unknown)[0]!r} in the zoo")
         recipe["tasks"] = [t for t in recipe["tasks"] if t["name"] in tasks]
     recipe_path = out / "recipe.yaml"
-    tmp = recipe_path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(recipe, sort_keys=False))
-    tmp.replace(recipe_path)
+    write_text_atomic(recipe_path, yaml.safe_dump(recipe, sort_keys=False))
     return run_compare(recipe_path, report_dir, force=force, progress=progress)

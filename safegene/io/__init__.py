@@ -1,6 +1,8 @@
 """Streaming safetensors I/O: read one tensor at a time, write sharded output with a byte budget,
-atomic output directories, side-file copying and content hashes. See each module's docstring."""
+PEFT LoRA adapters, atomic outputs (files and directories), side-file copying and content hashes.
+See each module's docstring."""
 
+from safegene.io.atomic import atomic_dir, atomic_file, remove_stale_temps, write_text_atomic
 from safegene.io.outdir import (
     MODEL_SIDE_FILES,
     atomic_output_dir,
@@ -30,6 +32,8 @@ __all__ = [
     "TensorEntry",
     "Workspace",
     "all_finite",
+    "atomic_dir",
+    "atomic_file",
     "atomic_output_dir",
     "check_output_path",
     "copy_side_files",
@@ -40,5 +44,7 @@ __all__ = [
     "plan_shards",
     "read_header",
     "read_tensor",
+    "remove_stale_temps",
     "save_tensors",
+    "write_text_atomic",
 ]

@@ -1,8 +1,10 @@
-"""Atomic output directories, copying of a model's non-weight files, and content hashes.
+"""Output paths (checked before any work, built atomically), copying of a model's non-weight
+files, and content hashes.
 
-An output is built in a hidden sibling directory (same filesystem), fsynced, then renamed into
-place, so an interrupted run never leaves a half-written output at the final path. An existing
-output is refused unless `force`; with `force` it is replaced only once the new one is complete.
+An output is built in a hidden sibling directory (same filesystem, `safegene.io.atomic`), fsynced,
+then renamed into place, so an interrupted run never leaves a half-written output at the final
+path. An existing output is refused unless `force`; with `force` it is replaced only once the new
+one is complete.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ import contextlib
 import hashlib
 import os
 import shutil
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from safegene.errors import SafeGeneError
+from safegene.io.atomic import atomic_dir
 
 # Files a model directory carries besides its weights: config, tokenizer, chat template, ...
 MODEL_SIDE_FILES = (
@@ -54,43 +56,15 @@ def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple
     return out
 
 
-def _fsync_tree(path: Path) -> None:
-    for p in path.rglob("*"):
-        if p.is_file():
-            fd = os.open(p, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary sibling directory; on success rename it to `out`.
+    """`check_output_path(out, force)`, then `atomic_dir(out)`: a fresh hidden sibling directory
+    that becomes `out` when the block succeeds (with `force`, replacing the old `out` only then).
 
     On any exception the temporary directory is removed and `out` is left as it was.
     """
-    out = check_output_path(out, force)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(check_output_path(out, force)) as tmp:
         yield tmp
-        _fsync_tree(tmp)
-        if out.exists():  # force: swap in the new output, then drop the old one
-            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def copy_side_files(

@@ -1,0 +1,118 @@
+"""The one way an output appears: written beside its final path, then renamed into place.
+
+`atomic_dir(final)` yields a fresh hidden sibling directory `.NAME.tmp-PID`; when the block
+succeeds its files are fsynced and it is renamed to `final` (an existing `final` is moved aside
+to `.NAME.old-*` first and removed after the swap). `atomic_file(final)` does the same for one
+file (a text or binary handle on `.NAME.tmp-PID`, fsynced, `os.replace`d). On any exception the
+temporary sibling is removed and `final` is left as it was.
+
+A `kill -9` cannot clean up after itself: both helpers first remove the `.NAME.tmp-PID` siblings
+of `final` whose process is gone (`remove_stale_temps`), so reruns do not pile them up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def temp_sibling(final: Path) -> Path:
+    """The hidden temporary path this process writes `final` through."""
+    return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+def pid_alive(pid: str) -> bool:
+    """Is the process `pid` (a temp sibling's suffix) still running? This process counts as gone:
+    a temp sibling of ours that is already there is a leftover of an earlier failed attempt."""
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return int(pid) != os.getpid()
+
+
+def remove_stale_temps(final: Path) -> None:
+    """Remove the `.NAME.tmp-PID` siblings of `final` left by processes that no longer run."""
+    for stale in final.parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        if pid_alive(stale.name.rsplit("-", 1)[-1]):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.rglob("*"):
+        if p.is_file():
+            _fsync(p)
+    _fsync(path)
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename `tmp` to `final`; an existing `final` is moved aside first, then removed."""
+    if not final.exists():
+        os.rename(tmp, final)
+        return
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary sibling directory; on success it becomes `final` (see module doc).
+
+    The caller decides whether an existing `final` may be replaced (`check_output_path`)."""
+    final = Path(final)
+    remove_stale_temps(final)
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        _swap_in(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(final: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Yield a handle on a temporary sibling of `final` ("w": UTF-8 text, "wb": bytes); on
+    success it is fsynced and replaces `final` in one rename."""
+    final = Path(final)
+    remove_stale_temps(final)
+    tmp = temp_sibling(final)
+    try:
+        with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    """`final` holds `text` (UTF-8), or is left as it was."""
+    with atomic_file(final) as fh:
+        fh.write(text)
