@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,20 +25,11 @@ from tqdm.auto import tqdm
 
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.family import check_compatible
-from safegene.gene import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    PEFT_PREFIX,
-    Gene,
-    adapter_config,
-    load_gene,
-    normalize_coefficients,
-)
+from safegene.gene import Gene, load_gene, normalize_coefficients
 from safegene.io import (
     DEFAULT_SHARD_BYTES,
     ModelReader,
     ShardWriter,
-    SpooledWriter,
     all_finite,
     atomic_output_dir,
     check_output_path,
@@ -48,82 +37,10 @@ from safegene.io import (
     hash_model_dir,
     matches_hash,
 )
+from safegene.io.lora import AdapterWriter, LoraAdapter, adapter_base_model, read_adapter
 
 FORMS = ("merged", "adapter", "combined")
 APPLY_RECORD = "safegene_apply.json"
-
-
-# --- the task LoRA ---------------------------------------------------------------------------
-
-
-@dataclass
-class TaskLora:
-    """A stock PEFT LoRA adapter read lazily: {module path: (A key, B key, scaling)}."""
-
-    path: Path
-    config: dict
-    modules: dict[str, tuple[str, str, float]]
-    reader: ModelReader
-
-    def factors(self, module_path: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-        ka, kb, scale = self.modules[module_path]
-        return (self.reader.get(ka, torch.float32), self.reader.get(kb, torch.float32), scale)
-
-    def delta(self, module_path: str) -> torch.Tensor:
-        a, b, s = self.factors(module_path)
-        return (b @ a).mul_(s)
-
-
-def _pattern_value(patterns: dict, key: str, default):
-    """PEFT's rank_pattern/alpha_pattern lookup (peft.utils.other.get_pattern_key)."""
-    for pat in patterns or {}:
-        if re.match(rf"(.*\.)?({pat})$", key):
-            return patterns[pat]
-    return default
-
-
-def load_task_lora(path: str | os.PathLike) -> TaskLora:
-    """Read a PEFT LoRA adapter; refuses what cannot be merged exactly (DoRA, modules_to_save,
-    LoRA biases, fan_in_fan_out, embeddings)."""
-    path = Path(path)
-    if not (path / ADAPTER_CONFIG).is_file():
-        raise SafeGeneError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG}): {path}")
-    try:
-        cfg = json.loads((path / ADAPTER_CONFIG).read_text())
-    except (OSError, ValueError) as exc:
-        raise SafeGeneError(f"unreadable {path / ADAPTER_CONFIG}: {exc}") from exc
-    if cfg.get("peft_type") != "LORA":
-        raise SafeGeneError(f"{path} is a {cfg.get('peft_type')} adapter; only LoRA is supported")
-    for key, what in (
-        ("use_dora", "DoRA"),
-        ("modules_to_save", "modules_to_save"),
-        ("lora_bias", "LoRA biases"),
-        ("fan_in_fan_out", "fan_in_fan_out"),
-    ):
-        if cfg.get(key):
-            raise SafeGeneError(f"the adapter {path} uses {what}, which cannot be combined exactly")
-    reader = ModelReader(path, prefix="adapter_model", need_config=False)
-    modules = {}
-    for name in reader.names():
-        if name.endswith(".lora_A.weight"):
-            mod = name[: -len(".lora_A.weight")]
-            kb = mod + ".lora_B.weight"
-            if kb not in reader:
-                raise SafeGeneError(f"the adapter {path} has {name} but no {kb}")
-            path_in_model = mod.removeprefix(PEFT_PREFIX)
-            r = reader.entry(name).shape[0]
-            rank = _pattern_value(cfg.get("rank_pattern"), path_in_model, cfg.get("r", r))
-            alpha = _pattern_value(
-                cfg.get("alpha_pattern"), path_in_model, cfg.get("lora_alpha", rank)
-            )
-            scale = alpha / (rank**0.5 if cfg.get("use_rslora") else rank)
-            modules[path_in_model] = (name, kb, float(scale))
-        elif ".lora_B." not in name:
-            raise SafeGeneError(
-                f"the adapter {path} holds {name!r}, which is not a LoRA "
-                "linear factor (embedding LoRA and extra tensors are unsupported)"
-            )
-    return TaskLora(path, cfg, modules, reader)
 
 
 # --- coefficients ----------------------------------------------------------------------------
@@ -151,30 +68,21 @@ def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:
 # --- provenance ------------------------------------------------------------------------------
 
 
-def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) -> str | None:
-    """Does the target descend from the aligned model the gene was extracted from?
+def check_provenance(gene: Gene, model, adapter=None, *, strict: bool = False) -> str | None:
+    """Does the model descend from the aligned model the gene was extracted from?
 
-    Known only where a task LoRA is given: its base (`target`, and the local directory its
+    Known only where a task LoRA is given: its base (`model`, and the local directory its
     adapter_config names, if any) should be that aligned model. A content hash other than the
     gene's recorded one is a SafeGeneWarning, or a SafeGeneError with `strict`. A full checkpoint
     records no ancestor: nothing to compare. Returns the warning's text, or None.
     """
-    src = (
-        (meta.get("sources") or {}).get("aligned")
-        if isinstance(meta.get("sources"), dict)
-        else None
-    )
-    recorded = src.get("hash") if isinstance(src, dict) else None
+    src = gene.aligned_source
+    recorded = src.get("hash")
     if adapter is None or not isinstance(recorded, str):
         return None
-    bases = [Path(target)]
-    try:
-        named = json.loads((Path(adapter) / ADAPTER_CONFIG).read_text()).get(
-            "base_model_name_or_path"
-        )
-    except (OSError, ValueError, AttributeError):
-        named = None
-    if isinstance(named, str) and named and (Path(named) / "config.json").is_file():
+    bases = [Path(model)]
+    named = adapter_base_model(adapter)
+    if named and (Path(named) / "config.json").is_file():
         bases.append(Path(named))
     for base in bases:
         if not matches_hash(base, recorded):
@@ -194,7 +102,7 @@ def check_provenance(meta: dict, target, adapter=None, *, strict: bool = False) 
 
 def apply_gene(
     gene: str | os.PathLike | Gene,
-    target: str | os.PathLike,
+    model: str | os.PathLike,
     out: str | os.PathLike,
     *,
     form: str = "merged",
@@ -206,7 +114,7 @@ def apply_gene(
     strict: bool = False,
     allow_pickle: bool = False,
 ) -> Path:
-    """Apply `gene` to the model at `target` (plus the task LoRA `adapter`) and write `out`.
+    """Apply `gene` to the target `model` (plus its task LoRA `adapter`) and write `out`.
 
     form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
     own), a number, a per-layer list or a dict. Checks the family before writing anything.
@@ -218,18 +126,18 @@ def apply_gene(
     if form == "adapter" and adapter is not None:
         raise SafeGeneError("--as adapter writes the gene alone; use --as combined with --adapter")
     gene_path = gene.path if isinstance(gene, Gene) else Path(gene)
-    check_output_path(out, force, inputs=(target, gene_path, adapter))
+    check_output_path(out, force, inputs=(model, gene_path, adapter))
     gene = gene if isinstance(gene, Gene) else load_gene(gene)
-    reader = ModelReader(target, allow_pickle=allow_pickle)
-    task = load_task_lora(adapter) if adapter is not None else None
+    reader = ModelReader(model, allow_pickle=allow_pickle)
+    task = read_adapter(adapter) if adapter is not None else None
     try:
         _check_family(gene, reader, task)
-        check_provenance(gene.meta, target, adapter, strict=strict)
+        check_provenance(gene, model, adapter, strict=strict)
         alphas = resolve_coefficients(gene, coefficients)
         record = {
             "gene": str(gene_path.absolute()),
-            "target": str(Path(target).absolute()),
-            "target_hash": hash_model_dir(target),
+            "target": str(Path(model).absolute()),
+            "target_hash": hash_model_dir(model),
             "adapter": str(Path(adapter).absolute()) if adapter else None,
             "form": form,
             "coefficients": normalize_coefficients(coefficients, gene.num_layers)
@@ -241,20 +149,18 @@ def apply_gene(
         with atomic_output_dir(out, force) as tmp:
             if form == "merged":
                 _write_merged(tmp, reader, gene, alphas, task, shard_size, progress)
-            elif form == "adapter":
-                _write_adapter(tmp, gene, alphas, None, str(Path(target).absolute()))
-            else:
-                _write_adapter(tmp, gene, alphas, task, str(Path(target).absolute()))
+            else:  # adapter (task None) or combined
+                _write_adapter(tmp, gene, alphas, task, str(Path(model).absolute()))
             (tmp / APPLY_RECORD).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
     finally:
         reader.close()
         gene.close()
         if task is not None:
-            task.reader.close()
+            task.close()
     return Path(out)
 
 
-def _check_family(gene: Gene, reader: ModelReader, task: TaskLora | None) -> None:
+def _check_family(gene: Gene, reader: ModelReader, task: LoraAdapter | None) -> None:
     """Gene and task LoRA must fit the target; the first mismatch is named."""
     shapes = reader.shapes()
     check_compatible(
@@ -268,9 +174,8 @@ def _check_family(gene: Gene, reader: ModelReader, task: TaskLora | None) -> Non
         weight = mod + ".weight"
         if weight not in shapes:
             raise SafeGeneError(f"the adapter {task.path} targets {mod!r}, which the target lacks")
-        ea = task.reader.entry(task.modules[mod][0])
-        eb = task.reader.entry(task.modules[mod][1])
-        if (eb.shape[0], ea.shape[1]) != tuple(shapes[weight]) or ea.shape[0] != eb.shape[1]:
+        a, b = task.shape(mod)
+        if (b[0], a[1]) != tuple(shapes[weight]) or a[0] != b[1]:
             raise SafeGeneError(
                 f"the adapter's factors for {mod!r} do not fit its shape "
                 f"{tuple(shapes[weight])} in the target"
@@ -285,7 +190,7 @@ def _write_merged(
     reader: ModelReader,
     gene: Gene,
     alphas: dict,
-    task: TaskLora | None,
+    task: LoraAdapter | None,
     shard_size: int,
     progress,
 ) -> None:
@@ -324,16 +229,13 @@ def _write_merged(
 
 
 def _write_adapter(
-    tmp: Path, gene: Gene, alphas: dict, task: TaskLora | None, base_model: str
+    tmp: Path, gene: Gene, alphas: dict, task: LoraAdapter | None, base_model: str
 ) -> None:
     """`adapter` (task None) or `combined` (task given) PEFT output, scaling 1 everywhere."""
     gene_mods = {gene.modules[t].module_path: (t, a) for t, a in alphas.items()}
     task_mods = task.modules if task else {}
-    order = list(dict.fromkeys([*task_mods, *gene_mods]))
-    writer = SpooledWriter(tmp / ADAPTER_WEIGHTS)
-    ranks = {}
-    try:
-        for mod in order:
+    with AdapterWriter(tmp, base_model, gene.num_layers) as writer:
+        for mod in dict.fromkeys([*task_mods, *gene_mods]):
             parts_a, parts_b = [], []
             if mod in task_mods:
                 a, b, s = task.factors(mod)
@@ -344,13 +246,4 @@ def _write_adapter(
                 a, b = gene.factors(t)
                 parts_a.append(a)
                 parts_b.append(b.mul_(alpha))
-            a, b = torch.cat(parts_a, 0), torch.cat(parts_b, 1)
-            writer.write(PEFT_PREFIX + mod + ".lora_A.weight", a)
-            writer.write(PEFT_PREFIX + mod + ".lora_B.weight", b)
-            ranks[mod] = a.shape[0]
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    config = adapter_config(ranks, base_model, gene.num_layers)
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+            writer.write(mod, torch.cat(parts_a, 0), torch.cat(parts_b, 1))

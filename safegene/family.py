@@ -144,7 +144,7 @@ def fingerprint(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
 
 
 def check_compatible(
-    expected: dict,
+    expected: dict | None,
     config: dict,
     shapes: dict[str, tuple[int, ...]],
     tensors: dict[str, tuple[int, ...]] | None = None,
@@ -152,9 +152,10 @@ def check_compatible(
 ) -> None:
     """Raise SafeGeneError naming the first mismatch between a family fingerprint (`expected`,
     e.g. a gene's) and a checkpoint (`config`, `shapes`): model_type, layer count, hidden size,
-    then each tensor in `tensors` (name -> required shape) missing or of another shape."""
-    got = fingerprint(config, shapes)
-    for key in ("model_type", "num_layers", "hidden_size"):
+    then each tensor in `tensors` (name -> required shape) missing or of another shape.
+    `expected` None (no family recorded, e.g. a gene from a plain PEFT adapter): the tensors only."""
+    got = fingerprint(config, shapes) if expected is not None else None
+    for key in ("model_type", "num_layers", "hidden_size") if got else ():
         if expected.get(key) != got[key]:
             raise SafeGeneError(
                 f"family mismatch: the gene was extracted from {key}="
@@ -169,7 +170,8 @@ def check_compatible(
                 f"{what} but {tuple(shape)} in the gene"
             )
     if (
-        expected.get("layer_tensors_sha256") not in (None, got["layer_tensors_sha256"])
+        got
+        and expected.get("layer_tensors_sha256") not in (None, got["layer_tensors_sha256"])
         and not tensors
     ):
         raise SafeGeneError(

@@ -27,6 +27,7 @@ from safegene.baselines.stream import (
     write_transformed,
 )
 from safegene.io import ModelReader, atomic_output_dir, check_output_path, save_tensors
+from safegene.io.lora import ADAPTER_WEIGHTS, write_adapter_config
 
 RECORD = "safelora.json"
 
@@ -132,8 +133,8 @@ def safelora(
                 force=force,
                 desc="SafeLoRA",
                 progress=progress,
+                records={RECORD: record},
             )
-            (Path(out) / RECORD).write_text(json.dumps(record, indent=1) + "\n")
     return Path(out)
 
 
@@ -158,7 +159,6 @@ def _write_projected_adapter(
                 t = project(v, t.float()).to(t.dtype)
         tensors[key] = t
     with atomic_output_dir(out, force) as tmp:
-        save_tensors(tmp / "adapter_model.safetensors", tensors)
-        config = json.loads((lora.path / "adapter_config.json").read_text())
-        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_tensors(tmp / ADAPTER_WEIGHTS, tensors)
+        write_adapter_config(tmp, lora.config)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")

@@ -8,6 +8,7 @@ reads one tensor at a time, writes sharded output atomically, copies config and 
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from safegene.apply import TaskLora, load_task_lora
 from safegene.errors import SafeGeneError
 from safegene.family import DEFAULT_KINDS, check_compatible, fingerprint, parse_name
 from safegene.io import (
@@ -28,6 +28,7 @@ from safegene.io import (
     check_output_path,
     copy_side_files,
 )
+from safegene.io.lora import LoraAdapter, read_adapter
 
 Transform = Callable[[str, torch.Tensor], "torch.Tensor | None"]
 
@@ -37,7 +38,7 @@ class TaskModel:
     """θ_task tensor by tensor: a checkpoint, plus an optional task LoRA merged on read."""
 
     reader: ModelReader
-    lora: TaskLora | None = None
+    lora: LoraAdapter | None = None
 
     def get(self, name: str) -> torch.Tensor:
         """The task weight in float32."""
@@ -61,9 +62,9 @@ def open_task_model(
     stack: ExitStack, model: str | os.PathLike, adapter: str | os.PathLike | None
 ) -> TaskModel:
     reader = stack.enter_context(ModelReader(model))
-    lora = load_task_lora(adapter) if adapter is not None else None
+    lora = read_adapter(adapter) if adapter is not None else None
     if lora is not None:
-        stack.callback(lora.reader.close)
+        stack.callback(lora.close)
     return TaskModel(reader, lora)
 
 
@@ -107,8 +108,11 @@ def write_transformed(
     shard_size: int = DEFAULT_SHARD_BYTES,
     desc: str = "merging",
     progress: bool | None = None,
+    records: dict[str, dict] | None = None,
 ) -> Path:
-    """Stream every tensor of `task` through `transform` into a new checkpoint at `out`."""
+    """Stream every tensor of `task` through `transform` into a new checkpoint at `out`;
+    `records` {file name: object} are written beside the weights as JSON (inside the same atomic
+    output)."""
     check_output_path(out, force, inputs=(task.reader.path,))
     reader = task.reader
     items = [(n, reader.entry(n).dtype, reader.entry(n).shape) for n in reader.names()]
@@ -133,4 +137,6 @@ def write_transformed(
             del w
         writer.close()
         copy_side_files(reader.path, tmp)
+        for file, record in (records or {}).items():
+            (tmp / file).write_text(json.dumps(record, indent=1) + "\n")
     return Path(out)

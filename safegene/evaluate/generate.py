@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from safegene.errors import SafeGeneError
+from safegene.io.lora import max_lora_rank
 
 BACKENDS = ("transformers", "vllm")
 
@@ -333,20 +334,6 @@ def vllm_prompts(tokenizer, texts: list[str]) -> list[dict]:
     ]
 
 
-def _lora_rank(adapter: str | None) -> int | None:
-    if adapter is None:
-        return None
-    import json
-    from pathlib import Path
-
-    try:
-        cfg = json.loads((Path(adapter) / "adapter_config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    ranks = [cfg.get("r") or 0] + list((cfg.get("rank_pattern") or {}).values())
-    return max(int(r) for r in ranks) if ranks else None
-
-
 def import_vllm():
     try:
         import vllm  # noqa: F401
@@ -394,7 +381,7 @@ class VLLMBackend(GenerationBackend):
                 model_path=self.model_path,
                 adapter=self.adapter,
                 dtype=self.dtype,
-                lora_rank=_lora_rank(self.adapter),
+                lora_rank=max_lora_rank(self.adapter) if self.adapter else None,
                 extra_llm_args=self.llm_args,
             )
             self._llm = LLM(**args["llm"])
