@@ -10,154 +10,41 @@ LoRA's own contribution is already in the output it adds to.
 The model's own parameters stay frozen; `α` is the only tensor with a gradient. This one mechanism
 serves attribution (∂L/∂α at α=0 equals ⟨∇_W L, δ⟩), exact ablation (α=1 on one group), calibration
 (Adam on α) and evaluation (generate with α fixed).
+
+The δs come from `Gene.linear_deltas()`; `check_attachable` checks a model directory against them
+before it is loaded; `encode_chat_pairs` and `pairs_loss` are the losses select and calibrate
+take on (prompt, target) pairs.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from safegene.errors import SafeGeneError
-
-KIND_OF = {"self_attn": "attn", "mlp": "mlp"}
-_KEY = re.compile(
-    r"^(?:base_model\.model\.)?(?P<name>(?:.*\.)?layers\.(?P<layer>\d+)\."
-    r"(?P<block>[A-Za-z_]+)\.(?P<proj>[A-Za-z0-9_]+))\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$"
-)
+from safegene.family import check_compatible
+from safegene.gene import Gene, LinearDelta
+from safegene.groups import group_key
+from safegene.io import ModelReader
 
 
-@dataclass
-class GeneModule:
-    """One module's gene factors: δ = B @ A (scaling folded into B)."""
-
-    name: str  # module path inside the causal LM, e.g. "model.layers.3.self_attn.q_proj"
-    layer: int
-    kind: str  # "attn" | "mlp" | the block name for anything else
-    A: torch.Tensor  # (r, in_features); a dense gene: δ itself (out_features, in_features)
-    B: torch.Tensor | None  # (out_features, r); None for a dense gene
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return (self.A.shape[0] if self.B is None else self.B.shape[0], self.A.shape[1])
-
-    @property
-    def n_params(self) -> int:
-        return self.A.numel() + (0 if self.B is None else self.B.numel())
-
-
-def group_key(layer: int, kind: str, per_module_kind: bool) -> str:
-    """ "3" per layer, "3.attn" / "3.mlp" per module kind."""
-    return f"{layer}.{kind}" if per_module_kind else str(layer)
-
-
-def parse_group(key: str) -> tuple[int, str | None]:
-    layer, _, kind = str(key).partition(".")
-    return int(layer), (kind or None)
-
-
-def _scaling(config: dict, name: str, rank: int) -> float:
-    """PEFT's lora scaling for one module (alpha / r, honouring rank_pattern/alpha_pattern)."""
-    alpha = config.get("lora_alpha", rank)
-    for pattern, value in (config.get("alpha_pattern") or {}).items():
-        if re.search(rf"(^|\.){re.escape(pattern)}$", name) or re.fullmatch(pattern, name):
-            alpha = value
-    if config.get("use_rslora"):
-        return float(alpha) / float(rank) ** 0.5
-    return float(alpha) / float(rank)
-
-
-def read_meta(gene_dir: str | Path) -> dict:
-    """The gene's safegene.json as a dict ({} for a plain PEFT directory without one)."""
-    p = Path(gene_dir) / "safegene.json"
-    if not p.is_file():
-        return {}
-    try:
-        meta = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SafeGeneError(f"cannot read {p}: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise SafeGeneError(f"cannot read {p}: not a JSON object")
-    return meta
-
-
-def read_gene_modules(gene_dir: str | Path) -> list[GeneModule]:
-    """The gene's per-layer weight deltas (LoRA factors, or dense δ), float32, sorted by layer.
-
-    A SafeGene gene is read through `safegene.gene.load_gene`; a plain PEFT LoRA directory
-    (no safegene.json of the gene format) is read directly, its scaling folded into B.
-    """
-    gene_dir = Path(gene_dir)
-    if read_meta(gene_dir).get("format") == "safegene-gene":
-        return _read_with_gene_api(gene_dir)
-    return _read_peft_dir(gene_dir)
-
-
-def _read_with_gene_api(gene_dir: Path) -> list[GeneModule]:
-    from safegene.gene import load_gene
-
-    gene = load_gene(gene_dir)
-    modules = []
-    try:
-        for tensor, m in gene.modules.items():
-            if m.layer is None or not tensor.endswith(".weight") or len(m.shape) != 2:
-                continue  # embeddings, norms, biases: not expressed through a Linear's output
-            if gene.kind == "lora":
-                A, B = gene.factors(tensor)
-            else:
-                A, B = gene.delta(tensor), None
-            if not torch.isfinite(A).all() or (B is not None and not torch.isfinite(B).all()):
-                raise SafeGeneError(f"gene {gene_dir}: NaN/Inf in {tensor}")
-            modules.append(GeneModule(name=m.module_path, layer=m.layer, kind=m.kind, A=A, B=B))
-    finally:
-        gene.close()
-    if not modules:
-        raise SafeGeneError(f"gene {gene_dir} holds no per-layer Linear deltas")
-    modules.sort(key=lambda g: (g.layer, g.name))
-    return modules
-
-
-def _read_peft_dir(gene_dir: Path) -> list[GeneModule]:
-    from safetensors.torch import load_file
-
-    cfg_path, w_path = gene_dir / "adapter_config.json", gene_dir / "adapter_model.safetensors"
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise SafeGeneError(
-            f"not a gene (no safegene.json of a gene, no adapter_model.safetensors): {gene_dir}"
-        )
-    try:
-        config = json.loads(cfg_path.read_text())
-        tensors = load_file(str(w_path))
-    except Exception as exc:  # a truncated or foreign file
-        raise SafeGeneError(f"cannot read the gene in {gene_dir}: {exc}") from exc
-    parts: dict[str, dict] = {}
-    for key, t in tensors.items():
-        m = _KEY.match(key)
-        if not m:
-            continue
-        entry = parts.setdefault(m["name"], {"layer": int(m["layer"]), "block": m["block"]})
-        entry[m["ab"]] = t.float()
-    modules = []
-    for name, e in parts.items():
-        if "A" not in e or "B" not in e:
-            raise SafeGeneError(f"gene {gene_dir}: module {name} lacks lora_A or lora_B")
-        A, B = e["A"], e["B"]
-        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
-            raise SafeGeneError(f"gene {gene_dir}: NaN/Inf in the factors of {name}")
-        B = B * _scaling(config, name, A.shape[0])
-        modules.append(
-            GeneModule(
-                name=name, layer=e["layer"], kind=KIND_OF.get(e["block"], e["block"]), A=A, B=B
-            )
-        )
-    if not modules:
-        raise SafeGeneError(f"gene {gene_dir} holds no per-layer LoRA factors")
-    modules.sort(key=lambda g: (g.layer, g.name))
-    return modules
+def check_attachable(gene: Gene, deltas: list[LinearDelta], model: str | Path) -> None:
+    """The model directory holds the gene's family (its fingerprint, where recorded) and every δ's
+    tensor at its shape, or a SafeGeneError naming the first mismatch. Names are matched as the
+    hooks match modules: exactly, else by their `layers.N....` suffix (a checkpoint without the
+    "model." prefix, or a wrapper's)."""
+    with ModelReader(model) as reader:
+        shapes = reader.shapes()
+        need = {}
+        for d in deltas:
+            name = d.name + ".weight"
+            if name not in shapes:
+                hits = [n for n in shapes if n.endswith(name[name.find("layers.") :])]
+                name = hits[0] if hits else name
+            need[name] = d.shape
+        check_compatible(gene.fingerprint, reader.config(), shapes, tensors=need or None)
 
 
 def _linear_shape(mod) -> tuple[int, int] | None:
@@ -168,7 +55,7 @@ def _linear_shape(mod) -> tuple[int, int] | None:
     return tuple(w.shape)  # (out, in)
 
 
-def resolve_modules(model, modules: list[GeneModule]) -> dict[str, torch.nn.Module]:
+def resolve_modules(model, modules: list[LinearDelta]) -> dict[str, torch.nn.Module]:
     """Each gene module's outermost namesake in `model`, shapes checked; a clear error otherwise."""
     by_suffix: dict[str, tuple[str, torch.nn.Module]] = {}
     for full, mod in model.named_modules():
@@ -209,7 +96,7 @@ class GeneAttachment:
     def __init__(
         self,
         model,
-        modules: list[GeneModule],
+        modules: list[LinearDelta],
         *,
         per_module_kind: bool = False,
         groups: list[str] | None = None,
@@ -308,7 +195,9 @@ class GeneAttachment:
 # --- losses on (prompt, target) pairs --------------------------------------------------------------
 
 
-def encode_pairs(tokenizer, prompts: list[str], targets: list[str], template: str | None = None):
+def encode_chat_pairs(
+    tokenizer, prompts: list[str], targets: list[str], template: str | None = None
+):
     """Token ids of chat(prompt) + target (+ end of turn), and how many leading tokens are prompt."""
     from safegene.evaluate.generate import chat_texts
 

@@ -1,4 +1,5 @@
-"""The safety gene: extract δ = aligned − mean(degraded), compress it to LoRA factors, load/save it.
+"""The safety gene: the `Gene` type, the only reader and writer of `safegene.json`; extraction of
+δ = aligned − mean(degraded) and its compression to LoRA factors.
 
 A gene is a directory. The compressed (default) form is a stock PEFT LoRA adapter:
 
@@ -12,39 +13,54 @@ A gene is a directory. The compressed (default) form is a stock PEFT LoRA adapte
 so `PeftModel.from_pretrained(degraded_model, GENE)` adds δ to the model. The `--dense` form has
 no adapter files; it holds `deltas.safetensors` (or shards + `deltas.safetensors.index.json`)
 with the uncompressed float32 δ under the original tensor names (weights, and biases/norms when
-they were asked for), plus the same safegene.json.
+they were asked for), plus the same safegene.json. A plain PEFT LoRA directory (no safegene.json)
+opens as a gene too: its modules come from the adapter, its factors carry PEFT's scaling, and it
+records no family, sources, scores, selection or coefficients.
 
-safegene.json schema (format_version 1)
----------------------------------------
+safegene.json schema (format_version 2; version 1, the same without the two records, is read too)
+-------------------------------------------------------------------------------------------------
     format            "safegene-gene"
-    format_version    1
+    format_version    2
     kind              "lora" | "dense"
-    fingerprint       {model_type, num_layers, hidden_size, layer_tensors_sha256} (family.fingerprint)
-    sources           {"aligned": {"path", "hash"}, "degraded": [{"path", "hash"}, ...]}
+    fingerprint       {model_type, num_layers, hidden_size, layer_tensors_sha256} (family.fingerprint);
+                      null for a gene saved from a plain PEFT adapter (then only tensor names and
+                      shapes are checked against a model)
+    sources           {"aligned": {"path", "hash"}, "degraded": [{"path", "hash"}, ...]} | null
                       hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:")
     compression       {"method": "svd"|"randomized_svd"|"mixed"|"none", "rank", "energy", "seed"}
     modules           {tensor name: {"layer", "module", "kind", "shape", "rank", "rel_error",
                        "delta_norm"}}; tensor name e.g. "model.layers.3.self_attn.q_proj.weight",
                       rel_error = ‖δ − B·A‖_F / ‖δ‖_F measured on the stored factors (0 for dense)
-    scores            null, or whatever issue-5's selection writes (per-layer scores), free-form
+    scores            null | {"method", "units", "layers": {"<layer>": score}, "module_kinds":
+                      {"<layer>.<kind>": score}}, score = {"gain", "interference", "task", "score",
+                      "n_params"} (`safegene select`; free-form in version 1)
     selection         null (all layers) | [layer, ...] | {"attn": [layer, ...], "mlp": [...]}
+    selection_info    null | the record of `safegene select` (select.select: the groups kept, the
+                      settings, the scored model, the data's sha256, base losses, seconds)
     coefficients      null (1.0 everywhere) | number | {"<layer>": number, ...}
                       | {"attn": number | {"<layer>": number}, "mlp": ...}
                       A layer (or kind) missing from a dict gets 0 (not applied). Tensors outside
                       the decoder layers use the key "global".
+    calibration       null | the record of `safegene calibrate` (calibrate.calibrate: the fitted α
+                      per group, the target, the data's sha256, the fit settings and its losses)
+
+Both records are JSON objects (checked on reading); `select` clears the coefficients and the
+calibration record (coefficients fitted under another selection no longer hold).
 
 Python API: `extract(...)`, `load_gene(path) -> Gene`, `save_gene(gene, out, selection=...,
-coefficients=..., scores=...)`, `normalize_coefficients(value)`, `normalize_selection(value)`.
+coefficients=..., scores=..., selection_info=..., calibration=...)`,
+`normalize_coefficients(value)`, `normalize_selection(value)`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import re
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,20 +79,20 @@ from safegene.family import (
 from safegene.io import (
     ModelReader,
     ShardWriter,
-    SpooledWriter,
     all_finite,
     atomic_output_dir,
     check_output_path,
     hash_model_dir,
+    write_text_atomic,
 )
+from safegene.io.lora import ADAPTER_CONFIG, AdapterWriter, LoraAdapter, read_adapter
 
 FORMAT = "safegene-gene"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 GENE_FILE = "safegene.json"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+RECORDS = ("selection_info", "calibration")  # what select and calibrate record in the gene
 DENSE_PREFIX = "deltas"
-PEFT_PREFIX = "base_model.model."
 DEFAULT_RANK = 64
 # Exact SVD below this many rows/cols or when the rank is a large share of it; randomized above.
 EXACT_SVD_MAX_DIM = 512
@@ -184,68 +200,85 @@ class GeneModule:
         return self.tensor.rsplit(".", 1)[0]
 
 
+@dataclass
+class LinearDelta:
+    """One decoder-layer Linear's δ in memory, for `safegene.attach`: δ = B @ A with every scale
+    folded into B; for a dense gene A is δ itself and B is None."""
+
+    module: GeneModule
+    A: torch.Tensor  # (r, in_features), or δ (out_features, in_features)
+    B: torch.Tensor | None  # (out_features, r)
+
+    name = property(lambda self: self.module.module_path)  # e.g. "model.layers.3.self_attn.q_proj"
+    layer = property(lambda self: self.module.layer)
+    kind = property(lambda self: self.module.kind)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.A.shape[0] if self.B is None else self.B.shape[0], self.A.shape[1])
+
+    @property
+    def n_params(self) -> int:
+        return self.A.numel() + (0 if self.B is None else self.B.numel())
+
+
 class Gene:
-    """A loaded gene: metadata in memory, δ/factors read lazily one module at a time.
+    """A gene opened once: safegene.json read and validated, tensors read lazily, one at a time.
 
     gene.modules            {tensor name: GeneModule}, in file order
-    gene.factors(tensor)    (A, B) float32 with δ = B @ A  (LoRA genes)
+    gene.factors(tensor)    (A, B) float32 with δ = B @ A  (LoRA genes; PEFT's scaling in B)
     gene.delta(tensor)      δ float32 (B @ A, or the stored dense δ)
-    gene.selection / gene.coefficients / gene.scores / gene.fingerprint / gene.meta
-    gene.coefficient(layer, kind), gene.is_selected(layer, kind)
+    gene.linear_deltas()    every decoder-layer Linear's δ in memory (what `attach` adds)
+    gene.selection / .coefficients / .scores / .selection_info / .calibration / .fingerprint
+    gene.coefficient(layer, kind), gene.is_selected(layer, kind), gene.meta (the whole record)
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        meta_path = self.path / GENE_FILE
-        if not meta_path.is_file():
-            raise SafeGeneError(f"not a SafeGene gene (no {GENE_FILE}): {self.path}")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise SafeGeneError(f"unreadable {meta_path}: {exc}") from exc
-        if (
-            not isinstance(self.meta, dict)
-            or self.meta.get("format") != FORMAT
-            or self.meta.get("format_version") != FORMAT_VERSION
-        ):
-            raise SafeGeneError(f"{meta_path} is not a version-{FORMAT_VERSION} SafeGene gene")
-        try:
-            self.kind = self.meta["kind"]
-            self.modules = {
-                name: GeneModule(
-                    name,
-                    None if m["layer"] is None else int(m["layer"]),
-                    m["module"],
-                    m["kind"],
-                    tuple(int(d) for d in m["shape"]),
-                    m.get("rank"),
-                    m.get("rel_error", 0.0),
-                )
-                for name, m in self.meta["modules"].items()
-            }
-            int(self.meta["fingerprint"]["num_layers"])
-            normalize_selection(self.meta.get("selection"))  # SafeGeneError when malformed
-            normalize_coefficients(self.meta.get("coefficients"))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise SafeGeneError(f"malformed {meta_path}: missing or invalid field {exc}") from None
-        except SafeGeneError as exc:
-            raise SafeGeneError(f"malformed {meta_path}: {exc}") from None
-        if self.kind not in ("lora", "dense"):
+        self._adapter: LoraAdapter | None = None
+        if (self.path / GENE_FILE).is_file():
+            self.meta = _read_meta(self.path / GENE_FILE)
+        elif (self.path / ADAPTER_CONFIG).is_file():
+            self._adapter = read_adapter(self.path)
+            self.meta = _adapter_meta(self._adapter)
+        else:
             raise SafeGeneError(
-                f"malformed {meta_path}: kind {self.kind!r} is neither lora nor dense"
+                f"not a gene (no {GENE_FILE}, and not a PEFT LoRA adapter): {self.path}"
             )
-        prefix = "adapter_model" if self.kind == "lora" else DENSE_PREFIX
-        self._reader = ModelReader(self.path, prefix=prefix, need_config=False)
+        self.kind = self.meta["kind"]
+        self.modules = _modules(self.meta["modules"])
+        if self.kind == "dense":
+            self._reader = ModelReader(self.path, prefix=DENSE_PREFIX, need_config=False)
+        else:
+            self._adapter = self._adapter or read_adapter(self.path)
+            self._reader = self._adapter.reader
 
     # metadata ---------------------------------------------------------------------------------
     fingerprint = property(lambda self: self.meta["fingerprint"])
     selection = property(lambda self: self.meta.get("selection"))
     coefficients = property(lambda self: self.meta.get("coefficients"))
     scores = property(lambda self: self.meta.get("scores"))
+    selection_info = property(lambda self: self.meta.get("selection_info"))
+    calibration = property(lambda self: self.meta.get("calibration"))
 
     @property
     def num_layers(self) -> int:
-        return int(self.fingerprint["num_layers"])
+        """The family's layer count (without a fingerprint: one past the last layer present)."""
+        if self.fingerprint:
+            return int(self.fingerprint["num_layers"])
+        return max(self.layers(), default=-1) + 1
+
+    @property
+    def aligned_source(self) -> dict:
+        """{"path", "hash"} of the aligned model the gene was extracted from ({} if unknown)."""
+        sources = self.meta.get("sources")
+        src = sources.get("aligned") if isinstance(sources, dict) else None
+        return src if isinstance(src, dict) else {}
+
+    @property
+    def base_model(self) -> str | None:
+        """The base model the gene's adapter_config names (LoRA genes), else None."""
+        return self._adapter.config.get("base_model_name_or_path") if self._adapter else None
 
     def layers(self) -> list[int]:
         return sorted({m.layer for m in self.modules.values() if m.layer is not None})
@@ -262,27 +295,30 @@ class Gene:
 
     # tensors ----------------------------------------------------------------------------------
     def factors(self, tensor: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lora_A, lora_B) in float32 for one module, δ = lora_B @ lora_A."""
+        """(lora_A, lora_B) in float32 for one module, δ = lora_B @ lora_A (PEFT's scaling, 1 for
+        SafeGene's own genes, folded into lora_B)."""
         if self.kind != "lora":
             raise SafeGeneError(
                 f"the gene {self.path} is dense and has no LoRA factors; "
                 "extract it with --rank or --energy for adapter outputs"
             )
-        key = PEFT_PREFIX + self.modules[tensor].module_path
-        a = self._reader.get(key + ".lora_A.weight", torch.float32)
-        b = self._reader.get(key + ".lora_B.weight", torch.float32)
-        shape = self.modules[tensor].shape
+        m = self.modules[tensor]
+        if m.module_path not in self._adapter.modules:
+            raise SafeGeneError(
+                f"the gene {self.path} has no factors for {tensor!r}: it is corrupt"
+            )
+        a, b, scale = self._adapter.factors(m.module_path)
         if (
             a.dim() != 2
             or b.dim() != 2
-            or (b.shape[0], a.shape[1]) != tuple(shape)
+            or (b.shape[0], a.shape[1]) != tuple(m.shape)
             or a.shape[0] != b.shape[1]
         ):
             raise SafeGeneError(
                 f"the gene's factors for {tensor!r} ({tuple(b.shape)} @ {tuple(a.shape)}) "
-                f"do not make its recorded shape {tuple(shape)}: {self.path} is corrupt"
+                f"do not make its recorded shape {tuple(m.shape)}: {self.path} is corrupt"
             )
-        return a, b
+        return a, (b if scale == 1.0 else b.mul_(scale))
 
     def delta(self, tensor: str) -> torch.Tensor:
         """δ for one tensor in float32 (dense read, or B @ A)."""
@@ -298,57 +334,170 @@ class Gene:
         a, b = self.factors(tensor)
         return weight.addmm_(b, a, alpha=alpha)
 
+    def linear_deltas(self) -> list[LinearDelta]:
+        """The δ of every decoder-layer Linear weight, in memory, sorted by (layer, module path);
+        embeddings, norms and biases are left out (they are not a Linear's output)."""
+        deltas = []
+        for tensor, m in self.modules.items():
+            if m.layer is None or not tensor.endswith(".weight") or len(m.shape) != 2:
+                continue
+            a, b = self.factors(tensor) if self.kind == "lora" else (self.delta(tensor), None)
+            if not all_finite(a) or (b is not None and not all_finite(b)):
+                raise SafeGeneError(f"gene {self.path}: NaN/Inf in {tensor}")
+            deltas.append(LinearDelta(m, a, b))
+        if not deltas:
+            raise SafeGeneError(f"gene {self.path} holds no per-layer Linear deltas")
+        return sorted(deltas, key=lambda d: (d.layer, d.name))
+
     def close(self) -> None:
         self._reader.close()
 
-    def __enter__(self) -> "Gene":
+    def __enter__(self) -> Gene:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
 
+def _read_meta(file: Path) -> dict:
+    """safegene.json, validated: SafeGeneError naming the file and the field otherwise."""
+    try:
+        meta = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise SafeGeneError(f"unreadable {file}: {exc}") from exc
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != FORMAT
+        or meta.get("format_version") not in READABLE_VERSIONS
+    ):
+        versions = " or ".join(map(str, READABLE_VERSIONS))
+        raise SafeGeneError(f"{file} is not a SafeGene gene (format version {versions})")
+    try:
+        _check_fields(meta)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SafeGeneError(f"malformed {file}: missing or invalid field {exc}") from None
+    except SafeGeneError as exc:
+        raise SafeGeneError(f"malformed {file}: {exc}") from None
+    return meta
+
+
+def _check_fields(meta: dict) -> None:
+    _modules(meta["modules"])
+    if meta["fingerprint"] is not None:
+        int(meta["fingerprint"]["num_layers"])
+    normalize_selection(meta.get("selection"))
+    normalize_coefficients(meta.get("coefficients"))
+    if meta["kind"] not in ("lora", "dense"):
+        raise SafeGeneError(f"kind {meta['kind']!r} is neither lora nor dense")
+    for key in RECORDS:
+        if not isinstance(meta.get(key), (dict, type(None))):
+            raise SafeGeneError(f"{key} must be an object or null")
+
+
+def _modules(entries: dict) -> dict[str, GeneModule]:
+    return {
+        name: GeneModule(
+            name,
+            None if m["layer"] is None else int(m["layer"]),
+            m["module"],
+            m["kind"],
+            tuple(int(d) for d in m["shape"]),
+            m.get("rank"),
+            m.get("rel_error", 0.0),
+        )
+        for name, m in entries.items()
+    }
+
+
+def _adapter_meta(adapter: LoraAdapter) -> dict:
+    """The metadata of a plain PEFT LoRA directory: its modules, nothing recorded."""
+    modules = {}
+    for path in adapter.modules:
+        (rank, inp), (out, _) = adapter.shape(path)
+        p = parse_name(path + ".weight")
+        modules[p.name] = _module_meta(p, (out, inp), rank, 0.0, None)
+    return _new_meta("lora", None, None, None, modules)
+
+
+def _new_meta(kind: str, fp: dict | None, sources, compression, modules: dict) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "fingerprint": fp,
+        "sources": sources,
+        "compression": compression,
+        "modules": modules,
+        **dict.fromkeys(("scores", "selection", "coefficients", *RECORDS)),
+    }
+
+
+def _write_meta(directory: Path, meta: dict) -> None:
+    (directory / GENE_FILE).write_text(_meta_text(meta))
+
+
+def _meta_text(meta: dict) -> str:
+    return json.dumps(meta, indent=1, allow_nan=False) + "\n"
+
+
 def load_gene(path: str | os.PathLike) -> Gene:
-    """Open a gene directory (LoRA or dense); raises SafeGeneError if it is not one."""
+    """Open a gene directory (LoRA, dense, or a plain PEFT LoRA adapter); SafeGeneError otherwise."""
     return Gene(path)
+
+
+@contextlib.contextmanager
+def opened(gene: Gene | str | os.PathLike) -> Iterator[Gene]:
+    """The gene as a `Gene`: the one given, or one opened here (and closed after the block)."""
+    if isinstance(gene, Gene):
+        yield gene
+        return
+    with load_gene(gene) as g:
+        yield g
+
+
+KEEP = "keep"
 
 
 def save_gene(
     gene: Gene | str | os.PathLike,
-    out: str | os.PathLike,
+    out: str | os.PathLike | None,
     *,
-    selection="keep",
-    coefficients="keep",
-    scores="keep",
+    selection=KEEP,
+    coefficients=KEEP,
+    scores=KEEP,
+    selection_info=KEEP,
+    calibration=KEEP,
     force: bool = False,
-    **extra,
 ) -> Path:
-    """Write a copy of `gene` at `out` (atomically) with updated selection/coefficients/scores.
+    """Write `gene` with updated fields: a copy at `out` (atomically; factors copied byte for
+    byte), or, with `out` None, the gene's own safegene.json replaced atomically (factors kept).
 
-    Pass the value to set (None clears it); "keep" keeps the gene's own. `extra` sets further
-    top-level safegene.json keys (e.g. calibration provenance). Factors are copied byte for byte.
+    Pass the value to set (None clears it); KEEP keeps the gene's own. The copy is written in the
+    current format version. Returns the path written.
     """
     gene = gene if isinstance(gene, Gene) else load_gene(gene)
-    meta = dict(gene.meta)
-    if selection != "keep":
+    meta = dict(gene.meta, format_version=FORMAT_VERSION)
+    if selection != KEEP:
         meta["selection"] = normalize_selection(selection)
-    if coefficients != "keep":
+    if coefficients != KEEP:
         meta["coefficients"] = normalize_coefficients(coefficients, gene.num_layers)
-    if scores != "keep":
-        meta["scores"] = scores
-    meta.update(extra)
+    for key, value in (
+        ("scores", scores),
+        ("selection_info", selection_info),
+        ("calibration", calibration),
+    ):
+        if value != KEEP:
+            meta[key] = value
+    if out is None:
+        write_text_atomic(gene.path / GENE_FILE, _meta_text(meta))
+        return gene.path
     check_output_path(out, force, inputs=(gene.path,))
     with atomic_output_dir(out, force) as tmp:
         for f in gene.path.iterdir():
             if f.is_file() and f.name != GENE_FILE:
                 shutil.copy2(f, tmp / f.name)
-        write_gene_meta(tmp, meta)
+        _write_meta(tmp, meta)
     return Path(out)
-
-
-def write_gene_meta(directory: str | os.PathLike, meta: dict) -> None:
-    text = json.dumps(meta, indent=1, allow_nan=False)
-    (Path(directory) / GENE_FILE).write_text(text + "\n")
 
 
 # --- compression -----------------------------------------------------------------------------
@@ -524,42 +673,20 @@ def extract(
     pickle-only inputs with torch.load(weights_only=True) instead of refusing them.
     """
     degraded = [degraded] if isinstance(degraded, (str, os.PathLike)) else list(degraded)
-    if not degraded:
-        raise SafeGeneError("at least one --degraded model is needed")
-    if rank is not None and energy is not None:
-        raise SafeGeneError("give --rank or --energy, not both")
-    if energy is not None and not 0.0 < energy <= 1.0:
-        raise SafeGeneError(f"--energy must lie in (0, 1], got {energy}")
-    if rank is not None and rank < 1:
-        raise SafeGeneError(f"--rank must be at least 1, got {rank}")
-    rank = DEFAULT_RANK if rank is None and energy is None else rank
+    rank = _check_size(degraded, rank, energy)
     check_output_path(out, force, inputs=(aligned, *degraded))
     a, ds, fp = _open_family(str(aligned), [str(d) for d in degraded], allow_pickle)
     try:
         targets = gene_tensors(a.names(), a.shapes(), fp["model_type"], modules, dense)
-        sources = {
-            "aligned": {"path": str(Path(aligned).absolute()), "hash": hash_model_dir(aligned)},
-            "degraded": [
-                {"path": str(Path(d).absolute()), "hash": hash_model_dir(d)} for d in degraded
-            ],
+        compression = {
+            "method": "none" if dense else None,
+            "rank": rank if not dense else None,
+            "energy": energy,
+            "seed": seed,
         }
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "kind": "dense" if dense else "lora",
-            "fingerprint": fp,
-            "sources": sources,
-            "compression": {
-                "method": "none" if dense else None,
-                "rank": rank if not dense else None,
-                "energy": energy,
-                "seed": seed,
-            },
-            "modules": {},
-            "scores": None,
-            "selection": None,
-            "coefficients": None,
-        }
+        meta = _new_meta(
+            "dense" if dense else "lora", fp, _sources(aligned, degraded), compression, {}
+        )
         with atomic_output_dir(out, force) as tmp:
             write = _write_dense if dense else _write_lora
             write(
@@ -575,12 +702,34 @@ def extract(
                 progress=progress,
                 base_model=str(Path(aligned).absolute()),
             )
-            write_gene_meta(tmp, meta)
+            _write_meta(tmp, meta)
     finally:
         a.close()
         for d in ds:
             d.close()
     return Path(out)
+
+
+def _check_size(degraded: list, rank: int | None, energy: float | None) -> int | None:
+    """The rank to extract at (DEFAULT_RANK when neither rank nor energy is given)."""
+    if not degraded:
+        raise SafeGeneError("at least one --degraded model is needed")
+    if rank is not None and energy is not None:
+        raise SafeGeneError("give --rank or --energy, not both")
+    if energy is not None and not 0.0 < energy <= 1.0:
+        raise SafeGeneError(f"--energy must lie in (0, 1], got {energy}")
+    if rank is not None and rank < 1:
+        raise SafeGeneError(f"--rank must be at least 1, got {rank}")
+    return DEFAULT_RANK if rank is None and energy is None else rank
+
+
+def _sources(aligned, degraded: list) -> dict:
+    """The models a gene came from, by path and content hash."""
+
+    def source(path) -> dict:
+        return {"path": str(Path(path).absolute()), "hash": hash_model_dir(path)}
+
+    return {"aligned": source(aligned), "degraded": [source(d) for d in degraded]}
 
 
 def _module_meta(p: TensorName, shape, rank, rel_error, norm) -> dict:
@@ -609,78 +758,21 @@ def _write_dense(tmp: Path, targets, a, ds, meta, *, device, progress, **_) -> N
 def _write_lora(
     tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, progress, base_model
 ) -> None:
-    writer = SpooledWriter(tmp / ADAPTER_WEIGHTS)
-    ranks, methods = {}, Counter()
-    try:
+    methods = Counter()
+    with AdapterWriter(tmp, base_model, meta["fingerprint"]["num_layers"]) as writer:
         for i, p in enumerate(
             tqdm(targets, desc="extract (svd)", unit="tensor", disable=_quiet(progress))
         ):
             delta, norm = _delta(p.name, a, ds, device)
             c = compress(delta, rank, energy, seed=seed + i, norm=norm)
-            key = PEFT_PREFIX + p.module_path
-            writer.write(key + ".lora_A.weight", c.a.cpu())
-            writer.write(key + ".lora_B.weight", c.b.cpu())
-            ranks[p.module_path] = c.a.shape[0]
+            writer.write(p.module_path, c.a.cpu(), c.b.cpu())
             methods[c.method] += 1
             meta["modules"][p.name] = _module_meta(p, delta.shape, c.a.shape[0], c.rel_error, norm)
             del delta, c
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
     real = [m for m in methods if m != "zero"]
     meta["compression"]["method"] = real[0] if len(real) == 1 else ("mixed" if real else "svd")
-    config = adapter_config(ranks, base_model, meta["fingerprint"]["num_layers"])
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _quiet(progress: bool | None) -> bool | None:
     """tqdm's `disable`: None = only on a terminal."""
     return None if progress is None else not progress
-
-
-# --- PEFT adapter config ---------------------------------------------------------------------
-
-
-def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> dict:
-    """A PEFT LoRA config for modules {module path: rank} with scaling exactly 1 everywhere.
-
-    target_modules is the list of short module names when the modules cover every listed layer
-    uniformly (all `num_layers` layers, every name), else a regex that matches exactly the given module paths. r is the most common
-    rank; other ranks go to rank_pattern with an equal alpha_pattern (alpha/r = 1).
-    """
-    if not ranks:
-        raise SafeGeneError("nothing to put in the adapter (every coefficient is 0 or unselected)")
-    r = Counter(ranks.values()).most_common(1)[0][0]
-    pattern = {m: k for m, k in ranks.items() if k != r}
-    return {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "base_model_name_or_path": base_model,
-        "r": r,
-        "lora_alpha": r,
-        "rank_pattern": pattern,
-        "alpha_pattern": dict(pattern),
-        "target_modules": _target_modules(list(ranks), num_layers),
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "fan_in_fan_out": False,
-        "use_rslora": False,
-        "use_dora": False,
-        "modules_to_save": None,
-        "init_lora_weights": True,
-        "inference_mode": True,
-        "layers_to_transform": None,
-        "layers_pattern": None,
-        "revision": None,
-    }
-
-
-def _target_modules(paths: list[str], num_layers: int) -> list[str] | str:
-    """Short names when `paths` are exactly every layer × every short name, else an exact regex
-    (PEFT full-matches a string target_modules against each module path)."""
-    short = sorted({p.rsplit(".", 1)[-1] for p in paths})
-    layers = {parse_name(p + ".weight").layer for p in paths}
-    if layers == set(range(num_layers)) and len(set(paths)) == num_layers * len(short):
-        return short
-    return "^(?:" + "|".join(re.escape(p) for p in sorted(paths)) + ")$"
