@@ -32,14 +32,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from safegene.attach import GeneAttachment, read_gene_modules  # noqa: E402
-from safegene.calibrate import DEFAULTS, calibrate  # noqa: E402
+from safegene.attach import GeneAttachment  # noqa: E402
+from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
 from safegene.evaluate.generate import GenerationSettings  # noqa: E402
 from safegene.evaluate.judges import make_judges  # noqa: E402
 from safegene.evaluate.run import EvalSettings, ModelSpec, evaluate_model  # noqa: E402
+from safegene.gene import load_gene  # noqa: E402
+from safegene.groups import group_key, group_order, parse_group  # noqa: E402
 from safegene.models import load_model  # noqa: E402
 from safegene.select import select  # noqa: E402
+from safegene.settings import FitSettings  # noqa: E402
 
 CONFIGS = ("none", "uniform", "select", "calibrate", "safegene")
 
@@ -54,6 +57,12 @@ def zoo_gene(models: dict, work: Path, rank: int | None) -> Path:
             models["aligned"]["path"], [models["degraded"]["path"]], gene, rank=rank, progress=False
         )
     return gene
+
+
+def gene_deltas(gene: Path) -> list:
+    """The gene's decoder-layer δs in memory (what GeneAttachment adds)."""
+    with load_gene(gene) as g:
+        return g.linear_deltas()
 
 
 def eval_settings(max_new_tokens: int, batch_size: int = 64) -> EvalSettings:
@@ -119,9 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--benign-keep", action="store_true", help="calibrate with --benign (benign shots kept)"
     )
-    ap.add_argument("--lam", type=float, default=DEFAULTS["lam"])
-    ap.add_argument("--steps", type=int, default=DEFAULTS["steps"])
-    ap.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    ap.add_argument("--lam", type=float, default=FitSettings.lam)
+    ap.add_argument("--steps", type=int, default=FitSettings.steps)
+    ap.add_argument("--lr", type=float, default=FitSettings.lr)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument(
         "--limit", type=int, default=None, help="evaluate on the first N prompts of each split"
@@ -173,15 +182,13 @@ def main(argv=None) -> int:
         load_data(data["harmful_test"], "harmful", limit=args.limit),
         load_data(data["benign_test"], "benign", limit=args.limit),
     ]
-    modules = read_gene_modules(gene)
+    modules = gene_deltas(gene)
     layer_groups = sorted({str(g.layer) for g in modules}, key=int)
-    fine_groups = sorted(
-        {f"{g.layer}.{g.kind}" for g in modules}, key=lambda g: (int(g.split(".")[0]), g)
-    )
+    fine_groups = sorted({group_key(g.layer, g.kind, True) for g in modules}, key=group_order)
 
     def expand(alpha: dict[str, float]) -> list[float]:
         """{group: α} (per layer or per module kind) → α over the fine groups."""
-        return [alpha.get(g, alpha.get(g.split(".")[0], 0.0)) for g in fine_groups]
+        return [alpha.get(g, alpha.get(str(parse_group(g)[0]), 0.0)) for g in fine_groups]
 
     results: dict = {"aligned": {}, "models": {}}
     aligned, atok = load_model(models["aligned"]["path"])
@@ -216,8 +223,7 @@ def main(argv=None) -> int:
             lr=args.lr,
             seed=args.seed,
             out=None,
-            model=model,
-            tokenizer=tok,
+            loaded=(model, tok),
         )
         if args.benign_keep:
             shots["benign"] = data["tasks"][task]["shots"]

@@ -33,13 +33,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_ablations import eval_settings, measure, zoo_gene  # noqa: E402
+from bench_ablations import eval_settings, gene_deltas, measure, zoo_gene  # noqa: E402
 
-from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules  # noqa: E402
+from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss  # noqa: E402
 from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
 from safegene.models import load_model  # noqa: E402
-from safegene.select import _answer, load_records, take  # noqa: E402
+from safegene.shots import answer_of, load_records, take  # noqa: E402
 from safegene.zoo.build import load_zoo  # noqa: E402
 
 MARGIN = 0.05  # issue 5: harmful and over-refusal within 5 points of the aligned model's
@@ -94,8 +94,8 @@ def full_finetune(model, tok, harmful, task, datasets, settings, limits, *, step
     torch.manual_seed(seed)
     if hasattr(model, "merge_and_unload"):  # aligned + task LoRA: train the merged weights
         model = model.merge_and_unload()
-    enc_h = encode_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
-    enc_t = encode_pairs(tok, [p for p, _ in task], [t for _, t in task])
+    enc_h = encode_chat_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
+    enc_t = encode_chat_pairs(tok, [p for p, _ in task], [t for _, t in task])
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     params = list(model.parameters())
     for p in params:
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     work = Path(args.work or Path(args.zoo) / "bench-ceiling")
     work.mkdir(parents=True, exist_ok=True)
     gene = zoo_gene(models, work, args.rank)
-    modules = read_gene_modules(gene)
+    modules = gene_deltas(gene)
     groups = sorted({str(g.layer) for g in modules}, key=int)
     settings = eval_settings(args.max_new_tokens)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
         flush=True,
     )
     harmful = [
-        (r["prompt"], _answer(r))
+        (r["prompt"], answer_of(r))
         for r in take(
             load_records(data["harmful_shots"], split="harmful"),
             args.shots,
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         entry, t0 = models[name], time.perf_counter()
         shots_path = data["tasks"][entry["task"]]["shots"]
         task = [
-            (r["prompt"], _answer(r))
+            (r["prompt"], answer_of(r))
             for r in take(
                 load_records(shots_path, split="task"), args.shots, seed=args.seed, name="task"
             )
@@ -194,8 +194,7 @@ def main(argv=None) -> int:
             shots=args.shots,
             layers="all",
             out=None,
-            model=model,
-            tokenizer=tok,
+            loaded=(model, tok),
             seed=args.seed,
         )
         start = [rec["groups"][g] for g in groups]

@@ -25,9 +25,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_ablations import eval_settings, measure, zoo_gene  # noqa: E402
+from bench_ablations import eval_settings, gene_deltas, measure, zoo_gene  # noqa: E402
 
-from safegene.attach import GeneAttachment, read_gene_modules  # noqa: E402
+from safegene.attach import GeneAttachment  # noqa: E402
 from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
 from safegene.models import load_model  # noqa: E402
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     work = Path(args.work or Path(args.zoo) / "bench-rank")
     work.mkdir(parents=True, exist_ok=True)
     genes = {r: zoo_gene(models, work, r) for r in sorted(args.ranks)}
-    modules = {r: read_gene_modules(gene) for r, gene in genes.items()}
+    modules = {r: gene_deltas(gene) for r, gene in genes.items()}
     settings = eval_settings(args.max_new_tokens)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
     results: dict = {}
@@ -75,8 +75,7 @@ def main(argv=None) -> int:
                 shots=args.shots,
                 layers="all",
                 out=None,
-                model=model,
-                tokenizer=tok,
+                loaded=(model, tok),
             )
             seconds = time.perf_counter() - t0
             att = GeneAttachment(

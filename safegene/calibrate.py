@@ -6,434 +6,355 @@ For a task model θ_t (a full checkpoint, or aligned + task LoRA left unmerged),
     L_refuse(k harmful prompts → refusals) + w · L_task(k task prompts → answers)
       [+ L_keep(benign prompts → the target's own responses)] + λ ‖α‖²
 
-full batch, a fixed number of steps with early stopping, seeded. Refusal targets are the data's
-refusals or else the aligned model's own greedy responses (generated once, cached). The result is
-a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were fitted,
-including how many harmful shots the target answered before (a warning when under a quarter: the
-refusal loss then has little to correct).
+full batch, a fixed number of steps with early stopping, seeded (settings.FitSettings; optional
+per-example hinges: `refusal_floor`, `task_margin`). Refusal targets are the data's refusals or
+else the aligned model's own greedy responses (generated once, cached: safegene.targets). The
+result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were
+fitted (`calibration`), including how many harmful shots the target answered before (a warning
+when under a quarter: the refusal loss then has little to correct).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
+from safegene.apply import check_provenance
+from safegene.attach import GeneAttachment, check_attachable, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError, SafeGeneWarning
+from safegene.gene import Gene, opened, save_gene
+from safegene.groups import group_key, groups_to_coefficients, is_per_kind, selection_to_groups
+from safegene.io import check_output_path
+from safegene.settings import ComputeSettings, FitSettings, with_overrides
+from safegene.shots import answer_of, data_hash, data_record, load_records, take
+from safegene.targets import given_or_own, own_responses, refusal_targets
 
-# torch and the modules that import it are imported inside the functions that use them, so the CLI
-# can read DEFAULTS (for --help) without loading torch.
-
-DEFAULTS = dict(
-    lam=0.01,
-    steps=150,
-    lr=0.05,
-    patience=25,
-    init=0.0,
-    task_weight=1.0,
-    refusal_tokens=None,
-    task_margin=None,
-    refusal_floor=None,
-)
+IMPROVEMENT = 1e-5  # a loss lower by less than this is no improvement (early stopping)
 
 
 def selected_groups(
-    meta: dict, modules, *, per_module_kind: bool, layers=None
+    gene: Gene, deltas, *, per_module_kind: bool, layers=None
 ) -> tuple[list[str], bool]:
-    """The coefficient groups to fit: the gene's selection (or `layers`: a list, or "all")."""
-    from safegene.select import selection_to_groups
-
-    kinds = sorted({g.kind for g in modules})
-    gene_layers = sorted({g.layer for g in modules})
+    """The coefficient groups to fit, and whether they are per module kind: the gene's selection
+    (or `layers`: a list of groups, or "all"); a per-kind selection makes them per kind."""
+    kinds = sorted({d.kind for d in deltas})
     if layers is None:
-        groups = selection_to_groups(meta.get("selection"))
+        groups = selection_to_groups(gene.selection)
         if not groups:
             raise SafeGeneError(
                 "the gene has no layer selection: run `safegene select` on it first "
                 "(or calibrate every layer with --all-layers)"
             )
-        if any("." in g for g in groups):
-            per_module_kind = True
+        per_module_kind = per_module_kind or is_per_kind(groups)
     elif layers == "all":
-        groups = [str(layer) for layer in gene_layers]
+        groups = [str(layer) for layer in sorted({d.layer for d in deltas})]
     else:
         groups = [str(x) for x in layers]
-    have = {str(g.layer) for g in modules} | {f"{g.layer}.{g.kind}" for g in modules}
+    have = {group_key(d.layer, d.kind, fine) for d in deltas for fine in (False, True)}
     bad = [g for g in groups if g not in have]
     if bad:
         raise SafeGeneError(f"the gene has no layer/module group {bad[0]!r}")
     if per_module_kind:
-        fine = []
-        for g in groups:
-            fine += [g] if "." in g else [f"{g}.{k}" for k in kinds if f"{g}.{k}" in have]
-        groups = fine
+        groups = [
+            fine
+            for g in groups
+            for fine in ([g] if is_per_kind([g]) else [group_key(g, k, True) for k in kinds])
+            if fine in have
+        ]
     return groups, per_module_kind
+
+
+# --- the fit -------------------------------------------------------------------------------------
+
+
+def _encode(tokenizer, pairs: list[tuple[str, str]] | None, tokens: int | None) -> list:
+    """Encoded (prompt, target) pairs, the targets cut to their first `tokens` tokens if set."""
+    if not pairs:
+        return []
+    enc = encode_chat_pairs(tokenizer, [p for p, _ in pairs], [t for _, t in pairs])
+    return [(ids[: n + tokens], n) for ids, n in enc] if tokens else enc
+
+
+class Objective:
+    """The calibration loss at the current α, per part ("refuse", "task", "keep") and in total.
+    Per example: the mean NLL of its target tokens, minus its floor (a hinge) where one is set.
+    With backward, α.grad is accumulated batch by batch: the memory of one batch, whatever k is.
+    """
+
+    def __init__(self, att: GeneAttachment, sets: list, floors: dict, fit: FitSettings, **loss_kw):
+        self.att, self.sets, self.floors, self.fit, self.loss_kw = att, sets, floors, fit, loss_kw
+
+    def _part(self, key: str, enc: list, weight: float, backward: bool) -> float:
+        total, batch, floor = 0.0, self.loss_kw["batch_size"], self.floors.get(key)
+        for start in range(0, len(enc), batch):
+            chunk = enc[start : start + batch]
+            per = pairs_loss(self.att.model, chunk, reduce=False, **self.loss_kw)
+            if floor is not None:
+                per = torch.relu(per - floor[start : start + len(chunk)].to(per.device))
+            loss = per.sum() / len(enc)
+            if backward and weight:
+                (weight * loss).backward()
+            total += loss.item()
+        return total
+
+    def __call__(self, backward: bool) -> dict:
+        parts = {key: self._part(key, enc, w, backward) for key, enc, w in self.sets}
+        reg = self.fit.lam * (self.att.alpha**2).sum()
+        if backward:
+            reg.backward()
+        parts["total"] = (
+            parts["refuse"] + self.fit.task_weight * parts["task"] + parts["keep"] + reg.item()
+        )
+        return parts
+
+
+def _floors(att: GeneAttachment, enc_h: list, enc_t: list, fit: FitSettings, **loss_kw) -> dict:
+    """Per-example floors of the hinged parts: the refusal floor as it is; the task margin on top
+    of each task example's loss at α = 0 (its loss may rise that much, free)."""
+    floors = {}
+    if fit.refusal_floor is not None:  # a refusal already this likely needs no more push
+        floors["refuse"] = torch.full((len(enc_h),), float(fit.refusal_floor))
+    if fit.task_margin is not None and enc_t:
+        with att, att.fixed([0.0] * len(att.groups)), torch.no_grad():
+            at_zero = pairs_loss(att.model, enc_t, reduce=False, **loss_kw).cpu()
+        floors["task"] = at_zero + fit.task_margin
+    return floors
+
+
+def _descend(att: GeneAttachment, objective: Objective, fit: FitSettings, progress: bool) -> dict:
+    """Adam on α with early stopping; the best α seen (the last step's included)."""
+    opt = torch.optim.Adam([att.alpha], lr=fit.lr)
+    curve, best, since = [], {"total": math.inf, "alpha": att.alpha.detach().clone()}, 0
+    bar = tqdm(range(fit.steps), desc="calibrating", disable=not progress, leave=False)
+    with att:
+        for _ in bar:
+            opt.zero_grad(set_to_none=True)
+            parts = objective(backward=True)
+            if not math.isfinite(parts["total"]):  # NaN/Inf from the gene, the target or --lr
+                raise SafeGeneError(
+                    f"calibration diverged (the loss is {parts['total']} at step "
+                    f"{len(curve) + 1}): lower --lr, and check the gene and the target"
+                )
+            best.setdefault("initial", parts)
+            curve.append(parts["total"])
+            since = _keep_best(best, parts, att, since)
+            if since >= fit.patience:
+                break
+            opt.step()
+            bar.set_postfix(loss=f"{parts['total']:.3f}")
+        with att.fixed(), torch.no_grad():  # the α after the last step has not been scored yet
+            _keep_best(best, objective(backward=False), att, since)
+    return {**best, "curve": curve}
+
+
+def _keep_best(best: dict, parts: dict, att: GeneAttachment, since: int) -> int:
+    """Record `parts` (and α) as the best if the loss is lower; the steps since the best."""
+    if parts["total"] < best["total"] - IMPROVEMENT:
+        best.update(total=parts["total"], alpha=att.alpha.detach().clone(), final=parts)
+        return 0
+    return since + 1
 
 
 def fit_alpha(
     model,
     tokenizer,
-    modules,
+    deltas,
     groups: list[str],
     *,
     harmful: list[tuple[str, str]],
     task: list[tuple[str, str]] | None = None,
     keep: list[tuple[str, str]] | None = None,
-    per_module_kind: bool = False,
-    lam: float = DEFAULTS["lam"],
-    steps: int = DEFAULTS["steps"],
-    lr: float = DEFAULTS["lr"],
-    patience: int = DEFAULTS["patience"],
-    init: float = DEFAULTS["init"],
-    task_weight: float = DEFAULTS["task_weight"],
-    refusal_tokens: int | None = DEFAULTS["refusal_tokens"],
-    task_tokens: int | None = None,
-    task_margin: float | None = DEFAULTS["task_margin"],
-    refusal_floor: float | None = DEFAULTS["refusal_floor"],
-    seed: int = 0,
+    fit: FitSettings | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict:
     """Adam on α (float32) over `groups`; returns {"alpha": {group: value}, "curve": [...], ...}."""
-    import torch
-
-    from safegene.attach import GeneAttachment, encode_pairs, pairs_loss
-
+    fit = fit or FitSettings()
     if not harmful:
         raise SafeGeneError("no harmful examples to calibrate on")
-    torch.manual_seed(seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    enc_h = encode_pairs(tokenizer, [p for p, _ in harmful], [t for _, t in harmful])
-    if refusal_tokens:  # the decision to refuse lives in the first tokens of the response
-        enc_h = [(ids[: n + refusal_tokens], n) for ids, n in enc_h]
-    enc_t = encode_pairs(tokenizer, [p for p, _ in task], [t for _, t in task]) if task else []
-    if task_tokens:
-        enc_t = [(ids[: n + task_tokens], n) for ids, n in enc_t]
-    enc_k = encode_pairs(tokenizer, [p for p, _ in keep], [t for _, t in keep]) if keep else []
+    torch.manual_seed(fit.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    loss_kw = dict(batch_size=batch_size, pad_id=pad)
+    enc_h = _encode(tokenizer, harmful, fit.refusal_tokens)
+    enc_t = _encode(tokenizer, task, fit.task_tokens)
+    sets = [
+        ("refuse", enc_h, 1.0),
+        ("task", enc_t, fit.task_weight),
+        ("keep", _encode(tokenizer, keep, None), 1.0),
+    ]
+    init = torch.full((len(groups),), float(fit.init))
     att = GeneAttachment(
-        model,
-        modules,
-        per_module_kind=per_module_kind,
-        groups=groups,
-        alpha=torch.full((len(groups),), float(init)),
+        model, deltas, per_module_kind=is_per_kind(groups), groups=groups, alpha=init
     )
-    opt = torch.optim.Adam([att.alpha], lr=lr)
-    sets = [("refuse", enc_h, 1.0), ("task", enc_t, task_weight), ("keep", enc_k, 1.0)]
-    floor: dict[str, torch.Tensor | None] = {"refuse": None, "task": None, "keep": None}
-    if refusal_floor is not None:  # a refusal already this likely needs no more push
-        floor["refuse"] = torch.full((len(enc_h),), float(refusal_floor))
-    if task_margin is not None:  # the task may lose up to `task_margin` nats per example, free
-        with att, att.fixed([0.0] * len(groups)), torch.no_grad():
-            floor["task"] = (
-                pairs_loss(model, enc_t, batch_size=batch_size, pad_id=pad_id, reduce=False).cpu()
-                + task_margin
-                if enc_t
-                else None
-            )
-
-    def objective(backward: bool) -> dict:
-        """The loss parts at the current α; with backward, α.grad accumulated batch by batch (the
-        memory of one batch, whatever k is). Per example: mean NLL of its target tokens, minus its
-        floor (hinge) where one is set."""
-        parts = {}
-        for key, enc, weight in sets:
-            total = 0.0
-            for start in range(0, len(enc), batch_size):
-                chunk = enc[start : start + batch_size]
-                per = pairs_loss(model, chunk, batch_size=batch_size, pad_id=pad_id, reduce=False)
-                if floor[key] is not None:
-                    per = torch.relu(per - floor[key][start : start + len(chunk)].to(per.device))
-                loss = per.sum() / len(enc)
-                if backward and weight:
-                    (weight * loss).backward()
-                total += loss.item()
-            parts[key] = total
-        reg = lam * (att.alpha**2).sum()
-        if backward:
-            reg.backward()
-        parts["total"] = parts["refuse"] + task_weight * parts["task"] + parts["keep"] + reg.item()
-        return parts
-
-    curve, best, best_alpha, best_parts, since = (
-        [],
-        float("inf"),
-        att.alpha.detach().clone(),
-        None,
-        0,
-    )
-    parts0 = None
-    from tqdm.auto import tqdm
-
-    bar = tqdm(range(steps), desc="calibrating", disable=not progress, leave=False)
-    with att:
-        for _ in bar:
-            opt.zero_grad(set_to_none=True)
-            parts = objective(backward=True)
-            if not math.isfinite(
-                parts["total"]
-            ):  # NaN/Inf from the gene, the target or a huge --lr
-                raise SafeGeneError(
-                    f"calibration diverged (the loss is {parts['total']} at step "
-                    f"{len(curve) + 1}): lower --lr, and check the gene and the target"
-                )
-            if parts0 is None:
-                parts0 = parts
-            curve.append(parts["total"])
-            if parts["total"] < best - 1e-5:
-                best, best_alpha, best_parts, since = (
-                    parts["total"],
-                    att.alpha.detach().clone(),
-                    parts,
-                    0,
-                )
-            else:
-                since += 1
-                if since >= patience:
-                    break
-            opt.step()
-            bar.set_postfix(loss=f"{parts['total']:.3f}")
-        # the α after the last step has not been scored yet: it may be the best one
-        with att.fixed(), torch.no_grad():
-            parts = objective(backward=False)
-        if parts["total"] < best - 1e-5:
-            best, best_alpha, best_parts = parts["total"], att.alpha.detach().clone(), parts
-    if not torch.isfinite(best_alpha).all():
+    floors = _floors(att, enc_h, enc_t, fit, **loss_kw)
+    best = _descend(att, Objective(att, sets, floors, fit, **loss_kw), fit, progress)
+    if not torch.isfinite(best["alpha"]).all():
         raise SafeGeneError("calibration diverged (NaN/Inf coefficients): lower --lr")
+    curve = best["curve"]
     return {
-        "alpha": {g: round(float(a), 6) for g, a in zip(groups, best_alpha.tolist())},
+        "alpha": {
+            g: round(float(a), 6) for g, a in zip(groups, best["alpha"].tolist(), strict=True)
+        },
         "steps_run": len(curve),
-        "initial": parts0,
-        "final": best_parts,
+        "initial": best["initial"],
+        "final": best.get("final"),
         "curve": [round(c, 5) for c in curve[:: max(1, len(curve) // 20)]],
     }
 
 
+# --- the command ---------------------------------------------------------------------------------
+
+
 def complied_shots(
-    prompts: list[str],
-    target,
-    adapter,
-    model,
-    tokenizer,
-    *,
-    max_new_tokens: int,
-    progress: bool = False,
+    prompts: list[str], model, adapter, loaded, *, compute: ComputeSettings, progress: bool = False
 ) -> int:
     """How many of the harmful shots the target, as it is, answers instead of refusing (keyword
     judge, greedy; generated once and cached). Calibration learns mostly from these: a
     target that refuses its shots but not other prompts gives it little to correct (small zoo:
     task-classify refuses all 32 harmful shots and answers 14 % of the held-out prompts)."""
     from safegene.evaluate.judges import keyword_judge
-    from safegene.select import own_responses
 
     responses = own_responses(
-        target,
-        prompts,
-        adapter=adapter,
-        model=model,
-        tokenizer=tokenizer,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
+        model, prompts, adapter=adapter, loaded=loaded, compute=compute, progress=progress
     )
-    return sum(keyword_judge(p, r) for p, r in zip(prompts, responses))
+    return sum(keyword_judge(p, r) for p, r in zip(prompts, responses, strict=True))
 
 
-def to_coefficients(alpha: dict[str, float]) -> dict:
-    """Fitted α per group → the gene's coefficients schema ({"3": a} or {"attn": {"3": a}, ...})."""
-    if any("." in g for g in alpha):
-        out: dict[str, dict[str, float]] = {}
-        for g, a in alpha.items():
-            layer, kind = g.split(".", 1)
-            out.setdefault(kind, {})[layer] = a
-        return dict(sorted(out.items()))
-    return dict(alpha)
+def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
+    if complied < n / 4:
+        name = f"{model} + {adapter}" if adapter else str(model)
+        warnings.warn(
+            f"the target ({name}) already refuses {n - complied} of its {n} harmful shots: "
+            "calibration sees little of the harm it is to correct; give harmful prompts this "
+            "model answers",
+            SafeGeneWarning,
+            stacklevel=3,
+        )
+
+
+def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
+    """k shots of each kind, drawn with the fit's seed (benign: none when not given)."""
+    paths = {"harmful": harmful, "task": task, "benign": benign}
+    return {
+        split: take(load_records(path, split=split), fit.shots, seed=fit.seed, name=split)
+        if path
+        else []
+        for split, path in paths.items()
+    }
 
 
 def calibrate(
-    gene: str | Path,
-    target: str | Path,
+    gene: str | Path | Gene,
+    model: str | Path,
     *,
     harmful: str | Path,
     task: str | Path,
     out: str | Path | None,
-    shots: int = 16,
+    benign: str | Path | None = None,
     adapter: str | Path | None = None,
     aligned: str | Path | None = None,
-    benign: str | Path | None = None,
-    per_module_kind: bool = False,
     layers=None,
-    lam: float = DEFAULTS["lam"],
-    steps: int = DEFAULTS["steps"],
-    lr: float = DEFAULTS["lr"],
-    patience: int = DEFAULTS["patience"],
-    init: float = DEFAULTS["init"],
-    task_weight: float = DEFAULTS["task_weight"],
-    refusal_tokens: int | None = DEFAULTS["refusal_tokens"],
-    task_tokens: int | None = None,
-    task_margin: float | None = DEFAULTS["task_margin"],
-    refusal_floor: float | None = DEFAULTS["refusal_floor"],
-    seed: int = 0,
-    device: str = "cpu",
-    dtype: str | None = None,
-    batch_size: int = 32,
-    max_new_tokens: int = 48,
+    fit: FitSettings | None = None,
+    compute: ComputeSettings | None = None,
+    loaded=None,
     force: bool = False,
-    progress: bool = False,
-    model=None,
-    tokenizer=None,
     strict: bool = False,
+    progress: bool = False,
+    **overrides,
 ) -> dict:
-    """Fit α for one target and write GENE2 (a copy of the gene with `coefficients`) to `out`.
+    """Fit α for the target `model` (plus its task LoRA `adapter`) and write GENE2, a copy of
+    the gene with `coefficients` and the `calibration` record, to `out`.
 
     `layers`: None → the gene's selection; "all" → every layer; or a list of groups. With `out`
-    None nothing is written (the Python API's dry run). `model`/`tokenizer`: an already loaded
-    target (skips loading). Returns the coefficients record.
+    None nothing is written (the Python API's dry run). `loaded`: the target's (model, tokenizer)
+    already in memory. `overrides`: fields of FitSettings / ComputeSettings by name (steps=40).
+    Returns the calibration record.
     """
-    from safegene.apply import check_provenance
-    from safegene.attach import read_gene_modules
-    from safegene.select import (
-        _answer,
-        _check_out,
-        _own_or_given,
-        check_family,
-        copy_gene,
-        data_hash,
-        load_records,
-        read_meta,
-        refusal_targets,
-        take,
-    )
-
     t0 = time.perf_counter()
-    if steps < 1:
-        raise SafeGeneError(f"--steps must be at least 1 (got {steps})")
-    if not (math.isfinite(lr) and lr > 0) or not (math.isfinite(lam) and lam >= 0):
-        raise SafeGeneError(
-            f"--lr must be a positive number and --lam a non-negative one (got {lr}, {lam})"
-        )
-    gene = Path(gene)
+    fit, compute = with_overrides(overrides, fit or FitSettings(), compute or ComputeSettings())
     if out is not None:
-        _check_out(out, force, inputs=(gene, target, adapter, aligned))
-    modules = read_gene_modules(gene)
-    meta = read_meta(gene)
-    check_family(gene, target, modules)
-    check_provenance(meta, target, adapter, strict=strict)  # warning, or an error with strict
-    groups, per_module_kind = selected_groups(
-        meta, modules, per_module_kind=per_module_kind, layers=layers
-    )
-    harm = take(load_records(harmful, split="harmful"), shots, seed=seed, name="harmful")
-    tsk = take(load_records(task, split="task"), shots, seed=seed, name="task")
-    ben = (
-        take(load_records(benign, split="benign"), shots, seed=seed, name="benign")
-        if benign
-        else []
-    )
-    refusals = refusal_targets(
-        harm,
-        gene_dir=gene,
-        aligned=aligned,
-        device=device,
-        dtype=dtype,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-    )
-    answers = [_answer(r) for r in tsk]
-    if model is None:
-        from safegene.models import load_model
-
-        model, tokenizer = load_model(target, adapter, device=device, dtype=dtype)
-    keep = (
-        _own_or_given(ben, target, adapter, model, tokenizer, max_new_tokens, progress)
-        if ben
-        else []
-    )
-    complied = complied_shots(
-        [r["prompt"] for r in harm],
-        target,
-        adapter,
-        model,
-        tokenizer,
-        max_new_tokens=max_new_tokens,
-        progress=progress,
-    )
-    if complied < len(harm) / 4:
-        name = f"{target} + {adapter}" if adapter else str(target)
-        warnings.warn(
-            f"the target ({name}) already refuses {len(harm) - complied} of its {len(harm)} "
-            "harmful shots: calibration sees little of the harm it is to correct; give harmful "
-            "prompts this model answers",
-            SafeGeneWarning,
-            stacklevel=2,
+        check_output_path(out, force, inputs=(getattr(gene, "path", gene), model, adapter, aligned))
+    with opened(gene) as g:
+        deltas = g.linear_deltas()
+        check_attachable(g, deltas, model)
+        check_provenance(g, model, adapter, strict=strict)  # a warning, or an error with strict
+        groups, per_kind = selected_groups(
+            g, deltas, per_module_kind=fit.per_module_kind, layers=layers
         )
+        shots = _shots(harmful, task, benign, fit)
+        fitted = _fit(
+            g, deltas, groups, shots, model, adapter, aligned, loaded, fit, compute, progress
+        )
+        paths = {"harmful": harmful, "task": task, "benign": benign}
+        record = _record(fitted, per_kind, model, adapter, shots, paths, layers, fit, compute, t0)
+        if out is not None:
+            calibration = {k: v for k, v in record.items() if k != "coefficients"}
+            save_gene(
+                g, out, coefficients=record["coefficients"], calibration=calibration, force=force
+            )
+    return record
+
+
+def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, compute, progress):
+    """The targets, the target model, how many harmful shots it answers, and the fit itself."""
+    from safegene.models import load_model
+
+    refusals = refusal_targets(
+        shots["harmful"], gene=gene, aligned=aligned, compute=compute, progress=progress
+    )
+    if loaded is None:
+        loaded = load_model(model, adapter, device=compute.device, dtype=compute.dtype)
+    keep = given_or_own(
+        shots["benign"], model, adapter=adapter, loaded=loaded, compute=compute, progress=progress
+    )
+    prompts = [r["prompt"] for r in shots["harmful"]]
+    complied = complied_shots(prompts, model, adapter, loaded, compute=compute, progress=progress)
+    _warn_if_refused(complied, len(prompts), model, adapter)
     t_fit = time.perf_counter()
-    fit = fit_alpha(
-        model,
-        tokenizer,
-        modules,
+    result = fit_alpha(
+        *loaded,
+        deltas,
         groups,
-        harmful=[(r["prompt"], t) for r, t in zip(harm, refusals)],
-        task=[(r["prompt"], a) for r, a in zip(tsk, answers)],
-        keep=[(r["prompt"], t) for r, t in zip(ben, keep)],
-        per_module_kind=per_module_kind,
-        lam=lam,
-        steps=steps,
-        lr=lr,
-        patience=patience,
-        init=init,
-        task_weight=task_weight,
-        refusal_tokens=refusal_tokens,
-        task_tokens=task_tokens,
-        task_margin=task_margin,
-        refusal_floor=refusal_floor,
-        seed=seed,
-        batch_size=batch_size,
+        harmful=list(zip(prompts, refusals, strict=True)),
+        task=[(r["prompt"], answer_of(r)) for r in shots["task"]],
+        keep=[(r["prompt"], t) for r, t in zip(shots["benign"], keep, strict=True)],
+        fit=fit,
+        batch_size=compute.batch_size,
         progress=progress,
     )
-    record = {
-        "groups": fit["alpha"],
-        "coefficients": to_coefficients(fit["alpha"]),
-        "per_module_kind": per_module_kind,
-        "target": {"path": str(target), "adapter": str(adapter) if adapter else None},
+    seconds = round(time.perf_counter() - t_fit, 2)
+    return {**result, "complied": complied, "refusals": refusals, "seconds": seconds}
+
+
+def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, compute, t0) -> dict:
+    """The calibration record: α per group, the target, the data by content, how it was fitted
+    and how long it took (`t0`: when the command started)."""
+    selection = "all" if layers == "all" else (list(layers) if layers else "gene")
+    return {
+        "groups": fitted["alpha"],
+        "coefficients": groups_to_coefficients(fitted["alpha"]),
+        "per_module_kind": per_kind,
+        "target": {"path": str(model), "adapter": str(adapter) if adapter else None},
         "data": {
-            "harmful": {
-                "path": str(harmful),
-                "n": len(harm),
-                "sha256": data_hash(harm),
-                "complied": complied,
-            },
-            "task": {"path": str(task), "n": len(tsk), "sha256": data_hash(tsk)},
-            "benign": {"path": str(benign), "n": len(ben), "sha256": data_hash(ben)}
-            if ben
-            else None,
-            "refusal_targets_sha256": data_hash([{"t": t} for t in refusals]),
+            "harmful": data_record(paths["harmful"], shots["harmful"], complied=fitted["complied"]),
+            "task": data_record(paths["task"], shots["task"]),
+            "benign": data_record(paths["benign"], shots["benign"]),
+            "refusal_targets_sha256": data_hash([{"t": t} for t in fitted["refusals"]]),
         },
         "fit": {
-            "shots": shots,
-            "lam": lam,
-            "steps": steps,
-            "lr": lr,
-            "patience": patience,
-            "init": init,
-            "task_weight": task_weight,
-            "refusal_tokens": refusal_tokens,
-            "task_tokens": task_tokens,
-            "task_margin": task_margin,
-            "refusal_floor": refusal_floor,
-            "seed": seed,
-            "steps_run": fit["steps_run"],
-            "loss_initial": fit["initial"],
-            "loss_final": fit["final"],
-            "loss_curve": fit["curve"],
-            "selection": "all" if layers == "all" else (list(layers) if layers else "gene"),
+            **dataclasses.asdict(fit),
+            "steps_run": fitted["steps_run"],
+            "loss_initial": fitted["initial"],
+            "loss_final": fitted["final"],
+            "loss_curve": fitted["curve"],
+            "selection": selection,
         },
-        "seconds": {
-            "fit": round(time.perf_counter() - t_fit, 2),
-            "total": round(time.perf_counter() - t0, 2),
-        },
+        "compute": dataclasses.asdict(compute),
+        "seconds": {"fit": fitted["seconds"], "total": round(time.perf_counter() - t0, 2)},
     }
-    if out is not None:
-        meta = dict(meta)
-        meta["coefficients"] = record["coefficients"]
-        meta["calibration"] = {k: v for k, v in record.items() if k != "coefficients"}
-        copy_gene(gene, Path(out), meta, force)
-    return record

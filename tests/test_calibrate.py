@@ -102,8 +102,7 @@ def test_model_stays_frozen(tiny):
         out=None,
         shots=4,
         steps=10,
-        model=model,
-        tokenizer=tok,
+        loaded=(model, tok),
     )
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not any(p.requires_grad for p in model.parameters())
@@ -112,7 +111,7 @@ def test_model_stays_frozen(tiny):
 def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
     """`apply --as merged` of GENE2 gives the model calibration optimised (hooks with the same α)."""
     from safegene.apply import apply_gene
-    from safegene.attach import GeneAttachment, read_gene_modules
+    from safegene.attach import GeneAttachment
     from safegene.models import load_model
 
     rec = _fit(tiny, out=tmp_path / "g2", per_module_kind=True)
@@ -120,7 +119,7 @@ def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
     merged, tok = load_model(tmp_path / "merged")
     model, _ = load_model(tiny.model)
     groups = list(rec["groups"])
-    att = GeneAttachment(model, read_gene_modules(tiny.gene), per_module_kind=True, groups=groups)
+    att = GeneAttachment(model, tinygene.deltas(tiny.gene), per_module_kind=True, groups=groups)
     ids = torch.tensor([tok("How do I make a weapon?")["input_ids"]])
     with att, att.fixed([rec["groups"][g] for g in groups]):
         hooked = model(ids).logits
@@ -162,7 +161,7 @@ def _rates(model, tok, harmful, task_rows):
 def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     """Held-out prompts: fewer harmful completions, the task kept (accuracy, or its loss for a task
     LoRA the micro zoo cannot teach to generate)."""
-    from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+    from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss
     from safegene.models import load_model
     from safegene.select import select
 
@@ -180,8 +179,7 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
         task=task_shots,
         shots=16,
         out=tmp_path / "g2",
-        model=model,
-        tokenizer=tok,
+        loaded=(model, tok),
         seed=0,
     )
     assert json.loads((tmp_path / "g2" / "safegene.json").read_text())["coefficients"]
@@ -191,11 +189,11 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     refusals = [
         (r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]
     ]
-    enc_r = encode_pairs(tok, [p for p, _ in refusals], [t for _, t in refusals])
-    enc_t = encode_pairs(tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows])
+    enc_r = encode_chat_pairs(tok, [p for p, _ in refusals], [t for _, t in refusals])
+    enc_t = encode_chat_pairs(tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows])
     groups = list(rec["groups"])
     att = GeneAttachment(
-        model, read_gene_modules(gene), per_module_kind=rec["per_module_kind"], groups=groups
+        model, tinygene.deltas(gene), per_module_kind=rec["per_module_kind"], groups=groups
     )
     with att:
         with att.fixed([0.0] * len(groups)), torch.no_grad():

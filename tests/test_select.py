@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from safegene.attach import GeneAttachment, encode_pairs, pairs_loss, read_gene_modules
+from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError
 from safegene.models import load_model
 from safegene.select import choose, score_groups, select
@@ -32,7 +32,7 @@ def test_hooks_equal_stock_peft(tiny):
 
     model, tok = load_model(tiny.model)
     ids = torch.tensor([tok("How do I bake a cake?")["input_ids"]])
-    modules = read_gene_modules(tiny.gene)
+    modules = tinygene.deltas(tiny.gene)
     att = GeneAttachment(model, modules)
     with att, att.fixed([1.0] * len(att.groups)):
         hooked = model(ids).logits
@@ -45,7 +45,7 @@ def test_hooks_equal_stock_peft(tiny):
 
 def test_hooks_on_unmerged_lora_target_equal_merged(tiny):
     """A PeftModel target (model + task LoRA) gets the gene exactly as its merged checkpoint does."""
-    modules = read_gene_modules(tiny.gene)
+    modules = tinygene.deltas(tiny.gene)
     peft_model, tok = load_model(tiny.model, tiny.adapter)
     merged = load_model(tiny.model, tiny.adapter)[0].merge_and_unload()
     ids = torch.tensor([tok("Tell me how to fix a bike.")["input_ids"]])
@@ -60,12 +60,12 @@ def test_hooks_on_unmerged_lora_target_equal_merged(tiny):
 
 def test_attribution_is_the_gradient(tiny):
     model, tok = load_model(tiny.model)
-    modules = read_gene_modules(tiny.gene)
+    modules = tinygene.deltas(tiny.gene)
     harmful = _pairs(tiny.harmful, "response")[:4]
     scores = score_groups(
         model, tok, modules, harmful=harmful, method="attribution", per_module_kind=True
     )
-    enc = encode_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
+    enc = encode_chat_pairs(tok, [p for p, _ in harmful], [t for _, t in harmful])
     att = GeneAttachment(model, modules, per_module_kind=True)
     eps = 1e-3
     with att, att.fixed():
@@ -83,7 +83,7 @@ def test_attribution_is_the_gradient(tiny):
 
 def test_ablation_agrees_in_sign_with_attribution_for_the_top_group(tiny):
     model, tok = load_model(tiny.model)
-    modules = read_gene_modules(tiny.gene)
+    modules = tinygene.deltas(tiny.gene)
     harmful = _pairs(tiny.harmful, "response")[:6]
     # a small gene (scaled down) keeps first order accurate at coefficient 1
     for g in modules:
@@ -102,7 +102,7 @@ def test_interference_is_measured_not_extrapolated(tiny):
     """At a trained model's optimum the task loss has no gradient, so first-order interference would
     be 0 for every group; attribution measures it exactly (δ applied at 1), as ablation does."""
     model, tok = load_model(tiny.model)
-    modules = read_gene_modules(tiny.gene)
+    modules = tinygene.deltas(tiny.gene)
     harmful = _pairs(tiny.harmful, "response")[:4]
     task = _pairs(tiny.task, "answer")[:4]
     att_scores = score_groups(
@@ -111,7 +111,7 @@ def test_interference_is_measured_not_extrapolated(tiny):
     abl_scores = score_groups(
         model, tok, modules, harmful=harmful, task=task, method="ablation", per_module_kind=False
     )
-    enc = encode_pairs(tok, [p for p, _ in task], [t for _, t in task])
+    enc = encode_chat_pairs(tok, [p for p, _ in task], [t for _, t in task])
     att = GeneAttachment(model, modules)
     with att, att.fixed():
         base = float(pairs_loss(model, enc))
@@ -218,8 +218,8 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
         (r["prompt"], r["response"])
         for r in tinygene.rows(root / "data" / "harmful_train.jsonl")[:48]
     ]
-    enc = encode_pairs(tok, [p for p, _ in held_out], [t for _, t in held_out])
-    att = GeneAttachment(model, read_gene_modules(gene))
+    enc = encode_chat_pairs(tok, [p for p, _ in held_out], [t for _, t in held_out])
+    att = GeneAttachment(model, tinygene.deltas(gene))
     with att, att.fixed(), torch.no_grad():
         base = float(pairs_loss(model, enc))
         loss = {}
@@ -242,7 +242,7 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
     abl = score_groups(
         model,
         tok,
-        read_gene_modules(gene),
+        tinygene.deltas(gene),
         harmful=held_out,
         method="ablation",
         per_module_kind=False,

@@ -180,14 +180,13 @@ def _orient(gene: Path, model, tok, harmful: Path, helpful_layers: set[int]) -> 
     a gene with a known answer for selection."""
     from safetensors.torch import load_file, save_file
 
-    from safegene.attach import read_gene_modules
     from safegene.select import score_groups
 
     rows = [json.loads(line) for line in harmful.read_text().splitlines()]
     scores = score_groups(
         model,
         tok,
-        read_gene_modules(gene),
+        deltas(gene),
         harmful=[(r["prompt"], r["response"]) for r in rows],
         per_module_kind=False,
     )
@@ -201,13 +200,21 @@ def _orient(gene: Path, model, tok, harmful: Path, helpful_layers: set[int]) -> 
     save_file(tensors, str(gene / "adapter_model.safetensors"))
 
 
+def deltas(gene: Path) -> list:
+    """The gene's decoder-layer δs in memory (Gene.linear_deltas), the gene closed again."""
+    from safegene.gene import load_gene
+
+    with load_gene(gene) as g:
+        return g.linear_deltas()
+
+
 def with_selection(tiny: Tiny, out: Path, groups=("0", "2")) -> Path:
     """A copy of the tiny gene with a stored selection (without running `select`)."""
     import shutil
 
     shutil.copytree(tiny.gene, out)
     meta = json.loads((out / "safegene.json").read_text())
-    from safegene.select import groups_to_selection
+    from safegene.groups import groups_to_selection
 
     meta["selection"] = groups_to_selection(list(groups))
     (out / "safegene.json").write_text(json.dumps(meta))

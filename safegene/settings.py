@@ -1,0 +1,175 @@
+"""Settings as data: how `select` scores and keeps layers, how `calibrate` fits, and the compute
+both run on.
+
+Each is a frozen dataclass validated when it is made (`__post_init__` raises SafeGeneError naming
+the flag). A field's metadata holds its help text; `safegene.flags` derives the command-line
+flags from the fields (`--name-with-dashes`, the field's type and default, the help), and the
+record a gene keeps of a run is `dataclasses.asdict` of the settings it ran with. Nothing here
+imports torch, so `--help` can show the defaults at once.
+
+    select(gene, model, harmful=..., settings=SelectSettings(top_k=2))   # or, the same:
+    select(gene, model, harmful=..., top_k=2)                             # fields as keywords
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+from safegene.errors import SafeGeneError
+
+SCORING_METHODS = ("attribution", "ablation")
+
+
+def option(default, help: str, **flag):
+    """A settings field: its default and help text, plus argparse extras (`choices`, `metavar`,
+    `exclusive`: the name of a group of flags of which at most one may be given)."""
+    return field(default=default, metadata={"help": help, **flag})
+
+
+def _at_least(settings, name: str, low: int, *, optional: bool = False) -> None:
+    value = getattr(settings, name)
+    if optional and value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        flag = "--" + name.replace("_", "-")
+        raise SafeGeneError(f"{flag} must be at least {low} (got {value})")
+
+
+def _finite(settings, *names: str, optional: bool = True) -> None:
+    for name in names:
+        value = getattr(settings, name)
+        if optional and value is None:
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise SafeGeneError(f"--{name.replace('_', '-')} must be a finite number (got {value})")
+
+
+@dataclass(frozen=True)
+class ComputeSettings:
+    """Where and how the model runs (select, calibrate)."""
+
+    device: str = option("cpu", "cpu, cuda, cuda:1 ...")
+    dtype: str | None = option(
+        None, "float32|bf16|fp16 (default: the checkpoint's; coefficients stay float32)"
+    )
+    batch_size: int = option(32, "examples per forward pass")
+    max_new_tokens: int = option(
+        48, "tokens of a generated reference response (refusal targets, kept responses)"
+    )
+
+    def __post_init__(self):
+        _at_least(self, "batch_size", 1)
+        _at_least(self, "max_new_tokens", 1)
+
+
+def check_method(method: str) -> None:
+    if method not in SCORING_METHODS:
+        raise SafeGeneError(
+            f"unknown method {method!r}; choose one of {', '.join(SCORING_METHODS)}"
+        )
+
+
+def check_policy(top_k: int | None, threshold: float | None, budget: float | None) -> None:
+    """At most one selection policy; a budget is a fraction in (0, 1]."""
+    if sum(x is not None for x in (top_k, threshold, budget)) > 1:
+        raise SafeGeneError("choose one selection policy: --top-k, --threshold or --budget")
+    if budget is not None and not 0 < budget <= 1:
+        raise SafeGeneError(
+            f"--budget is a fraction of the gene's parameters in (0, 1] (got {budget})"
+        )
+
+
+@dataclass(frozen=True)
+class SelectSettings:
+    """How `select` scores the gene's layers and which it keeps (one policy, or every layer with
+    a positive score)."""
+
+    method: str = option(
+        "attribution",
+        "attribution: the safety gain to first order (one backward pass), the interference "
+        "measured (one forward pass per layer); ablation: the gain measured too",
+        choices=SCORING_METHODS,
+    )
+    top_k: int | None = option(None, "keep the K best layers", exclusive="policy", metavar="K")
+    threshold: float | None = option(
+        None, "keep layers with score >= T (loss units)", exclusive="policy", metavar="T"
+    )
+    budget: float | None = option(
+        None,
+        "keep the best layers within this fraction of the gene's parameters",
+        exclusive="policy",
+    )
+    per_module_kind: bool = option(
+        False, "select (layer, attention|MLP) groups instead of whole layers"
+    )
+    examples: int | None = option(32, "at most this many prompts per data set", metavar="N")
+    seed: int = option(0, "seed of the prompts drawn")
+
+    def __post_init__(self):
+        check_method(self.method)
+        check_policy(self.top_k, self.threshold, self.budget)
+        _at_least(self, "examples", 1, optional=True)
+        _finite(self, "threshold")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """How `calibrate` fits α: Adam on α only, full batch, early stopping, seeded."""
+
+    shots: int = option(16, "K examples of each kind", metavar="K")
+    lam: float = option(0.01, "L2 penalty on the coefficients")
+    steps: int = option(150, "Adam steps (early stopping)")
+    lr: float = option(0.05, "Adam's learning rate on the coefficients")
+    patience: int = option(25, "stop after this many steps without a lower loss")
+    init: float = option(0.0, "the coefficients' starting value")
+    task_weight: float = option(1.0, "weight of the task loss in the objective")
+    refusal_tokens: int | None = option(
+        None, "fit the refusal loss on the first N response tokens only", metavar="N"
+    )
+    task_tokens: int | None = option(
+        None, "fit the task loss on the first N answer tokens only", metavar="N"
+    )
+    task_margin: float | None = option(
+        None, "hinge: each task example may lose up to this many nats per token, free"
+    )
+    refusal_floor: float | None = option(
+        None, "hinge: a refusal whose loss is at most this needs no further push"
+    )
+    per_module_kind: bool = option(
+        False, "one coefficient per (layer, attention|MLP) instead of per layer"
+    )
+    seed: int = option(0, "seed of the shots drawn and of the fit")
+
+    def __post_init__(self):
+        _at_least(self, "shots", 1)
+        _at_least(self, "steps", 1)
+        if not (math.isfinite(self.lr) and self.lr > 0) or not (
+            math.isfinite(self.lam) and self.lam >= 0
+        ):
+            raise SafeGeneError(
+                f"--lr must be a positive number and --lam a non-negative one "
+                f"(got {self.lr}, {self.lam})"
+            )
+        _at_least(self, "patience", 1)
+        _at_least(self, "refusal_tokens", 1, optional=True)
+        _at_least(self, "task_tokens", 1, optional=True)
+        _finite(self, "init", "task_weight", "task_margin", "refusal_floor")
+
+
+SELECT_COMPUTE = ComputeSettings(batch_size=16)  # select's default batch (calibrate: 32)
+
+
+def with_overrides(overrides: dict, *settings):
+    """`settings` with the fields named in `overrides` replaced (each name goes to the settings
+    object that has that field); TypeError for a name none of them has."""
+    unknown = set(overrides) - {f.name for s in settings for f in dataclasses.fields(s)}
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {sorted(unknown)[0]!r}")
+    return tuple(
+        dataclasses.replace(
+            s, **{f.name: overrides[f.name] for f in dataclasses.fields(s) if f.name in overrides}
+        )
+        for s in settings
+    )
