@@ -1,8 +1,10 @@
 """The `safegene` command: argument parsing and calls into the API, nothing else.
 
 Each command is one `_add_<name>(subparsers)` function that declares its arguments and sets
-`func` to a `_run_<name>(args)` function. `main` turns a SafeGeneError into one line on stderr
-and exit code 2; `--debug` shows the traceback instead.
+`func` to a `_run_<name>(args)` function; the flags of the settings (selection, fit, compute) are
+derived from their dataclasses (safegene.settings, safegene.flags), and `--help` shows every
+default. `main` turns a SafeGeneError into one line on stderr and exit code 2; `--debug` shows
+the traceback instead.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import sys
 import traceback
 import warnings
 
+from safegene import __version__
 from safegene.errors import SafeGeneError, SafeGeneWarning
+from safegene.flags import HelpFormatter, add_settings, settings_from
+from safegene.settings import SELECT_COMPUTE, ComputeSettings, FitSettings, SelectSettings
 
 EXIT_BAD_INPUT = 2
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
@@ -28,7 +33,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _command(sub, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
     """A subcommand parser that also accepts --debug (after the command name, too)."""
-    p = sub.add_parser(name, help=help, description=description or help)
+    p = sub.add_parser(
+        name, help=help, description=description or help, formatter_class=HelpFormatter
+    )
     p.add_argument(
         "--debug",
         action="store_true",
@@ -43,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="safegene",
         description="Extract a model family's safety alignment once (the gene) and re-express it "
         "in every fine-tuned model of the family.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"safegene {__version__}")
     parser.add_argument("--debug", action="store_true", help="show Python tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
@@ -58,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
 # function in _COMMANDS, which stays at the end of this section.
 
 
+def _model_argument(p, help: str) -> None:
+    """--model (required), the one name of a command's model; --target, hidden, is the old
+    spelling of calibrate and apply, still accepted."""
+    one = p.add_mutually_exclusive_group(required=True)
+    one.add_argument("--model", metavar="DIR", help=help)
+    one.add_argument("--target", dest="model", help=argparse.SUPPRESS)
+
+
 def _add_select(sub) -> None:
     p = _command(
         sub,
@@ -70,49 +87,23 @@ def _add_select(sub) -> None:
         "copy with --out).",
     )
     p.add_argument("--gene", required=True, help="the gene directory (from `safegene extract`)")
-    p.add_argument(
-        "--model", required=True, help="the model to score on (a degraded or task model)"
-    )
+    _model_argument(p, "the model to score on (a degraded or task model)")
     p.add_argument("--adapter", help="a PEFT LoRA adapter on --model (left unmerged)")
     p.add_argument(
         "--harmful",
         required=True,
         help="harmful prompts (JSONL/CSV/text); refusals are "
-        "the data's \"response\" or the aligned model's own",
+        'the data\'s "response" or the aligned model\'s own',
     )
     p.add_argument("--benign", help="benign prompts (targets: their responses or the model's own)")
     p.add_argument("--task", help="task examples with answers (adds task loss to interference)")
     p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
     )
-    pol = p.add_mutually_exclusive_group()
-    pol.add_argument("--top-k", type=int, help="keep the K best layers")
-    pol.add_argument("--threshold", type=float, help="keep layers with score >= T (loss units)")
-    pol.add_argument(
-        "--budget",
-        type=float,
-        help="keep the best layers within this fraction of the gene's parameters",
-    )
-    p.add_argument(
-        "--method",
-        choices=["attribution", "ablation"],
-        default="attribution",
-        help="attribution: safety gain to first order (one backward pass), interference "
-        "measured (one forward pass per layer) (default); ablation: the gain measured too",
-    )
-    p.add_argument(
-        "--per-module-kind",
-        action="store_true",
-        help="select (layer, attention|MLP) groups instead of whole layers",
-    )
-    p.add_argument(
-        "--examples", type=int, default=32, help="at most this many prompts per data set"
-    )
     p.add_argument("--out", help="write a copy of the gene here instead of updating it in place")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default=None, help="float32|bf16|fp16 (default: the checkpoint's)")
-    p.add_argument("--seed", type=int, default=0)
+    add_settings(p.add_argument_group("selection"), SelectSettings())
+    add_settings(p.add_argument_group("compute"), SELECT_COMPUTE)
     p.set_defaults(func=_run_select)
 
 
@@ -127,29 +118,19 @@ def _run_select(args) -> int:
         task=args.task,
         adapter=args.adapter,
         aligned=args.aligned,
-        top_k=args.top_k,
-        threshold=args.threshold,
-        budget=args.budget,
-        method=args.method,
-        per_module_kind=args.per_module_kind,
-        n_examples=args.examples,
-        seed=args.seed,
         out=args.out,
         force=args.force,
-        device=args.device,
-        dtype=args.dtype,
+        settings=settings_from(args, SelectSettings()),
+        compute=settings_from(args, SELECT_COMPUTE),
         progress=True,
     )
     print(
-        f"selected {', '.join(rec['groups'])} ({rec['param_fraction']:.0%} of the gene's parameters, "
-        f"{rec['method']}, {rec['seconds']} s) -> {args.out or args.gene}"
+        f"selected {', '.join(rec['groups'])} ({rec['param_fraction']:.0%} of the gene's "
+        f"parameters, {rec['settings']['method']}, {rec['seconds']} s) -> {args.out or args.gene}"
     )
     return 0
 
-
 def _add_calibrate(sub) -> None:
-    from safegene.calibrate import DEFAULTS
-
     p = _command(
         sub,
         "calibrate",
@@ -162,12 +143,8 @@ def _add_calibrate(sub) -> None:
     p.add_argument(
         "--gene", required=True, help="the gene directory, with a selection (`safegene select`)"
     )
-    p.add_argument(
-        "--target",
-        required=True,
-        help="the task model (a full checkpoint, or the base of --adapter)",
-    )
-    p.add_argument("--adapter", help="the task LoRA on --target (left unmerged)")
+    _model_argument(p, "the task model (a full checkpoint, or the base of --adapter)")
+    p.add_argument("--adapter", help="the task LoRA on --model (left unmerged)")
     p.add_argument(
         "--harmful",
         required=True,
@@ -175,31 +152,11 @@ def _add_calibrate(sub) -> None:
     )
     p.add_argument("--task", required=True, help="task examples with answers")
     p.add_argument("--benign", help="optional benign prompts whose current responses are kept")
-    p.add_argument("--shots", type=int, default=16, help="K examples of each kind (default 16)")
     p.add_argument("--out", required=True, help="GENE2: the calibrated copy of the gene")
     p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
     )
-    p.add_argument(
-        "--per-module-kind",
-        action="store_true",
-        help="one coefficient per (layer, attention|MLP) instead of per layer",
-    )
-    p.add_argument(
-        "--all-layers", action="store_true", help="ignore the selection, fit every layer"
-    )
-    p.add_argument(
-        "--lam", type=float, default=DEFAULTS["lam"], help="L2 penalty on the coefficients"
-    )
-    p.add_argument(
-        "--steps", type=int, default=DEFAULTS["steps"], help="Adam steps (early stopping)"
-    )
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--dtype", default=None, help="float32|bf16|fp16 (bf16 on GPU; coefficients stay float32)"
-    )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--all-layers", action="store_true", help="ignore the selection, fit every layer")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument(
         "--strict",
@@ -207,30 +164,25 @@ def _add_calibrate(sub) -> None:
         help="refuse (instead of warning) when the task "
         "LoRA's base is not the aligned model the gene was extracted from (content hash)",
     )
+    add_settings(p.add_argument_group("fit"), FitSettings())
+    add_settings(p.add_argument_group("compute"), ComputeSettings())
     p.set_defaults(func=_run_calibrate)
-
 
 def _run_calibrate(args) -> int:
     from safegene.calibrate import calibrate
 
     rec = calibrate(
         args.gene,
-        args.target,
+        args.model,
         harmful=args.harmful,
         task=args.task,
         out=args.out,
-        shots=args.shots,
         adapter=args.adapter,
         aligned=args.aligned,
         benign=args.benign,
-        per_module_kind=args.per_module_kind,
         layers="all" if args.all_layers else None,
-        lam=args.lam,
-        steps=args.steps,
-        lr=args.lr,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
+        fit=settings_from(args, FitSettings()),
+        compute=settings_from(args, ComputeSettings()),
         force=args.force,
         progress=True,
         strict=args.strict,
@@ -345,7 +297,7 @@ def _add_apply(sub) -> None:
         "else the gene's calibrated ones, else 1; the gene's layer selection is honoured.",
     )
     p.add_argument("--gene", required=True, metavar="GENE", help="gene directory")
-    p.add_argument("--target", required=True, metavar="DIR", help="target model (HF dir)")
+    _model_argument(p, "the target model (HF dir)")
     p.add_argument("--adapter", metavar="LORA", help="the target's task LoRA (PEFT dir)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument(
@@ -391,7 +343,7 @@ def _run_apply(args) -> int:
     )
     out = apply_gene(
         args.gene,
-        args.target,
+        args.model,
         args.out,
         form=args.form,
         adapter=args.adapter,

@@ -6,6 +6,7 @@ import argparse
 
 from safegene.evaluate.data import MATCH_METHODS
 from safegene.evaluate.judges import GUARD_FORMATS, JUDGES
+from safegene.flags import argv_of
 
 DESCRIPTION = (
     "Generate with a model (optionally with a PEFT LoRA adapter) on harmful prompts, benign "
@@ -126,53 +127,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _child_argv(args) -> list[str]:
-    """The same eval command, for a spawned rank (without --num-processes)."""
-    argv = ["eval", "--model", args.model, "--out", args.out]
-    for flag, val in [
-        ("--adapter", args.adapter),
-        ("--name", args.name),
-        ("--template", args.template),
-        ("--zoo", args.zoo),
-        ("--prompt-column", args.prompt_column),
-        ("--answer-column", args.answer_column),
-        ("--match", args.match),
-        ("--limit", args.limit),
-        ("--guard-model", args.guard_model),
-        ("--guard-format", args.guard_format),
-        ("--backend", args.backend),
-        ("--max-new-tokens", args.max_new_tokens),
-        ("--batch-size", args.batch_size),
-        ("--temperature", args.temperature),
-        ("--top-p", args.top_p),
-        ("--seed", args.seed),
-        ("--device", args.device),
-        ("--dtype", args.dtype),
-        ("--device-map", args.device_map),
-        ("--bootstrap", args.bootstrap),
-    ]:
-        if val is not None:
-            argv += [flag, str(val)]
-    for flag, items in [
-        ("--harmful", args.harmful),
-        ("--benign", args.benign),
-        ("--task", args.task),
-    ]:
-        for item in items or []:
-            argv += [flag, item]
-    if args.judge:
-        argv += ["--judge", *args.judge]
-    for flag, on in [
-        ("--allow-pickle", args.allow_pickle),
-        ("--do-sample", args.do_sample),
-        ("--force", args.force),
-        ("--no-progress", args.no_progress),
-        ("--no-hash-models", args.no_hash_models),
-    ]:
-        if on:
-            argv.append(flag)
-    if getattr(args, "debug", False):
-        argv.append("--debug")
-    return argv
+    """The same eval command, for a spawned rank: every option as parsed, but --num-processes."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_eval_arguments(parser)
+    argv = ["eval", *argv_of(parser, args, skip={"num_processes"})]
+    return argv + (["--debug"] if getattr(args, "debug", False) else [])
 
 
 def run_eval_command(args) -> int:
