@@ -2,12 +2,10 @@
 
 For each task model of a recipe (safegene.recipe) it evaluates, with safegene.evaluate:
 - `task` (no defence) and `aligned` (the safety ceiling; evaluated once for all tasks);
-- every baseline over its grid (RESTA, SafeLoRA, SafeMERGE-style, interpolation), each written
-  to a scratch directory by the streaming code a user runs, evaluated, then deleted;
-- SafeGene: the gene extracted once per rank, selected and calibrated on the task model with the
-  recipe's few-shot data, expressed as a PEFT adapter (or combined with the task LoRA), and its
-  ablations: `gene-uniform` (no selection, α = 1), `gene-select` (selection, α = 1) and
-  `gene-calibrate` (calibration over every layer).
+- every setting of every registered method the recipe names (safegene.methods), in the
+  registry's order: the baselines (RESTA, SafeLoRA, SafeMERGE-style, interpolation), each written
+  to a scratch directory by the streaming code a user runs, evaluated, then deleted; and SafeGene
+  with its ablations (safegene.pipeline), whose genes are kept.
 The output directory (atomic) holds report.json (`rows` and per-task summaries), report.md,
 samples.jsonl, pareto-<task>.png per task model, pareto.png pooled, and genes/ with the
 calibrated genes.
@@ -18,202 +16,30 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
-from safegene.errors import SafeGeneError
 from safegene.io import atomic_output_dir, check_output_path
-from safegene.recipe import Recipe, TaskSpec, load_recipe
-
-ABLATIONS = ("gene-uniform", "gene-select", "gene-calibrate")
-
-
-@dataclass
-class Variant:
-    """One model to evaluate: `build(scratch)` writes what it needs and returns (path, adapter)."""
-
-    method: str
-    setting: dict
-    build: Callable[[Path], tuple[Path, Path | None]]
+from safegene.methods import Run, Variant, methods
+from safegene.recipe import CompareRecipe, TaskSpec, load_recipe
 
 
 def setting_label(setting: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in setting.items())
 
 
-# --- the baselines ---------------------------------------------------------------------------
-
-
-def baseline_variants(recipe: Recipe, task: TaskSpec) -> Iterator[Variant]:
-    """Every baseline setting of the recipe's grids for one task model."""
-    from safegene.baselines.interpolate import interpolate
-    from safegene.baselines.resta import resta
-    from safegene.baselines.safelora import safelora
-    from safegene.baselines.safemerge import safemerge
-
-    common = dict(adapter=task.adapter, progress=False)
-    for s in recipe.methods.get("resta", []):
-        yield Variant(
-            "resta",
-            s,
-            lambda d, s=s: (
-                resta(
-                    task.model,
-                    recipe.aligned,
-                    recipe.degraded,
-                    d,
-                    beta=s["beta"],
-                    dare_rate=s["dare"],
-                    ties_density=s["ties"],
-                    seed=recipe.seed,
-                    **common,
-                ),
-                None,
-            ),
-        )
-    for s in recipe.methods.get("safelora", []):
-
-        def build_safelora(d, s=s):
-            out = safelora(
-                task.model,
-                recipe.aligned,
-                recipe.base,
-                d,
-                threshold=s.get("threshold"),
-                number=s.get("number"),
-                **common,
-            )
-            return (task.model, out) if task.adapter else (out, None)
-
-        yield Variant("safelora", s, build_safelora)
-    for s in recipe.methods.get("safemerge", []):
-        yield Variant(
-            "safemerge",
-            s,
-            lambda d, s=s: (
-                safemerge(
-                    task.model,
-                    recipe.aligned,
-                    recipe.base,
-                    d,
-                    threshold=s["threshold"],
-                    task_weight=s["task_weight"],
-                    dare_rate=s["dare"],
-                    seed=recipe.seed,
-                    **common,
-                ),
-                None,
-            ),
-        )
-    for s in recipe.methods.get("interpolate", []):
-        yield Variant(
-            "interpolate",
-            s,
-            lambda d, s=s: (interpolate(task.model, recipe.aligned, d, t=s["t"], **common), None),
-        )
-
-
-# --- SafeGene --------------------------------------------------------------------------------
-
-
-def express(gene: Path, task: TaskSpec, out: Path, coefficients=None) -> tuple[Path, Path]:
-    """The gene on the task model as stock PEFT: an adapter on a full fine-tune, or one adapter
-    combining the task LoRA and the gene (rank concatenation) on the aligned model."""
-    from safegene.apply import apply_gene
-
-    form = "combined" if task.adapter else "adapter"
-    apply_gene(
-        gene,
-        task.model,
-        out,
-        form=form,
-        adapter=task.adapter,
-        coefficients=coefficients,
-        progress=False,
-    )
-    return task.model, out
-
-
-def safegene_variants(
-    recipe: Recipe, task: TaskSpec, genes: dict[int, Path], keep: Path
-) -> Iterator[Variant]:
-    """SafeGene (select → calibrate → express) and, when asked, its three ablations.
-
-    Selection and calibration use only the recipe's few-shot data (harmful_shots, the task's
-    shots); the calibrated genes are kept under `keep`."""
-    from safegene.calibrate import calibrate
-    from safegene.select import select
-
-    for s in recipe.methods.get("safegene", []):
-        gene = genes[s["rank"]]
-        shown = {k: v for k, v in s.items() if k != "ablations"}
-        tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (
-            f"-top{s['top_k']}" if "top_k" in s else ""
-        )
-        shots = dict(
-            harmful=recipe.harmful_shots,
-            task=task.shots,
-            adapter=task.adapter,
-            aligned=recipe.aligned,
-            seed=recipe.seed,
-            device=recipe.device,
-            dtype=recipe.dtype,
-        )
-
-        def selected(tag=tag, gene=gene, s=s) -> Path:
-            out = keep / f"{tag}-selected"
-            if not out.exists():
-                select(gene, task.model, top_k=s.get("top_k"), out=out, **shots)
-            return out
-
-        def calibrated(d, tag=tag, s=s) -> tuple[Path, Path]:
-            out = keep / f"{tag}-calibrated"
-            calibrate(selected(), task.model, shots=s["shots"], out=out, **shots)
-            return express(out, task, d)
-
-        yield Variant("safegene", shown, calibrated)
-        if not s["ablations"]:
-            continue
-        yield Variant(
-            "gene-uniform", shown, lambda d, gene=gene: express(gene, task, d, coefficients=1.0)
-        )
-        yield Variant(
-            "gene-select",
-            shown,
-            lambda d, selected=selected: express(selected(), task, d, coefficients=1.0),
-        )
-
-        def calibrated_all(d, tag=tag, gene=gene, s=s) -> tuple[Path, Path]:
-            out = keep / f"{tag}-calibrated-all-layers"
-            calibrate(gene, task.model, shots=s["shots"], layers="all", out=out, **shots)
-            return express(out, task, d)
-
-        yield Variant("gene-calibrate", shown, calibrated_all)
-
-
-def extract_genes(recipe: Recipe, out: Path) -> dict[int, Path]:
-    """One gene per rank in the SafeGene grid, extracted once for every task model."""
-    from safegene.gene import extract
-
-    genes = {}
-    for rank in sorted({s["rank"] for s in recipe.methods.get("safegene", [])}):
-        genes[rank] = extract(
-            recipe.aligned,
-            recipe.degraded,
-            out / f"gene-r{rank}",
-            rank=rank,
-            device=recipe.device,
-            seed=recipe.seed,
-            progress=False,
-        )
-    return genes
+def method_variants(run: Run, task: TaskSpec) -> Iterator[Variant]:
+    """Every setting of every registered method the recipe names, for one task model (in the
+    registry's order)."""
+    for name, method in methods().items():
+        for setting in run.recipe.methods.get(name, []):
+            yield from method.variants(run, task, setting)
 
 
 # --- running ---------------------------------------------------------------------------------
 
 
-def _eval_setup(recipe: Recipe, progress: bool):
+def _eval_setup(recipe: CompareRecipe, progress: bool):
     from safegene.evaluate import EvalSettings, GenerationSettings, load_data, make_judges
 
     settings = EvalSettings(
@@ -245,12 +71,16 @@ def _log(progress: bool, message: str) -> None:
 
 
 def run_compare(
-    recipe: Recipe | str | Path, out: str | Path, *, force: bool = False, progress: bool = True
+    recipe: CompareRecipe | str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    progress: bool = True,
 ) -> dict:
     """Run the comparison of a recipe and write the report directory `out` atomically."""
     from safegene.evaluate import ModelSpec, evaluate_model
 
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = recipe if isinstance(recipe, CompareRecipe) else load_recipe(recipe)
     out = check_output_path(
         out,
         force,
@@ -282,13 +112,12 @@ def run_compare(
             groups[(task.name, "aligned", "")] = [
                 s for s in samples if s.split != "task" or s.dataset == task_sets[task.name].name
             ]
-        genes = extract_genes(recipe, keep) if "safegene" in recipe.methods else {}
+        run = Run(recipe, keep)
         for task in recipe.tasks:
             data = common + [task_sets[task.name]]
             variants = [
                 Variant("task", {}, lambda d, task=task: (task.model, task.adapter)),
-                *baseline_variants(recipe, task),
-                *safegene_variants(recipe, task, genes, keep),
+                *method_variants(run, task),
             ]
             for v in variants:
                 label = setting_label(v.setting)
@@ -308,7 +137,9 @@ def run_compare(
     return report
 
 
-def _report(recipe: Recipe, groups: dict, judge_info: list[dict], settings, seconds: float) -> dict:
+def _report(
+    recipe: CompareRecipe, groups: dict, judge_info: list[dict], settings, seconds: float
+) -> dict:
     """report.json: one row per (task model, method, setting) and a summary per task model."""
     from safegene.evaluate.pareto import row, summarize_task
     from safegene.evaluate.report import model_metrics, versions

@@ -18,15 +18,7 @@ import yaml
 
 from safegene.errors import SafeGeneError
 from safegene.io.atomic import write_text_atomic
-
-# What the demo compares; the grids are small enough for `small` to finish in minutes on 2 cores.
-DEMO_METHODS = {
-    "resta": {"beta": [0.25, 0.5, 1.0]},
-    "safelora": {"threshold": [0.35, 0.5]},
-    "safemerge": {"threshold": [0.35, 0.5], "task_weight": [0.8]},
-    "interpolate": {"t": [0.25, 0.5, 0.75]},
-    "safegene": {"rank": [1], "shots": [16], "ablations": [True]},
-}
+from safegene.methods import demo_grids
 
 
 def zoo_recipe(
@@ -69,7 +61,7 @@ def zoo_recipe(
         "data": {k: rel(data[k]) for k in ("harmful_test", "benign_test", "harmful_shots")},
         "tasks": tasks,
         "judges": ["keyword", "prefix"],
-        "methods": methods or DEMO_METHODS,
+        "methods": methods or demo_grids(),  # each method's demo grid (safegene.methods)
         "generation": generation or {"max_new_tokens": 48, "batch_size": 64},
         "seed": seed,
         "device": "cpu",

@@ -1,5 +1,7 @@
 """The `compare` recipe: a YAML file naming the family, the task models, the data, the judges and
-the methods with their hyperparameter grids. Validated field by field before any heavy work.
+the methods with their hyperparameter grids. Validated field by field before any heavy work; the
+methods, their parameters (type, default grid) and whether they need `family.base` come from the
+method registry (safegene.methods: each method declares them in its own file).
 
 ```yaml
 family:
@@ -40,25 +42,8 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
+from safegene.methods import methods as methods_registry
 
-# Every method's hyperparameters: name → (type, default grid).
-METHOD_PARAMS: dict[str, dict[str, tuple[type, list]]] = {
-    "resta": {"beta": (float, [0.25, 0.5, 1.0]), "dare": (float, [0.0]), "ties": (float, [1.0])},
-    "safelora": {"threshold": (float, [0.35, 0.5]), "number": (int, [])},
-    "safemerge": {
-        "threshold": (float, [0.35, 0.5]),
-        "task_weight": (float, [0.8]),
-        "dare": (float, [0.0]),
-    },
-    "interpolate": {"t": (float, [0.25, 0.5, 0.75])},
-    "safegene": {
-        "rank": (int, [1]),
-        "shots": (int, [16]),
-        "top_k": (int, []),
-        "ablations": (bool, [True]),
-    },
-}
-METHODS_NEEDING_BASE = {"safelora", "safemerge"}
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
 GUARD_FORMATS = {"llamaguard3", "harmbench"}
 GENERATION_KEYS = {
@@ -80,7 +65,7 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class Recipe:
+class CompareRecipe:
     aligned: Path
     degraded: list[Path]
     base: Path | None
@@ -148,40 +133,46 @@ def _task_file_has_answers(path: Path) -> bool:
 
 
 def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
+    """{method: the settings of its grid}, each method's grid completed with its defaults."""
+    registered = methods_registry()
     if raw is None:
-        raw = {name: {} for name in METHOD_PARAMS}
+        raw = {name: {} for name in registered}
     if not isinstance(raw, dict):
         problems.add("methods", "expected a mapping of method name to its grid")
         return {}
-    methods = {}
+    grids = {}
     for name, params in raw.items():
         where = f"methods.{name}"
-        if name not in METHOD_PARAMS:
-            problems.add(where, f"unknown method; choose from {', '.join(sorted(METHOD_PARAMS))}")
+        if name not in registered:
+            problems.add(where, f"unknown method; choose from {', '.join(sorted(registered))}")
             continue
         params = params or {}
         if not isinstance(params, dict):
             problems.add(where, "expected a mapping of hyperparameter to a list of values")
             continue
-        spec = METHOD_PARAMS[name]
-        full = {p: list(default) for p, (_, default) in spec.items()}
-        for p, values in params.items():
-            if p not in spec:
-                problems.add(
-                    f"{where}.{p}", f"unknown hyperparameter; choose from {', '.join(spec)}"
-                )
-                continue
-            typ = spec[p][0]
-            values = values if isinstance(values, list) else [values]
-            bad = [v for v in values if not _is_type(v, typ)]
-            if bad:
-                problems.add(f"{where}.{p}", f"expected {typ.__name__} values, got {bad[0]!r}")
-                continue
-            full[p] = [typ(v) for v in values]
-        if name == "safelora" and "number" in params and "threshold" not in params:
-            full["threshold"] = []
-        methods[name] = grid(full)
-    return methods
+        grids[name] = grid(_method_grid(registered[name], params, where, problems))
+    return grids
+
+
+def _method_grid(method, params: dict, where: str, problems: _Problems) -> dict[str, list]:
+    """A method's grid: the recipe's values (type-checked) over the method's defaults; giving
+    one of its alternative parameters drops the others' defaults."""
+    full = {p: list(spec.default) for p, spec in method.params.items()}
+    if any(p in params for p in method.alternatives):
+        full.update({p: [] for p in method.alternatives if p not in params})
+    for p, values in params.items():
+        if p not in method.params:
+            choices = ", ".join(method.params)
+            problems.add(f"{where}.{p}", f"unknown hyperparameter; choose from {choices}")
+            continue
+        typ = method.params[p].type
+        values = values if isinstance(values, list) else [values]
+        bad = [v for v in values if not _is_type(v, typ)]
+        if bad:
+            problems.add(f"{where}.{p}", f"expected {typ.__name__} values, got {bad[0]!r}")
+            continue
+        full[p] = [typ(v) for v in values]
+    return full
 
 
 def _is_type(value: Any, typ: type) -> bool:
@@ -192,7 +183,7 @@ def _is_type(value: Any, typ: type) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def load_recipe(path: str | Path) -> Recipe:
+def load_recipe(path: str | Path) -> CompareRecipe:
     """Parse and validate a recipe; every problem is reported, one line each, in one error."""
     path = Path(path)
     if not path.is_file():
@@ -308,9 +299,10 @@ def load_recipe(path: str | Path) -> Recipe:
             if guard["format"] not in GUARD_FORMATS:
                 problems.add("guard.format", f"choose from {', '.join(sorted(GUARD_FORMATS))}")
 
+    registered = methods_registry()
     methods = _methods(raw.get("methods"), problems)
     if base is None:
-        for m in sorted(METHODS_NEEDING_BASE & set(methods)):
+        for m in sorted(m for m in methods if registered[m].needs_base):
             problems.add(
                 f"methods.{m}", "needs family.base (the pretrained model before alignment)"
             )
@@ -332,7 +324,7 @@ def load_recipe(path: str | Path) -> Recipe:
     if not _is_type(seed, int):
         problems.add("seed", f"expected an integer, got {seed!r}")
     problems.raise_if_any()
-    return Recipe(
+    return CompareRecipe(
         aligned=aligned,
         degraded=degraded,
         base=base,

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.methods import Param, Run, register_method
 
 
 def interpolate_tensor(task: torch.Tensor, aligned: torch.Tensor, t: float) -> torch.Tensor:
@@ -38,3 +39,14 @@ def interpolate(
             desc="interpolate",
             progress=progress,
         )
+
+
+@register_method(
+    "interpolate", params={"t": Param(float, [0.25, 0.5, 0.75])}, demo={"t": [0.25, 0.5, 0.75]}
+)
+def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
+    """One interpolation setting on one task model."""
+    made = interpolate(
+        task.model, run.recipe.aligned, out, t=setting["t"], adapter=task.adapter, progress=False
+    )
+    return made, None

@@ -16,6 +16,7 @@ import torch
 
 from safegene.baselines.sparsify import dare, tensor_generator, ties_trim
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.methods import Param, Run, register_method
 
 
 def resta_tensor(
@@ -74,3 +75,30 @@ def resta(
             )
 
         return write_transformed(task, out, transform, force=force, desc="RESTA", progress=progress)
+
+
+@register_method(
+    "resta",
+    params={
+        "beta": Param(float, [0.25, 0.5, 1.0]),
+        "dare": Param(float, [0.0]),
+        "ties": Param(float, [1.0]),
+    },
+    demo={"beta": [0.25, 0.5, 1.0]},
+)
+def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
+    """One RESTA setting on one task model (`dare`: DARE's drop rate, `ties`: TIES density)."""
+    r = run.recipe
+    made = resta(
+        task.model,
+        r.aligned,
+        r.degraded,
+        out,
+        beta=setting["beta"],
+        dare_rate=setting["dare"],
+        ties_density=setting["ties"],
+        seed=r.seed,
+        adapter=task.adapter,
+        progress=False,
+    )
+    return made, None

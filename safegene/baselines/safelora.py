@@ -28,6 +28,7 @@ from safegene.baselines.stream import (
 )
 from safegene.io import ModelReader, atomic_output_dir, check_output_path, save_tensors
 from safegene.io.lora import ADAPTER_WEIGHTS, write_adapter_config
+from safegene.methods import Param, Run, register_method
 
 RECORD = "safelora.json"
 
@@ -162,3 +163,27 @@ def _write_projected_adapter(
         save_tensors(tmp / ADAPTER_WEIGHTS, tensors)
         write_adapter_config(tmp, lora.config)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+
+
+@register_method(
+    "safelora",
+    params={"threshold": Param(float, [0.35, 0.5]), "number": Param(int, [])},
+    needs_base=True,
+    demo={"threshold": [0.35, 0.5]},
+    alternatives=("threshold", "number"),
+)
+def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, Path | None]:
+    """One SafeLoRA setting on one task model: the projected adapter on the task's base for a
+    task LoRA, else the projected checkpoint."""
+    r = run.recipe
+    made = safelora(
+        task.model,
+        r.aligned,
+        r.base,
+        out,
+        threshold=setting.get("threshold"),
+        number=setting.get("number"),
+        adapter=task.adapter,
+        progress=False,
+    )
+    return (task.model, made) if task.adapter else (made, None)

@@ -18,6 +18,7 @@ import torch
 from safegene.baselines.safelora import module_similarities
 from safegene.baselines.sparsify import dare, tensor_generator
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.methods import Param, Run, register_method
 
 
 def safemerge_tensor(
@@ -72,3 +73,31 @@ def safemerge(
         return write_transformed(
             task, out, transform, force=force, desc="SafeMERGE", progress=progress
         )
+
+
+@register_method(
+    "safemerge",
+    params={
+        "threshold": Param(float, [0.35, 0.5]),
+        "task_weight": Param(float, [0.8]),
+        "dare": Param(float, [0.0]),
+    },
+    needs_base=True,
+    demo={"threshold": [0.35, 0.5], "task_weight": [0.8]},
+)
+def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
+    """One SafeMERGE-style setting on one task model (`dare`: DARE's drop rate)."""
+    r = run.recipe
+    made = safemerge(
+        task.model,
+        r.aligned,
+        r.base,
+        out,
+        threshold=setting["threshold"],
+        task_weight=setting["task_weight"],
+        dare_rate=setting["dare"],
+        seed=r.seed,
+        adapter=task.adapter,
+        progress=False,
+    )
+    return made, None

@@ -1,0 +1,103 @@
+"""SafeGene as a method of `compare`: extract → select → calibrate → express, and its ablations.
+
+For one setting of its grid on one task model: the gene of that rank (extracted once per
+comparison, under the report's genes/), selected and calibrated on the task model with the
+recipe's few-shot data only (harmful_shots, the task's shots), expressed as stock PEFT (an
+adapter on a full fine-tune, or task LoRA + gene combined in one adapter). With `ablations`, three
+more rows: `gene-uniform` (no selection, α = 1), `gene-select` (the selection, α = 1) and
+`gene-calibrate` (calibration over every layer, no selection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safegene.methods import Param, Run, Variant, register_method
+
+if TYPE_CHECKING:
+    from safegene.recipe import TaskSpec
+
+
+def express(gene: Path, task: TaskSpec, out: Path, coefficients=None) -> tuple[Path, Path]:
+    """The gene on the task model as stock PEFT: an adapter on a full fine-tune, or one adapter
+    combining the task LoRA and the gene (rank concatenation) on the aligned model."""
+    from safegene.apply import apply_gene
+
+    form = "combined" if task.adapter else "adapter"
+    apply_gene(
+        gene,
+        task.model,
+        out,
+        form=form,
+        adapter=task.adapter,
+        coefficients=coefficients,
+        progress=False,
+    )
+    return task.model, out
+
+
+def gene_of_rank(run: Run, rank: int) -> Path:
+    """The comparison's gene of `rank` (aligned − mean(degraded)), extracted on first use."""
+    from safegene.gene import extract
+
+    r, out = run.recipe, run.keep / f"gene-r{rank}"
+    if not out.exists():
+        extract(r.aligned, r.degraded, out, rank=rank, device=r.device, seed=r.seed, progress=False)
+    return out
+
+
+@register_method(
+    "safegene",
+    params={
+        "rank": Param(int, [1]),
+        "shots": Param(int, [16]),
+        "top_k": Param(int, []),
+        "ablations": Param(bool, [True]),
+    },
+    demo={"rank": [1], "shots": [16], "ablations": [True]},
+    yields_variants=True,
+)
+def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
+    """SafeGene's row for one setting (and, with `ablations`, its three ablations' rows); the
+    selected and calibrated genes are kept under `run.keep`."""
+    from safegene.calibrate import calibrate
+    from safegene.select import select
+
+    r, s = run.recipe, setting
+    gene = gene_of_rank(run, s["rank"])
+    shown = {k: v for k, v in s.items() if k != "ablations"}
+    tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
+    data = dict(
+        harmful=r.harmful_shots,
+        task=task.shots,
+        adapter=task.adapter,
+        aligned=r.aligned,
+        seed=r.seed,
+        device=r.device,
+        dtype=r.dtype,
+    )
+
+    def selected() -> Path:
+        out = run.keep / f"{tag}-selected"
+        if not out.exists():
+            select(gene, task.model, top_k=s.get("top_k"), out=out, **data)
+        return out
+
+    def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
+        out = run.keep / f"{tag}-calibrated{suffix}"
+        calibrate(source(), task.model, shots=s["shots"], out=out, **kw, **data)
+        return express(out, task, d)
+
+    yield Variant("safegene", shown, calibrated)
+    if s["ablations"]:
+        yield Variant("gene-uniform", shown, lambda d: express(gene, task, d, coefficients=1.0))
+        yield Variant(
+            "gene-select", shown, lambda d: express(selected(), task, d, coefficients=1.0)
+        )
+        yield Variant(
+            "gene-calibrate",
+            shown,
+            lambda d: calibrated(d, lambda: gene, "-all-layers", layers="all"),
+        )
