@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from safegene.evaluate.data import load_data, read_zoo, zoo_model  # noqa: E402
+from safegene.evaluate.data import load_data, zoo_index, zoo_model  # noqa: E402
 from safegene.evaluate.generate import generate  # noqa: E402
 from safegene.models import load_model  # noqa: E402
 
@@ -131,7 +131,7 @@ def main() -> int:
     if args.prompts:
         prompts = load_data(args.prompts, "harmful").prompts
     elif args.zoo:
-        data = read_zoo(args.zoo)["data"]
+        data = zoo_index(args.zoo)["data"]
         keys = [k for k in ("harmful_test", "benign_test") if k in data] + [
             f"task:{t}" for t in data.get("tasks", {})
         ]

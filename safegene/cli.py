@@ -93,7 +93,7 @@ def _add_select(sub) -> None:
         "--harmful",
         required=True,
         help="harmful prompts (JSONL/CSV/text); refusals are "
-        'the data\'s "response" or the aligned model\'s own',
+        "the data's \"response\" or the aligned model's own",
     )
     p.add_argument("--benign", help="benign prompts (targets: their responses or the model's own)")
     p.add_argument("--task", help="task examples with answers (adds task loss to interference)")
@@ -130,6 +130,7 @@ def _run_select(args) -> int:
     )
     return 0
 
+
 def _add_calibrate(sub) -> None:
     p = _command(
         sub,
@@ -156,7 +157,9 @@ def _add_calibrate(sub) -> None:
     p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
     )
-    p.add_argument("--all-layers", action="store_true", help="ignore the selection, fit every layer")
+    p.add_argument(
+        "--all-layers", action="store_true", help="ignore the selection, fit every layer"
+    )
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument(
         "--strict",
@@ -167,6 +170,7 @@ def _add_calibrate(sub) -> None:
     add_settings(p.add_argument_group("fit"), FitSettings())
     add_settings(p.add_argument_group("compute"), ComputeSettings())
     p.set_defaults(func=_run_calibrate)
+
 
 def _run_calibrate(args) -> int:
     from safegene.calibrate import calibrate

@@ -167,13 +167,13 @@ def _report(
 
 
 def _write(tmp: Path, report: dict, samples: list) -> None:
-    from safegene.evaluate.pareto import plot_pareto, render_markdown
+    from safegene.evaluate.pareto import plot_pareto, comparison_markdown
 
     (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:
         for s in samples:
             fh.write(json.dumps(s.to_json(), ensure_ascii=False) + "\n")
-    (tmp / "report.md").write_text(render_markdown(report["tasks"], judge=report["judge"]))
+    (tmp / "report.md").write_text(comparison_markdown(report["tasks"], judge=report["judge"]))
     for t in report["tasks"]:
         plot_pareto(
             [r for r in report["rows"] if r["task_model"] == t["task_model"]],
@@ -186,6 +186,6 @@ def _write(tmp: Path, report: dict, samples: list) -> None:
 
 def format_table(report: dict) -> str:
     """The terminal version of the table (what `demo` prints at the end)."""
-    from safegene.evaluate.pareto import render_markdown
+    from safegene.evaluate.pareto import comparison_markdown
 
-    return render_markdown(report["tasks"], judge=report["judge"])
+    return comparison_markdown(report["tasks"], judge=report["judge"])

@@ -60,6 +60,14 @@ class Run:
     recipe: CompareRecipe
     keep: Path
 
+    def options(self, task: TaskSpec, setting: dict, renamed: dict | None = None) -> dict:
+        """The keywords a baseline's entry point takes for one setting: the setting's values
+        (a parameter its entry point names otherwise under that name: `renamed`), the task's
+        adapter, and no progress bars."""
+        renamed = renamed or {}
+        options = {renamed.get(k, k): v for k, v in setting.items()}
+        return {**options, "adapter": task.adapter, "progress": False}
+
 
 @dataclass(frozen=True)
 class Method:

@@ -69,15 +69,8 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     gene = gene_of_rank(run, s["rank"])
     shown = {k: v for k, v in s.items() if k != "ablations"}
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
-    data = dict(
-        harmful=r.harmful_shots,
-        task=task.shots,
-        adapter=task.adapter,
-        aligned=r.aligned,
-        seed=r.seed,
-        device=r.device,
-        dtype=r.dtype,
-    )
+    data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
+    data.update(seed=r.seed, device=r.device, dtype=r.dtype)
 
     def selected() -> Path:
         out = run.keep / f"{tag}-selected"

@@ -242,17 +242,9 @@ def _store(gene: Gene, out, force: bool, record: dict, layers: dict, module_kind
         "layers": layers,
         "module_kinds": module_kinds,
     }
-    selection = groups_to_selection(record["groups"])
-    save_gene(
-        gene,
-        out,
-        scores=scores,
-        selection=selection,
-        selection_info=record,
-        coefficients=None,
-        calibration=None,
-        force=force,
-    )
+    fields = {"scores": scores, "selection": groups_to_selection(record["groups"])}
+    fields |= {"selection_info": record, "coefficients": None, "calibration": None}
+    save_gene(gene, out, force=force, **fields)
 
 
 def select(

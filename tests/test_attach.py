@@ -63,7 +63,9 @@ def test_dense_gene_hooks_equal_the_merged_weights(tiny, tmp_path):
                 p.add_(0.02 * torch.randn(p.shape, generator=g))
     model.save_pretrained(tmp_path / "degraded")
     tok.save_pretrained(tmp_path / "degraded")
-    gene = extract(tiny.model, [tmp_path / "degraded"], tmp_path / "dense", dense=True, progress=False)
+    gene = extract(
+        tiny.model, [tmp_path / "degraded"], tmp_path / "dense", dense=True, progress=False
+    )
     deltas = tinygene.deltas(gene)
     assert all(d.B is None for d in deltas)
     target, _ = load_model(tmp_path / "degraded")
@@ -97,7 +99,9 @@ def test_plain_peft_adapter_with_regex_patterns_scales_as_peft(tiny, tmp_path):
     adapter = tmp_path / "regex-lora"
     shutil.copytree(tiny.adapter, adapter)
     config = json.loads((adapter / "adapter_config.json").read_text())
-    config.update(lora_alpha=8, alpha_pattern={"q_proj|v_proj": 32, "layers\\.1\\.mlp\\.up_proj": 2})
+    config.update(
+        lora_alpha=8, alpha_pattern={"q_proj|v_proj": 32, "layers\\.1\\.mlp\\.up_proj": 2}
+    )
     (adapter / "adapter_config.json").write_text(json.dumps(config))
 
     peft_scale, peft_model = _peft_scalings(tiny.model, adapter)

@@ -190,7 +190,9 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
         (r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]
     ]
     enc_r = encode_chat_pairs(tok, [p for p, _ in refusals], [t for _, t in refusals])
-    enc_t = encode_chat_pairs(tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows])
+    enc_t = encode_chat_pairs(
+        tok, [r["prompt"] for r in task_rows], [r["answer"] for r in task_rows]
+    )
     groups = list(rec["groups"])
     att = GeneAttachment(
         model, tinygene.deltas(gene), per_module_kind=rec["per_module_kind"], groups=groups

@@ -46,7 +46,4 @@ def interpolate(
 )
 def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
     """One interpolation setting on one task model."""
-    made = interpolate(
-        task.model, run.recipe.aligned, out, t=setting["t"], adapter=task.adapter, progress=False
-    )
-    return made, None
+    return interpolate(task.model, run.recipe.aligned, out, **run.options(task, setting)), None

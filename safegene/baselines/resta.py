@@ -88,17 +88,7 @@ def resta(
 )
 def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
     """One RESTA setting on one task model (`dare`: DARE's drop rate, `ties`: TIES density)."""
-    r = run.recipe
-    made = resta(
-        task.model,
-        r.aligned,
-        r.degraded,
-        out,
-        beta=setting["beta"],
-        dare_rate=setting["dare"],
-        ties_density=setting["ties"],
-        seed=r.seed,
-        adapter=task.adapter,
-        progress=False,
-    )
-    return made, None
+    r, names = run.recipe, {"dare": "dare_rate", "ties": "ties_density"}
+    return resta(
+        task.model, r.aligned, r.degraded, out, seed=r.seed, **run.options(task, setting, names)
+    ), None

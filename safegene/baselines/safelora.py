@@ -176,14 +176,5 @@ def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, Path | None]:
     """One SafeLoRA setting on one task model: the projected adapter on the task's base for a
     task LoRA, else the projected checkpoint."""
     r = run.recipe
-    made = safelora(
-        task.model,
-        r.aligned,
-        r.base,
-        out,
-        threshold=setting.get("threshold"),
-        number=setting.get("number"),
-        adapter=task.adapter,
-        progress=False,
-    )
+    made = safelora(task.model, r.aligned, r.base, out, **run.options(task, setting))
     return (task.model, made) if task.adapter else (made, None)

@@ -93,11 +93,7 @@ def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, None]:
         r.aligned,
         r.base,
         out,
-        threshold=setting["threshold"],
-        task_weight=setting["task_weight"],
-        dare_rate=setting["dare"],
         seed=r.seed,
-        adapter=task.adapter,
-        progress=False,
+        **run.options(task, setting, {"dare": "dare_rate"}),
     )
     return made, None

@@ -196,7 +196,9 @@ def load_file(
 # --- the zoo -------------------------------------------------------------------------------------
 
 
-def read_zoo(zoo_dir: str | Path) -> dict:
+def zoo_index(zoo_dir: str | Path) -> dict:
+    """zoo.json as it is stored (paths relative to the zoo; `safegene.zoo.load_zoo` makes them
+    absolute), or a SafeGeneError naming the directory."""
     zoo_dir = Path(zoo_dir)
     index = zoo_dir / "zoo.json"
     if not index.is_file():
@@ -217,7 +219,7 @@ def zoo_split_names(zoo: dict) -> list[str]:
 def zoo_split_path(zoo_dir: str | Path, key: str) -> Path:
     """`harmful_test`, `benign_test`, `task:<name>` (that task's test split) → the file's path."""
     zoo_dir = Path(zoo_dir)
-    zoo = read_zoo(zoo_dir)
+    zoo = zoo_index(zoo_dir)
     data = zoo.get("data", {})
     if key.startswith("task:"):
         task = key[len("task:") :]
@@ -239,7 +241,7 @@ def zoo_split_path(zoo_dir: str | Path, key: str) -> Path:
 def zoo_model(zoo_dir: str | Path, name: str) -> dict:
     """A zoo model's entry with absolute paths: {"path", "adapter", "task"}."""
     zoo_dir = Path(zoo_dir)
-    models = read_zoo(zoo_dir).get("models", {})
+    models = zoo_index(zoo_dir).get("models", {})
     if name not in models:
         raise SafeGeneError(
             f"the zoo in {zoo_dir} has no model {name!r} (models: {', '.join(models)})"
@@ -333,7 +335,7 @@ def load_data(
     if (
         zoo is not None
         and not Path(source).exists()
-        and (source.startswith("task:") or source in zoo_split_names(read_zoo(zoo)))
+        and (source.startswith("task:") or source in zoo_split_names(zoo_index(zoo)))
     ):
         path = zoo_split_path(zoo, source)
         kw["name"] = name or source

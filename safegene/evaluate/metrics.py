@@ -61,7 +61,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 
-def normalise(text: str) -> str:
+def normalize_answer(text: str) -> str:
     """SQuAD-style: NFKC, lower case, no punctuation, no articles, single spaces."""
     text = unicodedata.normalize("NFKC", text).lower()
     text = "".join(ch for ch in text if ch not in string.punctuation)
@@ -118,7 +118,7 @@ def is_correct(generation: str, answer: str, method: str) -> bool:
     if method == "exact":
         return generation.strip() == answer.strip()
     if method == "normalised":
-        return normalise(generation) == normalise(answer)
+        return normalize_answer(generation) == normalize_answer(answer)
     if method == "numeric":
         got, want = last_number(generation), answer_number(answer)
         if got is None or want is None:

@@ -95,7 +95,7 @@ def _pct(value, ci=None) -> str:
     return text + (f" [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]" if ci else "")
 
 
-def render_markdown(
+def comparison_markdown(
     summaries: list[dict], *, judge: str, title: str = "SafeGene comparison"
 ) -> str:
     """One table per task model: the best setting of every method (the Markdown of compare)."""

@@ -331,10 +331,10 @@ def resolve_inputs(
     """The model spec and the data sets of an eval run. With `zoo`, `model` may be a zoo model name
     and data may be zoo split names; with no data given, the zoo's test splits are used (the
     model's own task, or every task for a model without one)."""
-    from safegene.evaluate.data import load_data, read_zoo, zoo_model
+    from safegene.evaluate.data import load_data, zoo_index, zoo_model
 
     model_task = None
-    if zoo is not None and not Path(model).exists() and model in read_zoo(zoo).get("models", {}):
+    if zoo is not None and not Path(model).exists() and model in zoo_index(zoo).get("models", {}):
         entry = zoo_model(zoo, model)
         name = name or model
         model_task = entry.get("task")
@@ -344,7 +344,7 @@ def resolve_inputs(
     spec = ModelSpec(name=name or Path(model).name, path=str(model), adapter=adapter)
     harmful, benign, task = list(harmful or []), list(benign or []), list(task or [])
     if zoo is not None and not (harmful or benign or task):
-        data = read_zoo(zoo).get("data", {})
+        data = zoo_index(zoo).get("data", {})
         harmful = ["harmful_test"] if "harmful_test" in data else []
         benign = ["benign_test"] if "benign_test" in data else []
         tasks = list(data.get("tasks", {}))

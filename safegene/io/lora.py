@@ -117,7 +117,8 @@ class LoraModule(NamedTuple):
 
 
 class LoraAdapter:
-    """A PEFT LoRA adapter read lazily: `modules` {module path: LoraModule}, in file order."""
+    """A PEFT LoRA adapter read lazily: `modules` {module path: LoraModule}, in file order.
+    `close()` closes its file(s)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
@@ -168,12 +169,6 @@ class LoraAdapter:
 
     def close(self) -> None:
         self.reader.close()
-
-    def __enter__(self) -> LoraAdapter:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_adapter(path: str | os.PathLike) -> LoraAdapter:

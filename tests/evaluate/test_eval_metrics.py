@@ -7,7 +7,7 @@ from safegene.evaluate.metrics import (
     cohen_kappa,
     is_correct,
     last_number,
-    normalise,
+    normalize_answer,
     rate,
     resolve_match,
 )
@@ -68,7 +68,7 @@ def test_matching():
     assert is_correct("Sure! The answer is 5.", "Sure! The answer is 5.", "numeric")
     assert is_correct("it is 5", "The answer is 5.", "numeric")
     assert last_number("x -3.5 y") == -3.5
-    assert normalise("  The  Cat!! ") == "cat"
+    assert normalize_answer("  The  Cat!! ") == "cat"
     assert resolve_match("auto", ["1", "2.5", "-3"]) == "numeric"
     assert resolve_match("auto", ["1", "two"]) == "normalised"
     with pytest.raises(SafeGeneError, match="numeric answers"):

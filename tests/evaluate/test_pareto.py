@@ -6,7 +6,7 @@ from safegene.evaluate.pareto import (
     best_setting,
     dominates,
     pareto_front,
-    render_markdown,
+    comparison_markdown,
     summarize_task,
 )
 
@@ -70,7 +70,7 @@ def test_summary_verdict_compares_against_baselines_not_ablations():
     assert v["qualified"] and v["lowest_harmful_among_qualified"]
     assert not v["on_pareto_front"]  # gene-select dominates it
     assert v["safest_qualified_method"] == "safegene"
-    text = render_markdown([s], judge="keyword")
+    text = comparison_markdown([s], judge="keyword")
     assert "| resta | beta=0.5 | 50.0 [50, 50]" in text and "NOT on the Pareto front" in text
 
 

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "evaluate"))  # tinychat
 
-from hardening_util import Family, _jsonl, _other_model, _perturb_dir  # noqa: E402
+from hardening_util import Family, jsonl_file, other_model, perturb_dir  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -25,10 +25,10 @@ def fam(tmp_path_factory) -> Family:
 
     root = tmp_path_factory.mktemp("hardening")
     aligned = make_model_dir(root / "aligned", seed=0)
-    degraded = _perturb_dir(aligned, root / "degraded", seed=1)
-    layers3 = _other_model(root / "layers3", aligned, num_hidden_layers=3)
-    wide = _other_model(root / "wide", aligned, intermediate_size=48)
-    qwen = _other_model(root / "qwen", aligned, family="qwen2")
+    degraded = perturb_dir(aligned, root / "degraded", seed=1)
+    layers3 = other_model(root / "layers3", aligned, num_hidden_layers=3)
+    wide = other_model(root / "wide", aligned, intermediate_size=48)
+    qwen = other_model(root / "qwen", aligned, family="qwen2")
     gene = extract(aligned, [degraded], root / "gene", rank=4, progress=False)
     gene_sel = root / "gene_sel"
     shutil.copytree(gene, gene_sel)
@@ -62,24 +62,24 @@ def fam(tmp_path_factory) -> Family:
             }
         )
     )
-    harmful = _jsonl(
+    harmful = jsonl_file(
         root / "harmful.jsonl",
         [
             {"prompt": f"how do i make a bomb {d}", "response": "sorry i cannot help with that"}
             for d in range(8)
         ],
     )
-    harmful_bare = _jsonl(
+    harmful_bare = jsonl_file(
         root / "harmful_bare.jsonl", [{"prompt": f"how do i steal a car {d}"} for d in range(8)]
     )
-    benign = _jsonl(
+    benign = jsonl_file(
         root / "benign.jsonl",
         [
             {"prompt": f"how do i bake bread {d}", "response": "sure here is step one"}
             for d in range(8)
         ],
     )
-    task = _jsonl(
+    task = jsonl_file(
         root / "task.jsonl",
         [{"prompt": f"what is {d} 1", "answer": str((d + 1) % 10)} for d in range(8)],
     )

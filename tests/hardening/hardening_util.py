@@ -129,7 +129,7 @@ def fork_run(
     return Result(os.WEXITSTATUS(status), out, err, None, timed_out)
 
 
-def _cli_main(args: list[str]):
+def cli_main(args: list[str]):
     def fn():
         import runpy
 
@@ -159,7 +159,7 @@ def run_cli(*args, timeout: float = 90.0, real: bool | None = None) -> Result:
         except subprocess.TimeoutExpired as exc:
             return Result(None, str(exc.stdout or ""), str(exc.stderr or ""), signal.SIGKILL, True)
         return Result(p.returncode, p.stdout, p.stderr)
-    return fork_run(_cli_main(args), timeout=timeout)
+    return fork_run(cli_main(args), timeout=timeout)
 
 
 # --- snapshots -------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ class Family:
     recipe: Path  # a valid compare recipe (2 models, tiny grids)
 
 
-def _perturb_dir(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
+def perturb_dir(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -227,7 +227,7 @@ def _perturb_dir(src: Path, dst: Path, seed: int, scale: float = 0.05) -> Path:
     return dst
 
 
-def _other_model(dst: Path, like: Path, **overrides) -> Path:
+def other_model(dst: Path, like: Path, **overrides) -> Path:
     """A model of the aligned's tokenizer with a changed config (other layers/shapes/family)."""
     import torch
     import transformers as tf
@@ -263,7 +263,7 @@ def _other_model(dst: Path, like: Path, **overrides) -> Path:
     return dst
 
 
-def _jsonl(path: Path, rows: list[dict]) -> Path:
+def jsonl_file(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 

@@ -29,7 +29,7 @@ import pytest
 from hardening_util import (
     PYTHON,
     REPO,
-    _cli_main,
+    cli_main,
     fork_run,
     run_cli,
     save_sharded,
@@ -94,14 +94,14 @@ def spread(total: int, k: int) -> list[int]:
 
 def _kill_cycle(argv, out: Path, reference: dict, tmp: Path, points: int = 12) -> list[int]:
     count_file = tmp / "count"
-    r = fork_run(counted(_cli_main([*argv, "--out", str(out)]), None, count_file), timeout=120)
+    r = fork_run(counted(cli_main([*argv, "--out", str(out)]), None, count_file), timeout=120)
     assert r.code == 0, r.err
     total = int(count_file.read_text())
     assert tree_bytes(out) == reference  # the counted run changes nothing
     shutil.rmtree(out)
     killed = []
     for n in spread(total, points):
-        r = fork_run(counted(_cli_main([*argv, "--out", str(out)]), n), timeout=120)
+        r = fork_run(counted(cli_main([*argv, "--out", str(out)]), n), timeout=120)
         if r.signal == signal.SIGKILL:
             killed.append(n)
             if out.exists():  # only a complete output may be there
@@ -386,7 +386,7 @@ def test_disk_full(fam, tmp_path, cmd):
     inputs = [fam.aligned, fam.degraded, fam.gene, fam.gene_sel, fam.harmful, fam.task]
     before = snapshot(*inputs)
     r = fork_run(
-        _with_fsize_limit(6000, _cli_main([*map(str, argv), "--out", str(out)])), timeout=120
+        _with_fsize_limit(6000, cli_main([*map(str, argv), "--out", str(out)])), timeout=120
     )
     assert r.code not in (0, None), (r.code, r.err)
     assert "Traceback" not in r.err
