@@ -402,3 +402,36 @@ def run_eval(
     write_report(report, samples, out, force=force)
     dist.barrier()
     return report
+
+
+def evaluate(
+    model: str | Path,
+    out: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    harmful: list | tuple = (),
+    benign: list | tuple = (),
+    task: list | tuple = (),
+    zoo: str | Path | None = None,
+    judges: list | tuple = ("keyword", "prefix"),
+    settings: EvalSettings | None = None,
+    force: bool = False,
+) -> dict | None:
+    """`safegene eval` as a function: evaluate one model (plus `adapter`; with `zoo`, a zoo model
+    name works too) on data files or zoo split names (none given: the zoo's test splits) with
+    `judges`, and write the report to `out`. Returns the report (None on ranks other than 0)."""
+    from safegene.evaluate.judges import make_judges
+
+    settings = settings or EvalSettings()
+    spec, datasets = resolve_inputs(
+        model=str(model),
+        adapter=str(adapter) if adapter else None,
+        harmful=[str(h) for h in harmful],
+        benign=[str(b) for b in benign],
+        task=[str(t) for t in task],
+        zoo=str(zoo) if zoo else None,
+    )
+    dist = current_dist(settings.device)
+    device = resolve_device(settings.device, dist)
+    made = make_judges(list(judges), device=device, dtype=settings.dtype)
+    return run_eval(spec, datasets, made, settings, out, force=force, dist=dist)

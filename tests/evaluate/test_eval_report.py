@@ -316,3 +316,27 @@ def test_device_map_auto_path(tiny_model_dir, tiny_data):
         EvalSettings(generation=gen, device_map="auto", progress=False),
     )
     assert [s.generation for s in plain] == [s.generation for s in mapped]
+
+
+def test_evaluate_function_is_the_cli(tiny_model_dir, tiny_data, tmp_path):
+    """`safegene.evaluate` gives the report `safegene eval` gives, for the same settings."""
+    from safegene import evaluate
+
+    argv = ["eval", "--model", str(tiny_model_dir), "--device", "cpu", "--no-progress"]
+    for split in ("harmful", "benign", "task"):
+        argv += [f"--{split}", str(tiny_data / f"{split}.jsonl")]
+    assert main([*argv, "--max-new-tokens", "6", "--out", str(tmp_path / "cli")]) == 0
+    settings = EvalSettings(
+        generation=GenerationSettings(max_new_tokens=6), device="cpu", progress=False
+    )
+    report = evaluate(
+        tiny_model_dir,
+        tmp_path / "api",
+        **{s: [tiny_data / f"{s}.jsonl"] for s in ("harmful", "benign", "task")},
+        settings=settings,
+    )
+    cli = json.loads((tmp_path / "cli" / "report.json").read_text())
+    assert report["models"][0]["summary"] == cli["models"][0]["summary"]
+    assert (tmp_path / "api" / "samples.jsonl").read_text() == (
+        tmp_path / "cli" / "samples.jsonl"
+    ).read_text()
