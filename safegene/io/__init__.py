@@ -3,6 +3,7 @@ PEFT LoRA adapters, atomic outputs (files and directories), side-file copying an
 See each module's docstring."""
 
 from safegene.io.atomic import atomic_dir, atomic_file, remove_stale_temps, write_text_atomic
+from safegene.io.lora import AdapterWriter, LoraAdapter, lora_scaling, read_adapter
 from safegene.io.outdir import (
     MODEL_SIDE_FILES,
     atomic_output_dir,
@@ -24,7 +25,9 @@ from safegene.io.writer import (
 )
 
 __all__ = [
+    "AdapterWriter",
     "DEFAULT_SHARD_BYTES",
+    "LoraAdapter",
     "MODEL_SIDE_FILES",
     "ModelReader",
     "ShardWriter",
@@ -39,9 +42,11 @@ __all__ = [
     "copy_side_files",
     "find_weight_files",
     "hash_model_dir",
+    "lora_scaling",
     "matches_hash",
     "parse_size",
     "plan_shards",
+    "read_adapter",
     "read_header",
     "read_tensor",
     "remove_stale_temps",
