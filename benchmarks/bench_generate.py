@@ -162,7 +162,7 @@ def main() -> int:
     single = [generate(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
     t_single = time.perf_counter() - t0
 
-    same = sum(a == b for a, b in zip(batched, single))
+    same = sum(a == b for a, b in zip(batched, single, strict=True))
     tokens = count_tokens(tok, batched)
     ratio = t_single / t_batched
     result = {
@@ -182,11 +182,13 @@ def main() -> int:
     }
     print(json.dumps(result, indent=2))
     print(
-        f"greedy outputs identical: {same}/{len(prompts)}; batched is {ratio:.1f}x the throughput of one "
-        f"prompt at a time (target >= 5x): {'PASS' if same == len(prompts) and ratio >= 5 else 'FAIL'}"
+        f"greedy outputs identical: {same}/{len(prompts)}; batched is {ratio:.1f}x the throughput "
+        "of one "
+        "prompt at a time (target >= 5x): "
+        f"{'PASS' if same == len(prompts) and ratio >= 5 else 'FAIL'}"
     )
     if same != len(prompts):
-        for a, b, p in zip(batched, single, prompts):
+        for a, b, p in zip(batched, single, prompts, strict=True):
             if a != b:
                 print(f"first difference on {p!r}:\n  batched: {a!r}\n  single:  {b!r}")
                 break

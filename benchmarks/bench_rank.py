@@ -1,11 +1,13 @@
 """The gene's rank against its transfer: the same calibration, genes of several ranks, side by side.
 
-One gene per rank is extracted from the zoo's aligned and degraded models (truncated SVD per module).
+One gene per rank is extracted from the zoo's aligned and degraded models (truncated SVD per
+module).
 For each task model, α is calibrated per layer over every layer (k harmful shots with refusals and k
 task shots, the defaults of `safegene calibrate`) for each gene, and the result is measured on the
 zoo's held-out test splits (keyword judge, greedy). One run, one machine state, every rank.
 
-    python benchmarks/bench_rank.py --zoo /tmp/zoo-small [--ranks 1 2 4 16] [--models task-howto ...]
+    python benchmarks/bench_rank.py --zoo /tmp/zoo-small [--ranks 1 2 4 16] \
+        [--models task-howto ...]
 
 Prints harmful rate / over-refusal / task accuracy per (task model, rank), and per task model the
 harmful rate of each rank relative to the largest rank's (a ratio < 1: the smaller gene transfers
@@ -127,7 +129,8 @@ def _print_table(results: dict, ranks: list[int]) -> None:
             f"{none['task_accuracy']:.2f} | " + " | ".join(cells) + " |"
         )
     print(
-        f"(cells: harmful / over-refusal / task accuracy; ✗ below 95 % of the task model's accuracy; "
+        "(cells: harmful / over-refusal / task accuracy; ✗ below 95 % of the task model's "
+        "accuracy; "
         f"×: harmful rate relative to rank {top})"
     )
 

@@ -2,8 +2,8 @@
 
 Every Linear the gene targets gets `+ α_g · (x Aᵀ) Bᵀ` added to its output (a forward hook), where
 `δ = B·A` is that module's low-rank gene factor and `α_g` the coefficient of the module's group: one
-group per layer, or per (layer, module kind) — `attn` for `self_attn.*`, `mlp` for `mlp.*`. Because δ
-is low rank this is exact and cheap, and it works the same on a full checkpoint and on a PeftModel
+group per layer, or per (layer, module kind) — `attn` for `self_attn.*`, `mlp` for `mlp.*`. Because
+δ is low rank this is exact and cheap, and it works the same on a full checkpoint and on a PeftModel
 (aligned + task LoRA, not merged): the hook sits on the outermost module of that name, so the task
 LoRA's own contribution is already in the output it adds to.
 
@@ -131,7 +131,7 @@ class GeneAttachment:
                 continue
             self.n_params[gi] += g.n_params
             mod = targets[g.name]
-            w = getattr(getattr(mod, "base_layer", mod), "weight")
+            w = getattr(mod, "base_layer", mod).weight
             self._bound.append(
                 (
                     mod,
@@ -192,18 +192,19 @@ class GeneAttachment:
             self.alpha.requires_grad_(True)
 
 
-# --- losses on (prompt, target) pairs --------------------------------------------------------------
+# --- losses on (prompt, target) pairs ------------------------------------------------------------
 
 
 def encode_chat_pairs(
     tokenizer, prompts: list[str], targets: list[str], template: str | None = None
 ):
-    """Token ids of chat(prompt) + target (+ end of turn), and how many leading tokens are prompt."""
+    """Token ids of chat(prompt) + target (+ end of turn), and how many leading tokens are the
+    prompt."""
     from safegene.evaluate.generate import chat_texts
 
     heads = chat_texts(tokenizer, prompts, template)
     out = []
-    for prompt, head, target in zip(prompts, heads, targets):
+    for prompt, head, target in zip(prompts, heads, targets, strict=True):
         try:
             full = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],

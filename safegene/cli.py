@@ -198,9 +198,9 @@ def _run_calibrate(args) -> int:
         rec["fit"]["loss_final"],
     )
     print(
-        f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful shots; "
-        f"refusal loss {before['refuse']:.3f} -> {after['refuse']:.3f}, task loss {before['task']:.3f} -> "
-        f"{after['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}"
+        f"coefficients {coefs} (the target answered {harm['complied']} of {harm['n']} harmful "
+        f"shots; refusal loss {before['refuse']:.3f} -> {after['refuse']:.3f}, task loss "
+        f"{before['task']:.3f} -> {after['task']:.3f}, {rec['seconds']['total']} s) -> {args.out}"
     )
     return 0
 

@@ -167,7 +167,7 @@ def _report(
 
 
 def _write(tmp: Path, report: dict, samples: list) -> None:
-    from safegene.evaluate.pareto import plot_pareto, comparison_markdown
+    from safegene.evaluate.pareto import comparison_markdown, plot_pareto
 
     (tmp / "report.json").write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
     with open(tmp / "samples.jsonl", "w", encoding="utf-8") as fh:

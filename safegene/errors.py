@@ -1,4 +1,5 @@
-"""The one exception type the user sees: bad input, not a bug. The CLI prints it as one line, exit 2."""
+"""What the user sees: SafeGeneError for bad input (not a bug; the CLI prints one line, exit 2) and
+SafeGeneWarning (one line too)."""
 
 
 class SafeGeneError(Exception):

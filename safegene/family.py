@@ -153,7 +153,7 @@ def check_compatible(
     """Raise SafeGeneError naming the first mismatch between a family fingerprint (`expected`,
     e.g. a gene's) and a checkpoint (`config`, `shapes`): model_type, layer count, hidden size,
     then each tensor in `tensors` (name -> required shape) missing or of another shape.
-    `expected` None (no family recorded, e.g. a gene from a plain PEFT adapter): the tensors only."""
+    `expected` None (no family recorded, e.g. a gene from a plain PEFT adapter): tensors only."""
     got = fingerprint(config, shapes) if expected is not None else None
     for key in ("model_type", "num_layers", "hidden_size") if got else ():
         if expected.get(key) != got[key]:

@@ -22,9 +22,9 @@ safegene.json schema (format_version 2; version 1, the same without the two reco
     format            "safegene-gene"
     format_version    2
     kind              "lora" | "dense"
-    fingerprint       {model_type, num_layers, hidden_size, layer_tensors_sha256} (family.fingerprint);
-                      null for a gene saved from a plain PEFT adapter (then only tensor names and
-                      shapes are checked against a model)
+    fingerprint       {model_type, num_layers, hidden_size, layer_tensors_sha256}
+                      (family.fingerprint); null for a gene saved from a plain PEFT adapter
+                      (then only tensor names and shapes are checked against a model)
     sources           {"aligned": {"path", "hash"}, "degraded": [{"path", "hash"}, ...]} | null
                       hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:")
     compression       {"method": "svd"|"randomized_svd"|"mixed"|"none", "rank", "energy", "seed"}
@@ -441,7 +441,8 @@ def _meta_text(meta: dict) -> str:
 
 
 def load_gene(path: str | os.PathLike) -> Gene:
-    """Open a gene directory (LoRA, dense, or a plain PEFT LoRA adapter); SafeGeneError otherwise."""
+    """Open a gene directory (LoRA, dense, or a plain PEFT LoRA adapter); SafeGeneError
+    otherwise."""
     return Gene(path)
 
 

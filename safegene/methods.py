@@ -37,7 +37,7 @@ MODULES = (
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter: its type and its default grid ([]: left out unless the recipe sets it)."""
+    """One hyperparameter: its type and its default grid ([]: left out unless a recipe sets it)."""
 
     type: type
     default: list = field(default_factory=list)

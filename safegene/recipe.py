@@ -86,7 +86,10 @@ class CompareRecipe:
 def grid(params: dict[str, list]) -> list[dict[str, Any]]:
     """The cartesian product of a method's grids; an empty list drops that parameter."""
     names = [n for n, values in params.items() if values]
-    return [dict(zip(names, combo)) for combo in itertools.product(*(params[n] for n in names))]
+    return [
+        dict(zip(names, combo, strict=True))
+        for combo in itertools.product(*(params[n] for n in names))
+    ]
 
 
 class _Problems:

@@ -23,7 +23,8 @@ def load_records(
     name: str | None = None,
     zoo: str | Path | None = None,
 ) -> list[dict]:
-    """Records {"prompt", "answer"?} through the project's data loader (JSONL, CSV, text, zoo splits)."""
+    """Records {"prompt", "answer"?} through the project's data loader (JSONL, CSV, text, zoo
+    splits)."""
     from safegene.evaluate.data import load_data
 
     ds = load_data(path, split, zoo=zoo, name=name)

@@ -3,10 +3,10 @@ coefficients and selection honoured; cross-family and NaN inputs write nothing."
 
 import json
 
+import engine_models as em
 import pytest
 import torch
 
-import engine_models as em
 from safegene.apply import apply_gene
 from safegene.errors import SafeGeneError
 from safegene.gene import extract, load_gene, save_gene

@@ -7,14 +7,13 @@ import json
 import shutil
 
 import pytest
+import tinygene
 import torch
 
 from safegene.attach import GeneAttachment
-from safegene.gene import extract, load_gene
+from safegene.gene import extract
 from safegene.groups import group_key
 from safegene.models import load_model
-
-import tinygene
 
 
 @pytest.fixture(scope="module")

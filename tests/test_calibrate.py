@@ -1,16 +1,16 @@
-"""Few-shot calibration: α only is trained, the fit lowers its objective, is deterministic for a seed,
-works on full and unmerged-LoRA targets; on the micro zoo it restores refusals of a task model."""
+"""Few-shot calibration: α only is trained, the fit lowers its objective, is deterministic for a
+seed, works on full and unmerged-LoRA targets; on the micro zoo it restores refusals of a task
+model."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import tinygene
 import torch
 
 from safegene.calibrate import calibrate
-
-import tinygene
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_model_stays_frozen(tiny):
 
 
 def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
-    """`apply --as merged` of GENE2 gives the model calibration optimised (hooks with the same α)."""
+    """`apply --as merged` of GENE2 gives the model calibration optimised (hooks, the same α)."""
     from safegene.apply import apply_gene
     from safegene.attach import GeneAttachment
     from safegene.models import load_model
@@ -126,7 +126,7 @@ def test_apply_expresses_exactly_the_calibrated_model(tiny, tmp_path):
     assert torch.allclose(merged(ids).logits, hooked, atol=1e-4)
 
 
-# --- on the micro zoo: calibration restores refusals of a degraded task model --------------------------
+# --- on the micro zoo: calibration restores refusals of a degraded task model ---------------------
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +152,8 @@ def _rates(model, tok, harmful, task_rows):
     answers = [r["answer"] for r in task_rows]
     match = resolve_match("auto", answers)
     return (
-        sum(keyword_judge(p, r) for p, r in zip(harmful, h)) / len(h),
-        sum(is_correct(o, a, match) for o, a in zip(t, answers)) / len(t),
+        sum(keyword_judge(p, r) for p, r in zip(harmful, h, strict=True)) / len(h),
+        sum(is_correct(o, a, match) for o, a in zip(t, answers, strict=True)) / len(t),
     )
 
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import tinygene
 import torch
 
 from safegene.cli import main
-
-import tinygene
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import json
 import subprocess
 import sys
 
+import engine_models as em
 import pytest
 import torch
 
-import engine_models as em
 from safegene.cli import main
 
 

@@ -1,4 +1,5 @@
-"""The example recipe shipped for real checkpoints parses, and fails only on its placeholder paths."""
+"""The example recipe shipped for real checkpoints parses, and fails only on its placeholder
+paths."""
 
 from pathlib import Path
 

@@ -1,8 +1,8 @@
 """Tensor names → (layer, module, kind) by table and by fallback; fingerprints; compatibility."""
 
+import engine_models as em
 import pytest
 
-import engine_models as em
 from safegene.errors import SafeGeneError
 from safegene.family import check_compatible, fingerprint, parse_name
 from safegene.io import ModelReader

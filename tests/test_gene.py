@@ -2,10 +2,10 @@
 
 import json
 
+import engine_models as em
 import pytest
 import torch
 
-import engine_models as em
 from safegene.apply import apply_gene
 from safegene.errors import SafeGeneError
 from safegene.gene import (

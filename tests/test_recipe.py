@@ -27,7 +27,10 @@ def write(tmp_path, text):
 
 GOOD = """
 family: {aligned: aligned, degraded: degraded, base: base}
-data: {harmful_test: harmful_test.jsonl, benign_test: benign_test.jsonl, harmful_shots: harmful_shots.jsonl}
+data:
+  harmful_test: harmful_test.jsonl
+  benign_test: benign_test.jsonl
+  harmful_shots: harmful_shots.jsonl
 tasks:
   - {name: arith, model: task, shots: shots.jsonl, test: test.jsonl}
 judges: [keyword, prefix]

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+import tinygene
 import torch
 
 from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError
 from safegene.models import load_model
 from safegene.select import choose, score_groups, select
-
-import tinygene
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,8 @@ def test_hooks_equal_stock_peft(tiny):
 
 
 def test_hooks_on_unmerged_lora_target_equal_merged(tiny):
-    """A PeftModel target (model + task LoRA) gets the gene exactly as its merged checkpoint does."""
+    """A PeftModel target (model + task LoRA) gets the gene exactly as its merged checkpoint
+    does."""
     modules = tinygene.deltas(tiny.gene)
     peft_model, tok = load_model(tiny.model, tiny.adapter)
     merged = load_model(tiny.model, tiny.adapter)[0].merge_and_unload()
@@ -192,7 +192,7 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
         assert s[g]["gain"] > 0 and s[g]["score"] > 0
 
 
-# --- on the micro zoo: a real gene, a real degradation ------------------------------------------------
+# --- on the micro zoo: a real gene, a real degradation --------------------------------------------
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """A tiny random Llama, a random gene on it, a random task LoRA and small data files, for the fast
-mechanics tests of select/calibrate (the micro zoo carries the tests that need a real phenomenon)."""
+mechanics tests of select/calibrate (the micro zoo carries those that need a real phenomenon)."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def _gene_meta(gene: Path, model_dir: Path) -> None:
     reader = ModelReader(model_dir)
     modules = {}
     with safe_open(str(gene / "adapter_model.safetensors"), "pt") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
             if key.endswith("lora_A.weight"):
                 tensor = key[len("base_model.model.") : -len(".lora_A.weight")] + ".weight"
                 t = parse_name(tensor, "llama")
@@ -230,7 +230,7 @@ def tree(path: Path) -> dict:
     }
 
 
-# --- the micro zoo (tests/conftest.py's session fixture `micro_zoo`) --------------------------------
+# --- the micro zoo (tests/conftest.py's session fixture `micro_zoo`) -----------------------------
 
 
 def micro_zoo(request) -> Path:

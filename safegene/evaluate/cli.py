@@ -14,8 +14,8 @@ DESCRIPTION = (
     "(keyword, prefix, guard); score task answers (exact / normalised / numeric match); write "
     "report.json, samples.jsonl, report.md and safety_utility.png to --out. Rates come with n and "
     "a bootstrap 95% confidence interval. Data-parallel: --num-processes N on one machine, or "
-    "`accelerate launch --multi_gpu --num_processes N -m safegene eval ...` (GPUs, nodes; on CPU too, "
-    "with gloo); one merged report, the same as a single-process run."
+    "`accelerate launch --multi_gpu --num_processes N -m safegene eval ...` (GPUs, nodes; on CPU "
+    "too, with gloo); one merged report, the same as a single-process run."
 )
 
 
@@ -76,7 +76,8 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         metavar="NAME",
-        help=f"judges, in order, the first is primary: {', '.join(JUDGES)} (default: keyword prefix)",
+        help=f"judges, in order, the first is primary: {', '.join(JUDGES)} "
+        "(default: keyword prefix)",
     )
     j.add_argument(
         "--guard-model",
@@ -139,7 +140,6 @@ def run_eval_command(args) -> int:
     from safegene.evaluate.generate import GenerationSettings
     from safegene.evaluate.judges import check_judge_names, make_judges
     from safegene.evaluate.parallel import current_dist, in_distributed_env, spawn
-    from safegene.io import check_output_path
     from safegene.evaluate.run import (
         EvalSettings,
         load_template,
@@ -147,6 +147,7 @@ def run_eval_command(args) -> int:
         resolve_inputs,
         run_eval,
     )
+    from safegene.io import check_output_path
     from safegene.models import check_adapter_dir, check_model_dir
 
     judge_names = args.judge or ["keyword", "prefix"]
@@ -202,7 +203,7 @@ def run_eval_command(args) -> int:
                 f"the tokenizer of {spec.path} has no chat template; pass --template FILE "
                 "(a Jinja chat template)"
             )
-    # the report must not replace or land inside the model, adapter or guard (inputs are never modified)
+    # the report must not replace or land inside the model, adapter or guard (inputs stay intact)
     check_output_path(args.out, args.force, inputs=(spec.path, spec.adapter, args.guard_model))
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")
@@ -240,7 +241,8 @@ def run_eval_command(args) -> int:
                 if s[key] is not None:
                     lo, hi = s[f"{key}_ci"]
                     parts.append(
-                        f"{label} {100 * s[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] (n={s[f'{key}_n']})"
+                        f"{label} {100 * s[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
+                        f"(n={s[f'{key}_n']})"
                     )
             print(f"{m['name']}: " + "; ".join(parts))
         print(f"report: {args.out}")

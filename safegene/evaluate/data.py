@@ -2,7 +2,8 @@
 
 Every loader returns an `EvalSet`: the prompts (and the reference answers of a task split) plus
 where they came from and the sha256 of the bytes read, so a report names its exact inputs.
-Every problem with a file is one SafeGeneError that names the file (and the line, where there is one).
+Every problem with a file is one SafeGeneError that names the file (and the line, where there is
+one).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ _ANSWER_KEYS = ("answer", "response")
 
 @dataclass
 class EvalSet:
-    """One data set of one split: `harmful` and `benign` are judged, `task` is scored against answers."""
+    """One data set of one split: `harmful` and `benign` are judged, `task` is scored against its
+    answers."""
 
     split: str
     name: str
@@ -169,7 +171,8 @@ def load_file(
     answer_column: str | None = None,
     match: str = "auto",
 ) -> EvalSet:
-    """Load a JSONL / JSON / CSV / TSV / plain-text file (by suffix; anything else is plain text)."""
+    """Load a JSONL / JSON / CSV / TSV / plain-text file (by suffix; anything else is plain
+    text)."""
     _check_split(split)
     path = Path(path)
     text, digest = _read_text(path)
@@ -322,8 +325,8 @@ def load_data(
     match: str = "auto",
     limit: int | None = None,
 ) -> EvalSet:
-    """A file path, a zoo split name (with `zoo`), or a Hugging Face dataset id (`hf:owner/name[:split]`,
-    or a bare `owner/name` that is not a local path)."""
+    """A file path, a zoo split name (with `zoo`), or a Hugging Face dataset id
+    (`hf:owner/name[:split]`, or a bare `owner/name` that is not a local path)."""
     _check_split(split)
     if match not in MATCH_METHODS:
         raise SafeGeneError(

@@ -1,10 +1,10 @@
 """Generation backends behind one interface.
 
-`TransformersBackend` (the default): batched `model.generate` on CPU or GPU, chat template applied by
-the tokenizer, prompts sorted by length and padded on the left, KV cache, greedy by default,
-sampling seeded per batch. `VLLMBackend` (optional extra `safegene[vllm]`): the same prompts rendered
-by the same chat template and tokenized the same way, served by vLLM as token prompts, a LoRA
-adapter through a vLLM `LoRARequest`.
+`TransformersBackend` (the default): batched `model.generate` on CPU or GPU, chat template applied
+by the tokenizer, prompts sorted by length and padded on the left, KV cache, greedy by default,
+sampling seeded per batch. `VLLMBackend` (optional extra `safegene[vllm]`): the same prompts
+rendered by the same chat template and tokenized the same way, served by vLLM as token prompts, a
+LoRA adapter through a vLLM `LoRARequest`.
 
 Data parallelism: the batches are formed once over *all* prompts, in the same way for any number
 of processes, and batch `b` is run by rank `b % world`. Every batch is therefore computed exactly as
@@ -74,7 +74,8 @@ def chat_texts(tokenizer, prompts: list[str], template: str | None = None) -> li
 
 
 def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (fewer pad tokens); stable, so deterministic."""
+    """Indices grouped into batches of similar length (fewer pad tokens); stable, so
+    deterministic."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
 
@@ -155,7 +156,7 @@ def generate_texts(
             eos_token_id=eos,
         )
         new = gen[:, enc["input_ids"].shape[1] :]
-        for i, row in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+        for i, row in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True), strict=True):
             out.append((i, row.strip()))
         bar.update(len(idx))
     bar.close()
@@ -327,8 +328,9 @@ def vllm_request_args(
 
 
 def vllm_prompts(tokenizer, texts: list[str]) -> list[dict]:
-    """vLLM `TokensPrompt`s of chat-rendered texts, tokenized exactly as the transformers backend does
-    (no special tokens added: the chat template already wrote BOS where the model wants one)."""
+    """vLLM `TokensPrompt`s of chat-rendered texts, tokenized exactly as the transformers backend
+    does (no special tokens added: the chat template already wrote BOS where the model wants
+    one)."""
     return [
         {"prompt_token_ids": tokenizer(t, add_special_tokens=False)["input_ids"]} for t in texts
     ]
@@ -405,7 +407,7 @@ class VLLMBackend(GenerationBackend):
             lora_request=lora,
             use_tqdm=progress,
         )
-        return [(i, r.outputs[0].text.strip()) for i, r in zip(mine, results)]
+        return [(i, r.outputs[0].text.strip()) for i, r in zip(mine, results, strict=True)]
 
     def describe(self):
         return {

@@ -137,7 +137,7 @@ def cohen_kappa(a: Sequence[bool], b: Sequence[bool]) -> float | None:
     n = len(a)
     if n == 0:
         return None
-    po = sum(x == y for x, y in zip(a, b)) / n
+    po = sum(x == y for x, y in zip(a, b, strict=True)) / n
     pa, pb = sum(map(bool, a)) / n, sum(map(bool, b)) / n
     pe = pa * pb + (1 - pa) * (1 - pb)
     if pe >= 1.0:
@@ -157,7 +157,9 @@ def agreement(verdicts: dict[str, Sequence[bool]]) -> list[dict]:
                 {
                     "judges": [x, y],
                     "n": n,
-                    "agreement": (sum(p == q for p, q in zip(a, b)) / n) if n else None,
+                    "agreement": (sum(p == q for p, q in zip(a, b, strict=True)) / n)
+                    if n
+                    else None,
                     "kappa": cohen_kappa(a, b),
                 }
             )

@@ -121,9 +121,11 @@ def comparison_markdown(
         for m, b in s["best"].items():
             star = " ★" if (m, b["setting"]) in front else ""
             lines.append(
-                f"| {m}{star} | {b['setting'] or '–'} | {_pct(b['harmful_rate'], b['harmful_rate_ci'])} | "
+                f"| {m}{star} | {b['setting'] or '–'} | "
+                f"{_pct(b['harmful_rate'], b['harmful_rate_ci'])} | "
                 f"{_pct(b['over_refusal'], b['over_refusal_ci'])} | "
-                f"{_pct(b['task_accuracy'], b['task_accuracy_ci'])} | {'✓' if b['qualified'] else '✗'} |"
+                f"{_pct(b['task_accuracy'], b['task_accuracy_ci'])} | "
+                f"{'✓' if b['qualified'] else '✗'} |"
             )
         v = s["verdict"]
         if v is not None:
@@ -135,7 +137,8 @@ def comparison_markdown(
                 + (
                     "the lowest harmful rate among methods above the floor."
                     if v["lowest_harmful_among_qualified"]
-                    else f"not the lowest harmful rate above the floor (safest: {v['safest_qualified_method']})."
+                    else "not the lowest harmful rate above the floor (safest: "
+                    f"{v['safest_qualified_method']})."
                     if v["qualified"]
                     else "below the accuracy floor."
                 ),

@@ -14,7 +14,6 @@ import platform
 from collections import defaultdict
 from pathlib import Path
 
-from safegene.errors import SafeGeneError
 from safegene.evaluate.data import EvalSet
 from safegene.evaluate.judges import Judge
 from safegene.evaluate.metrics import agreement, rate
@@ -197,12 +196,11 @@ def render_markdown(report: dict) -> str:
     ]
     for m in report["models"]:
         s = m["summary"]
-        lines.append(
-            f"| {m['name']} | "
-            f"{_pct({'rate': s['harmful_rate'], 'ci': s['harmful_rate_ci'], 'n': s['harmful_rate_n']})} | "
-            f"{_pct({'rate': s['over_refusal'], 'ci': s['over_refusal_ci'], 'n': s['over_refusal_n']})} | "
-            f"{_pct({'rate': s['task_accuracy'], 'ci': s['task_accuracy_ci'], 'n': s['task_accuracy_n']})} |"
-        )
+        cells = [
+            _pct({"rate": s[k], "ci": s[f"{k}_ci"], "n": s[f"{k}_n"]})
+            for k in ("harmful_rate", "over_refusal", "task_accuracy")
+        ]
+        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
     if any(m["harmful_rate"] for m in report["models"]):
         lines += [
             "",
@@ -264,7 +262,8 @@ def render_markdown(report: dict) -> str:
                     ag = "–" if p["agreement"] is None else f"{100 * p['agreement']:.1f}%"
                     kappa = "–" if p["kappa"] is None else f"{p['kappa']:.2f}"
                     lines.append(
-                        f"| {m['name']} | {split} | {' vs '.join(p['judges'])} | {p['n']} | {ag} | {kappa} |"
+                        f"| {m['name']} | {split} | {' vs '.join(p['judges'])} | {p['n']} | {ag} "
+                        f"| {kappa} |"
                     )
     lines += [
         "",
@@ -275,7 +274,8 @@ def render_markdown(report: dict) -> str:
     ]
     for d in report["inputs"]["datasets"]:
         lines.append(
-            f"| {d['split']} | {d['name']} | {d['source']} | {d['n']} | {(d.get('sha256') or '–')[:16]} |"
+            f"| {d['split']} | {d['name']} | {d['source']} | {d['n']} | "
+            f"{(d.get('sha256') or '–')[:16]} |"
         )
     lines += ["", "| model | path | adapter | sha256 |", "|---|---|---|---|"]
     for m in report["inputs"]["models"]:
@@ -288,7 +288,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Settings",
         "",
-        f"Generation: {'sampling' if g['do_sample'] else 'greedy'}, max_new_tokens={g['max_new_tokens']}, "
+        f"Generation: {'sampling' if g['do_sample'] else 'greedy'}, "
+        f"max_new_tokens={g['max_new_tokens']}, "
         f"batch_size={g['batch_size']}, seed={g['seed']}"
         + (f", temperature={g['temperature']}, top_p={g['top_p']}" if g["do_sample"] else "")
         + f"; backend {report['settings']['backend']}.",

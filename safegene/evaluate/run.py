@@ -8,7 +8,8 @@ task rows. This is the API `safegene eval` and `safegene compare` call.
     judges = make_judges(["keyword", "prefix"])
     settings = EvalSettings()
     specs = [ModelSpec("aligned", path="zoo/models/aligned"),
-             ModelSpec("task-lora", path="zoo/models/aligned", adapter="zoo/models/task-howto-lora"),
+             ModelSpec("task-lora", path="zoo/models/aligned",
+                       adapter="zoo/models/task-howto-lora"),
              ModelSpec.loaded("merged", model, tokenizer)]     # in-memory models work too
     samples = []
     for spec in specs:
@@ -59,7 +60,7 @@ class ModelSpec:
     @classmethod
     def loaded(
         cls, name: str, model, tokenizer, *, path: str | None = None, adapter: str | None = None
-    ) -> "ModelSpec":
+    ) -> ModelSpec:
         return cls(name=name, path=path, adapter=adapter, model=model, tokenizer=tokenizer)
 
     def __post_init__(self):
@@ -198,7 +199,7 @@ def _judge_sharded(
     for c, s in enumerate(range(0, len(prompts), JUDGE_CHUNK)):
         if c % dist.world == dist.rank:
             flags = judge.judge(prompts[s : s + JUDGE_CHUNK], responses[s : s + JUDGE_CHUNK])
-            mine.extend(zip(range(s, s + len(flags)), flags))
+            mine.extend(zip(range(s, s + len(flags)), flags, strict=True))
     out: list[bool | None] = [None] * len(prompts)
     for i, f in dist.gather(mine):
         out[i] = bool(f)

@@ -118,5 +118,6 @@ def hash_model_dir(
 
 
 def matches_hash(path: str | os.PathLike, recorded: str) -> bool:
-    """Does the model directory still hash to `recorded` (computed the same way: full or sampled)?"""
+    """Does the model directory still hash to `recorded` (computed the same way: full or
+    sampled)?"""
     return hash_model_dir(path, full=recorded.startswith("sha256:")) == recorded

@@ -8,10 +8,11 @@ so holding a reader costs nothing and reading a whole model costs one tensor of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -221,14 +222,12 @@ class ModelReader:
             os.close(fd)
         self._fds.clear()
 
-    def __enter__(self) -> "ModelReader":
+    def __enter__(self) -> ModelReader:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __del__(self):  # best effort; explicit close() or `with` is preferred
-        try:
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:
-            pass

@@ -100,7 +100,7 @@ class ShardWriter:
     def _open_shard(self, index: int) -> None:
         self._close_file()
         header, _ = encode_header(self.shards[index], self.metadata)
-        self._file = open(self.out_dir / self.file_names[index], "wb")
+        self._file = open(self.out_dir / self.file_names[index], "wb")  # noqa: SIM115 - closed by _close_file
         self._file.write(header)
         self._shard = index
 
@@ -173,7 +173,7 @@ class SpooledWriter:
         self.metadata = metadata
         self.check_finite = check_finite
         self._spool_path = self.path.with_name(self.path.name + ".spool")
-        self._spool = open(self._spool_path, "wb")
+        self._spool = open(self._spool_path, "wb")  # noqa: SIM115 - closed by close/abort
         self._items: list[tuple[str, torch.dtype, tuple[int, ...]]] = []
         self._names: set[str] = set()
 

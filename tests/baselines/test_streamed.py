@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
-
 from engine_models import build_model, perturbed, save, state
+
 from safegene.baselines.interpolate import interpolate
 from safegene.baselines.resta import resta
 from safegene.baselines.safelora import project, safelora, similarity

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from tinychat import make_model_dir
 
 from safegene.cli import main
-from tinychat import make_model_dir
 
 
 @pytest.fixture(scope="module")

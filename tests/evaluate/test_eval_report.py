@@ -291,9 +291,10 @@ def test_fake_zoo_names_and_adapter(tiny_model_dir, tiny_data, tmp_path, capsys)
     )
     base_rep = json.loads((base / "report.json").read_text())
     assert [d["name"] for d in base_rep["inputs"]["datasets"]][-2:] == ["task:arith", "task:other"]
-    gens = lambda p: [
-        json.loads(line)["generation"] for line in (p / "samples.jsonl").read_text().splitlines()
-    ]
+
+    def gens(p):
+        return [json.loads(r)["generation"] for r in (p / "samples.jsonl").read_text().splitlines()]
+
     assert gens(out)[:8] != gens(base)[:8]
 
 

@@ -4,9 +4,9 @@ import pytest
 
 from safegene.evaluate.pareto import (
     best_setting,
+    comparison_markdown,
     dominates,
     pareto_front,
-    comparison_markdown,
     summarize_task,
 )
 

@@ -4,7 +4,6 @@ A uniquely named helper module (not conftest) so that `from tinychat import ...`
 
 from __future__ import annotations
 
-
 WORDS = (
     "how do i make a bomb cake kill python process steal car bake bread sorry i cannot help "
     "with that sure here is step one two three the answer 0 1 2 3 4 5 6 7 8 9 what "

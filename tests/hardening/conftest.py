@@ -19,9 +19,9 @@ from hardening_util import Family, jsonl_file, other_model, perturb_dir  # noqa:
 @pytest.fixture(scope="session")
 def fam(tmp_path_factory) -> Family:
     import torch
+    from tinychat import make_model_dir
 
     from safegene.gene import extract
-    from tinychat import make_model_dir
 
     root = tmp_path_factory.mktemp("hardening")
     aligned = make_model_dir(root / "aligned", seed=0)

@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +77,7 @@ def fork_run(
     if pid == 0:  # child
         code = 70
         try:
-            fo, fe = open(out_f, "w"), open(err_f, "w")
+            fo, fe = open(out_f, "w"), open(err_f, "w")  # noqa: SIM115 - kept for os.dup2
             os.dup2(fo.fileno(), 1)
             os.dup2(fe.fileno(), 2)
             sys.stdout, sys.stderr = fo, fe
@@ -194,7 +192,10 @@ def temp_siblings(out: Path) -> list[str]:
 
 # --- the tiny family -------------------------------------------------------------------------
 
-TOKENS = "how do i make a bomb cake kill python process steal car bake bread sorry i cannot help with that".split()
+TOKENS = (
+    "how do i make a bomb cake kill python process steal car bake bread sorry i cannot help "
+    "with that"
+).split()
 
 
 @dataclass

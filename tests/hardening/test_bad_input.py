@@ -10,10 +10,9 @@ import json
 import shutil
 from pathlib import Path
 
+import corrupt as C
 import pytest
 import torch
-
-import corrupt as C
 from hardening_util import run_cli, snapshot, temp_siblings
 
 
@@ -943,7 +942,8 @@ def _half(f, w):
 
 
 def _gene_pointing_at_changed_aligned(f, w):
-    """A gene whose recorded aligned source (path + hash) has since been replaced by another model."""
+    """A gene whose recorded aligned source (path + hash) has since been replaced by another
+    model."""
     al = C.copy(f.degraded, w / "al")  # different weights at the recorded path
     g = _gene_with(
         f, w, edit_meta=lambda m: m["sources"]["aligned"].update(path=str(al)), src=f.gene_sel

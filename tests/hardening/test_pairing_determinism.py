@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-
 from hardening_util import run_cli, snapshot, temp_siblings, tree_bytes
 
 

@@ -20,12 +20,10 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
 from hardening_util import (
     PYTHON,
     REPO,
@@ -64,7 +62,7 @@ def counted(fn, kill_at: int | None, count_file: Path | None = None):
         builtins.open = io.open = open_
         for name in ("rename", "replace", "fsync", "mkdir", "remove"):
 
-            def wrapped(*a, _real=getattr(os, name), **kw):
+            def wrapped(*a, _real=getattr(os, name), **kw):  # noqa: B008 - bound per name
                 tick()
                 return _real(*a, **kw)
 

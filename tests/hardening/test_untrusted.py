@@ -7,10 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
+import corrupt as C
 import pytest
 import torch
-
-import corrupt as C
 from hardening_util import fork_run, run_cli, snapshot
 
 
@@ -178,7 +177,8 @@ def test_auto_map_is_never_executed(fam, tmp_path, where):
     "how", ["truncate", "lie_offsets", "lie_shape", "huge_header_length", "header_not_object"]
 )
 def test_lying_safetensors_clear_error_no_hang(fam, tmp_path, how):
-    """The reader on a broken file, in a child with a 20 s limit: a SafeGeneError, no crash, no hang."""
+    """The reader on a broken file, in a child with a 20 s limit: a SafeGeneError, no crash, no
+    hang."""
     d = shutil.copytree(fam.aligned, tmp_path / "m")
     getattr(C, how)(d / "model.safetensors")
 
@@ -202,8 +202,7 @@ def test_lying_safetensors_clear_error_no_hang(fam, tmp_path, how):
 
 def test_truncated_shard_of_a_sharded_model(fam, tmp_path):
     """A sharded model whose last shard lost its tail is refused before any output."""
-    from hardening_util import temp_siblings
-    from hardening_util import save_sharded
+    from hardening_util import save_sharded, temp_siblings
 
     d = save_sharded(fam.degraded, tmp_path / "sharded")
     last = sorted(d.glob("model-*.safetensors"))[-1]

@@ -1,18 +1,17 @@
 """Atomic outputs, --force, inputs never overlapped, side files and content hashes."""
 
+import engine_models as em
 import pytest
 
-import engine_models as em
 from safegene.errors import SafeGeneError
 from safegene.io import atomic_output_dir, check_output_path, copy_side_files, hash_model_dir
 
 
 def test_atomic_success_and_failure(tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ValueError):
-        with atomic_output_dir(out) as tmp:
-            (tmp / "half").write_text("x")
-            raise ValueError("boom")
+    with pytest.raises(ValueError), atomic_output_dir(out) as tmp:
+        (tmp / "half").write_text("x")
+        raise ValueError("boom")
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temp dir remain
     with atomic_output_dir(out) as tmp:
         assert tmp.parent == tmp_path and tmp != out and not out.exists()
@@ -24,12 +23,10 @@ def test_existing_output_needs_force(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old").write_text("old")
-    with pytest.raises(SafeGeneError, match="--force"):
-        with atomic_output_dir(out):
-            pass
-    with pytest.raises(RuntimeError):  # a failing forced run keeps the old output
-        with atomic_output_dir(out, force=True) as tmp:
-            raise RuntimeError
+    with pytest.raises(SafeGeneError, match="--force"), atomic_output_dir(out):
+        pass
+    with pytest.raises(RuntimeError), atomic_output_dir(out, force=True):
+        raise RuntimeError  # a failing forced run keeps the old output
     assert (out / "old").is_file()
     with atomic_output_dir(out, force=True) as tmp:
         (tmp / "new").write_text("new")

@@ -1,10 +1,12 @@
 """The streaming reader: same tensors as safetensors' own loader, single and sharded, no mmap."""
 
+from pathlib import Path
+
+import engine_models as em
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import engine_models as em
 from safegene.errors import SafeGeneError
 from safegene.io import ModelReader, find_weight_files
 
@@ -45,7 +47,7 @@ def test_reader_does_not_mmap(dirs):
     """Mapped file pages count in RSS: the reader must read, not map."""
     with ModelReader(dirs[0]) as r:
         tensors = [r.get(n) for n in r.names()]
-        maps = open("/proc/self/maps").read()
+        maps = Path("/proc/self/maps").read_text()
     assert tensors and str(dirs[0]) not in maps
 
 
