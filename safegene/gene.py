@@ -477,7 +477,7 @@ def save_gene(
     current format version. Returns the path written.
     """
     gene = gene if isinstance(gene, Gene) else load_gene(gene)
-    meta = dict(gene.meta, format_version=FORMAT_VERSION)
+    meta = {**dict.fromkeys(RECORDS), **gene.meta, "format_version": FORMAT_VERSION}
     if selection != KEEP:
         meta["selection"] = normalize_selection(selection)
     if coefficients != KEEP:

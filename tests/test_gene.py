@@ -224,3 +224,42 @@ def test_pickle_inputs_refused_unless_allowed(pairs, tmp_path):
     assert torch.equal(
         em.state(merged)["model.norm.weight"], em.state(degraded)["model.norm.weight"]
     )
+
+
+# --- the schema's versions, plain PEFT directories -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    import tinygene
+
+    torch.set_num_threads(1)
+    return tinygene.build(tmp_path_factory.mktemp("tiny"))
+
+
+def test_version_1_reads_and_copies_are_version_2(tiny, tmp_path):
+    with load_gene(tiny.gene) as g:  # tinygene writes a version-1 safegene.json
+        assert g.meta["format_version"] == 1 and g.selection_info is None
+    out = save_gene(tiny.gene, tmp_path / "g2", selection=[0, 2])
+    meta = json.loads((out / "safegene.json").read_text())
+    assert meta["format_version"] == 2 and meta["selection"] == [0, 2]
+    assert meta["selection_info"] is None and meta["calibration"] is None
+    meta["calibration"] = "fitted"
+    (out / "safegene.json").write_text(json.dumps(meta))
+    with pytest.raises(SafeGeneError, match="calibration must be an object"):
+        load_gene(out)
+
+
+def test_a_plain_peft_adapter_opens_and_saves_as_a_gene(tiny, tmp_path):
+    from safegene.select import select
+
+    with load_gene(tiny.adapter) as g:
+        assert g.kind == "lora" and g.fingerprint is None and g.num_layers == 3
+        assert len(g.modules) == 21 and g.selection is None
+    rec = select(tiny.adapter, tiny.model, harmful=tiny.harmful, top_k=1, out=tmp_path / "sel")
+    with load_gene(tmp_path / "sel") as g:  # saved: safegene.json without a family
+        assert g.fingerprint is None and g.selection == [int(rec["groups"][0])]
+    with pytest.raises(SafeGeneError, match="family mismatch"):  # no family: shapes are checked
+        apply_gene(tmp_path / "sel", tiny.other, tmp_path / "out", progress=False)
+    apply_gene(tmp_path / "sel", tiny.model, tmp_path / "merged", progress=False)
+    assert not (tmp_path / "out").exists() and (tmp_path / "merged" / "config.json").is_file()
