@@ -75,6 +75,12 @@ def _model_argument(p, help: str) -> None:
     one.add_argument("--target", dest="model", help=argparse.SUPPRESS)
 
 
+def _inputs(args) -> dict:
+    """What select and calibrate read and write besides the gene and the model, as keywords."""
+    names = ("harmful", "benign", "task", "adapter", "aligned", "out", "force")
+    return {name: getattr(args, name) for name in names}
+
+
 def _add_select(sub) -> None:
     p = _command(
         sub,
@@ -113,13 +119,7 @@ def _run_select(args) -> int:
     rec = select(
         args.gene,
         args.model,
-        harmful=args.harmful,
-        benign=args.benign,
-        task=args.task,
-        adapter=args.adapter,
-        aligned=args.aligned,
-        out=args.out,
-        force=args.force,
+        **_inputs(args),
         settings=settings_from(args, SelectSettings()),
         compute=settings_from(args, SELECT_COMPUTE),
         progress=True,
@@ -178,16 +178,10 @@ def _run_calibrate(args) -> int:
     rec = calibrate(
         args.gene,
         args.model,
-        harmful=args.harmful,
-        task=args.task,
-        out=args.out,
-        adapter=args.adapter,
-        aligned=args.aligned,
-        benign=args.benign,
+        **_inputs(args),
         layers="all" if args.all_layers else None,
         fit=settings_from(args, FitSettings()),
         compute=settings_from(args, ComputeSettings()),
-        force=args.force,
         progress=True,
         strict=args.strict,
     )
