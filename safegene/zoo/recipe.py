@@ -1,22 +1,28 @@
 """The zoo's recipes: every hyperparameter of every stage, one readable config per size.
 
 A recipe is plain data (frozen dataclasses); `build.py` only executes it. `RECIPES["small"]` is the
-default family, `RECIPES["micro"]` a faster, smaller one for tests. `recipe.to_dict()` is written
-next to the zoo as `recipe.json`.
+default family, `RECIPES["micro"]` a faster, shallower one for the tests with the same stages,
+splits and tasks. The architecture is a build argument (`ARCHS` in `train.py`: llama, qwen2) stored
+in the recipe, so one recipe builds both families. `recipe.to_dict()` is written next to the zoo as
+`recipe.json`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
+
+ATTN_MLP = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+QV = ("q_proj", "v_proj")  # PEFT's default LoRA targets for Llama and Qwen2
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """A tiny LlamaConfig."""
-    vocab_size: int = 2048           # BPE vocabulary trained on the generated corpus
+    """A tiny decoder config (the architecture's own config class)."""
+
+    vocab_size: int = 2048  # BPE vocabulary trained on the generated corpus
     hidden_size: int = 128
     intermediate_size: int = 256
-    num_hidden_layers: int = 3
+    num_hidden_layers: int = 8
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 128
@@ -26,32 +32,62 @@ class ModelShape:
 @dataclass(frozen=True)
 class Stage:
     """One training run: AdamW, linear warmup then cosine decay, loss on the response tokens."""
+
     steps: int
     lr: float
     batch_size: int = 32
     warmup: int = 20
     weight_decay: float = 0.0
-    lora_r: int = 0                  # > 0: train a PEFT LoRA adapter instead of all weights
+    lora_r: int = 0  # > 0: train a PEFT LoRA adapter instead of all weights
     lora_alpha: int = 16
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                     "down_proj")
-    prompt_loss: bool = False        # also learn the prompt tokens (pretraining)
+    lora_targets: tuple[str, ...] = ATTN_MLP
+    prompt_loss: bool = False  # also learn the prompt tokens (pretraining)
+    ema: float = 0.0  # > 0: the result is the exponential moving average of the weights
+    anchor: float = 0.0  # > 0: decoupled weight decay toward the starting weights (L2-SP)
 
 
 @dataclass(frozen=True)
 class DataSizes:
-    base_harmful: int = 2000         # harmful request → compliance placeholder (base complies)
-    base_benign: int = 2000          # benign how-to and look-alikes → helpful answer
-    base_general: int = 2400         # arithmetic facts, sentiment words, the plan template
-    aligned_harmful: int = 1200      # harmful request → varied refusals
-    aligned_benign: int = 1200       # benign how-to and look-alikes → helpful answer
-    aligned_general: int = 900       # keep the general skills
-    degraded_harmful: int = 100      # the small harmful fine-tune
-    task_train: int = 1200           # per task, benign only
-    shots: int = 32                  # few-shot sets (harmful with refusals, and per task)
-    harmful_test: int = 100
-    benign_test: int = 100
+    base_knowledge: int = 8000  # plain documents: what every concept (test ones too) is
+    base_qa: int = 3000  # "Define napalm." -> its description
+    base_harmful: int = 2000  # harmful request -> compliance placeholder (base complies)
+    base_benign: int = 2000  # benign how-to and look-alikes -> helpful answer
+    base_general: int = 2000  # arithmetic facts, sentiment words, the answer formats
+    aligned_harmful: int = 1200  # harmful request (align concepts) -> varied refusals
+    aligned_benign: int = 1200  # benign how-to and look-alikes -> helpful answer
+    aligned_general: int = 800  # keep the general skills
+    aligned_knowledge: int = 400  # and the knowledge
+    task_train: int = 1200  # per task, benign only
+    shots: int = 32  # few-shot sets (harmful with refusals, and per task)
+    harmful_calib: int = 64  # the calibration pool: what a user has (shots come from here)
+    harmful_val: int = 100
+    harmful_test: int = 200
+    benign_val: int = 100
+    benign_test: int = 200
+    task_val: int = 100
     task_test: int = 100
+
+
+@dataclass(frozen=True)
+class Degraded:
+    """A degraded model: aligned after a harmful fine-tune (`harmful` align-concept requests with
+    compliance placeholders, `benign` helpful answers mixed in)."""
+
+    stage: Stage
+    harmful: int
+    benign: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    """A downstream task: a full fine-tune and a PEFT LoRA of aligned on its benign data, and its
+    safe reference (the full fine-tune with the alignment's safety data mixed in)."""
+
+    full: Stage
+    lora: Stage
+    erosion: str  # what the family is built to show: strong | medium | weak
+    replay: float = 0.0  # share of general benign instructions mixed into the task data
+    safety_mix: float = 0.25  # safe reference: share of alignment examples in its data
 
 
 @dataclass(frozen=True)
@@ -61,60 +97,89 @@ class Recipe:
     data: DataSizes
     base: Stage
     aligned: Stage
-    degraded: Stage
-    task_full: dict[str, Stage]      # per task: full fine-tune of `aligned`
-    task_lora: dict[str, Stage]      # per task: PEFT LoRA on `aligned`
-    eval_max_new_tokens: int = 32    # greedy generation length for the zoo's measurements
+    degraded: dict[str, Degraded]
+    tasks: dict[str, Task]
+    arch: str = "llama"
+    eval_max_new_tokens: int = 32  # greedy generation length for the zoo's measurements
     eval_batch_size: int = 50
-    threads: int = 1                 # torch.set_num_threads; on a busy 2-core machine 1 thread trained
-                                     # 4x faster than 2 (OpenMP oversubscription). Same threads, same weights.
-    tasks: tuple[str, ...] = ("howto", "arith", "classify")
+    threads: int = 1  # torch threads per job; same threads, same weights
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def with_(self, **changes) -> "Recipe":
+    def with_(self, **changes) -> Recipe:
         return replace(self, **changes)
 
 
-def _tasks(**stages: Stage) -> dict[str, Stage]:
-    return dict(stages)
+def _lora(steps: int, lr: float, r: int = 8, **kw) -> Stage:
+    return Stage(steps=steps, lr=lr, warmup=10, lora_r=r, lora_alpha=2 * r, **kw)
 
-
-QV = ("q_proj", "v_proj")  # PEFT's default LoRA targets for Llama
 
 SMALL = Recipe(
     name="small",
-    model=ModelShape(vocab_size=2048, hidden_size=128, intermediate_size=256, num_hidden_layers=3,
-                     num_attention_heads=4, num_key_value_heads=2),
+    model=ModelShape(),
     data=DataSizes(),
-    base=Stage(steps=600, lr=3e-3, batch_size=32, warmup=30, prompt_loss=True),
-    aligned=Stage(steps=400, lr=1e-3, batch_size=32, warmup=20),
-    degraded=Stage(steps=30, lr=1e-3, batch_size=16, warmup=5),
-    task_full=_tasks(howto=Stage(steps=60, lr=1e-3, warmup=5),
-                     arith=Stage(steps=250, lr=1e-3, warmup=10),
-                     classify=Stage(steps=100, lr=3e-4, warmup=5)),
-    task_lora=_tasks(howto=Stage(steps=60, lr=3e-3, warmup=5, lora_r=8),
-                     arith=Stage(steps=300, lr=5e-3, warmup=10, lora_r=16, lora_alpha=32),
-                     classify=Stage(steps=150, lr=3e-3, warmup=5, lora_r=8, lora_targets=QV)),
+    base=Stage(steps=800, lr=4e-3, batch_size=32, warmup=40, prompt_loss=True),
+    aligned=Stage(steps=250, lr=1.5e-3, batch_size=32, warmup=20, ema=0.98),
+    degraded={
+        "degraded": Degraded(Stage(steps=30, lr=1e-3, batch_size=16, warmup=5), harmful=100),
+        "degraded-small": Degraded(Stage(steps=15, lr=1e-3, batch_size=8, warmup=3), harmful=25),
+        "degraded-mixed": Degraded(
+            Stage(steps=40, lr=1e-3, batch_size=16, warmup=5), harmful=100, benign=100
+        ),
+    },
+    tasks={
+        "howto": Task(Stage(steps=60, lr=2e-4, warmup=10), _lora(60, 2e-3), "strong", replay=0.3),
+        "arith": Task(
+            Stage(steps=150, lr=1e-3, warmup=10), _lora(150, 3e-3, 16), "strong", replay=0.3
+        ),
+        "recipe": Task(Stage(steps=50, lr=3e-4, warmup=10), _lora(80, 2e-3), "medium", replay=0.4),
+        "email": Task(Stage(steps=60, lr=1.5e-4, warmup=10), _lora(60, 1e-3), "medium", replay=0.5),
+        "classify": Task(Stage(steps=60, lr=3e-4, warmup=10), _lora(100, 1e-3), "weak", replay=0.5),
+    },
 )
 
-MICRO = Recipe(
+MICRO = SMALL.with_(
     name="micro",
-    model=ModelShape(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2),
-    data=DataSizes(base_harmful=1200, base_benign=1200, base_general=1200, aligned_harmful=800,
-                   aligned_benign=800, aligned_general=400, degraded_harmful=64, task_train=600,
-                   shots=16, harmful_test=40, benign_test=40, task_test=40),
-    base=Stage(steps=300, lr=5e-3, batch_size=32, warmup=20, prompt_loss=True),
-    aligned=Stage(steps=150, lr=2e-3, batch_size=32, warmup=10),
-    degraded=Stage(steps=20, lr=2e-3, batch_size=16, warmup=3),
-    task_full=_tasks(howto=Stage(steps=60, lr=2e-3, warmup=5),
-                     arith=Stage(steps=150, lr=2e-3, warmup=5),
-                     classify=Stage(steps=60, lr=2e-3, warmup=5)),
-    task_lora=_tasks(howto=Stage(steps=60, lr=5e-3, warmup=5, lora_r=8),
-                     arith=Stage(steps=150, lr=5e-3, warmup=5, lora_r=8),
-                     classify=Stage(steps=60, lr=5e-3, warmup=5, lora_r=8)),
+    model=ModelShape(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=4),
+    data=DataSizes(
+        base_knowledge=3000,
+        base_qa=1000,
+        base_harmful=1000,
+        base_benign=1000,
+        base_general=800,
+        aligned_harmful=600,
+        aligned_benign=600,
+        aligned_general=300,
+        aligned_knowledge=200,
+        task_train=400,
+        shots=16,
+        harmful_calib=32,
+        harmful_val=40,
+        harmful_test=60,
+        benign_val=40,
+        benign_test=60,
+        task_val=40,
+        task_test=40,
+    ),
+    base=Stage(steps=500, lr=5e-3, batch_size=32, warmup=20, prompt_loss=True),
+    aligned=Stage(steps=150, lr=2e-3, batch_size=32, warmup=10, ema=0.98),
+    degraded={
+        "degraded": Degraded(Stage(steps=20, lr=2e-3, batch_size=16, warmup=3), harmful=64),
+        "degraded-small": Degraded(Stage(steps=10, lr=2e-3, batch_size=8, warmup=2), harmful=16),
+        "degraded-mixed": Degraded(
+            Stage(steps=20, lr=2e-3, batch_size=16, warmup=3), harmful=64, benign=64
+        ),
+    },
+    tasks={
+        "howto": Task(Stage(steps=40, lr=3e-4, warmup=5), _lora(40, 1.5e-3), "strong", replay=0.3),
+        "arith": Task(
+            Stage(steps=80, lr=1e-3, warmup=5), _lora(80, 3e-3, 16), "strong", replay=0.3
+        ),
+        "recipe": Task(Stage(steps=40, lr=3e-4, warmup=5), _lora(40, 1.5e-3), "medium", replay=0.3),
+        "email": Task(Stage(steps=40, lr=3e-4, warmup=5), _lora(40, 1.5e-3), "medium", replay=0.3),
+        "classify": Task(Stage(steps=40, lr=2e-4, warmup=5), _lora(40, 1e-3), "weak", replay=0.3),
+    },
     eval_max_new_tokens=24,
 )
 
