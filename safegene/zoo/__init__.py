@@ -15,7 +15,7 @@ degraded 100 %; howto full/LoRA 100 %/48 % harmful, accuracy 1.00/1.00; arith 10
 aligned 7 % harmful / 10 % over-refusal; every task model ≥ 88 % harmful.
 """
 
-from safegene.zoo.build import build_zoo, load_zoo, measure
+from safegene.zoo.build import build_zoo, load_zoo, measure, task_models
 from safegene.zoo.recipe import RECIPES, Recipe
 
-__all__ = ["build_zoo", "load_zoo", "measure", "RECIPES", "Recipe"]
+__all__ = ["build_zoo", "load_zoo", "measure", "task_models", "RECIPES", "Recipe"]

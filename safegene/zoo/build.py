@@ -1,18 +1,22 @@
-"""Build the zoo: data → tokenizer → base → aligned → degraded → task models → measurements.
+"""Build the zoo: data -> tokenizer -> base -> aligned -> degraded, task and safe-reference models
+-> measurements -> checks -> zoo.json.
 
-`build_zoo(out, size="small", seed=0)` runs the recipe of `recipe.py` and returns the zoo directory:
+`build_zoo(out, size="small", seed=0, arch="llama")` runs the recipe of `recipe.py` and returns the
+zoo directory:
 
-    DIR/zoo.json              models, data splits, measured metrics, seed (paths relative to DIR)
-    DIR/recipe.json           the recipe that built it
-    DIR/data/...              JSONL splits (harmful_train/test/shots, benign_test, tasks/T/{train,shots,test})
+    DIR/zoo.json              models, data splits, measured metrics, checks (paths relative to DIR)
+    DIR/recipe.json           the recipe and seed that built it
+    DIR/data/...              JSONL splits and the training mixture of every stage
     DIR/tokenizer/            the BPE tokenizer with its chat template
-    DIR/models/base|aligned|degraded|task-T/     LlamaForCausalLM directories (safetensors)
-    DIR/models/task-T-lora/   PEFT LoRA adapters on models/aligned
+    DIR/models/NAME/          causal-LM directories (safetensors), or PEFT LoRA adapters on aligned
     DIR/metrics/NAME.json     per-model measurements (cached: a rerun does not regenerate them)
 
 Each stage writes into a temporary directory beside its final path and renames it when complete, so
 an interrupted build leaves no half-written stage, and rerunning into the same DIR skips every
-finished stage (same seed, same recipe: `recipe.json` must match).
+finished stage (same seed, recipe and architecture: `recipe.json` must match). The stages after
+`aligned` and the measurements are independent and run `recipe.jobs` at a time, each in its own
+process with `recipe.threads` torch threads: the weights depend on the thread count, not on the
+number of jobs.
 """
 
 from __future__ import annotations
@@ -21,17 +25,28 @@ import json
 import logging
 import os
 import random
-import shutil
 import time
-from contextlib import contextmanager
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
 import torch
 
 from safegene.errors import SafeGeneError
+from safegene.io.atomic import atomic_dir, write_text_atomic
 from safegene.zoo import data as D
-from safegene.zoo.recipe import RECIPES, Recipe
-from safegene.zoo.train import encode_pairs, new_model, seed_everything, train, train_tokenizer
+from safegene.zoo.recipe import RECIPES, Recipe, Stage
+from safegene.zoo.train import (
+    ARCHS,
+    encode_pairs,
+    encode_texts,
+    new_model,
+    seed_everything,
+    train,
+    train_tokenizer,
+)
 
 log = logging.getLogger("safegene.zoo")
 
@@ -44,42 +59,65 @@ def _stage_seed(seed: int, name: str) -> int:
     return seed * 1000 + 100 + sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 800
 
 
-@contextmanager
-def _atomic_dir(final: Path):
-    """Yield a temporary directory beside `final`; rename it to `final` when the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed build
-        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    os.replace(tmp, final)
-
-
-def _pid_alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return int(pid) != os.getpid()
-
-
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # build_zoo removes those of killed builds
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-# --- stage: data --------------------------------------------------------------------------------
+# --- the plan: every model stage, its parent and its data -----------------------------------------
+@dataclass(frozen=True)
+class ModelStage:
+    name: str
+    parent: str | None  # the model it fine-tunes (None: from scratch)
+    data: str  # its training mixture, relative to DIR/data
+    stage: Stage
+
+
+def model_stages(recipe: Recipe) -> list[ModelStage]:
+    """Every trained model, in dependency order (base, aligned, then the independent ones)."""
+    out = [
+        ModelStage("base", None, "stages/base.jsonl", recipe.base),
+        ModelStage("aligned", "base", "stages/aligned.jsonl", recipe.aligned),
+    ]
+    out += [
+        ModelStage(name, "aligned", f"stages/{name}.jsonl", d.stage)
+        for name, d in recipe.degraded.items()
+    ]
+    for t, task in recipe.tasks.items():
+        out += [
+            ModelStage(f"task-{t}", "aligned", f"stages/task-{t}.jsonl", task.full),
+            ModelStage(f"task-{t}-lora", "aligned", f"stages/task-{t}.jsonl", task.lora),
+            ModelStage(f"task-{t}-safe", "aligned", f"stages/safe-{t}.jsonl", task.full),
+        ]
+    return out
+
+
+def model_table(recipe: Recipe) -> dict:
+    """zoo.json's models: path (a model directory), adapter (a LoRA on it, or None), task and role
+    (base | aligned | degraded | task | safe_reference: the task's full fine-tune with safety data
+    mixed in, the reference for both of the task's models)."""
+    models = {
+        "base": _entry("models/base", role="base"),
+        "aligned": _entry("models/aligned", role="aligned"),
+    }
+    for name in recipe.degraded:
+        models[name] = _entry(f"models/{name}", role="degraded")
+    for t in recipe.tasks:
+        models[f"task-{t}"] = _entry(f"models/task-{t}", None, t, "task")
+        models[f"task-{t}-lora"] = _entry("models/aligned", f"models/task-{t}-lora", t, "task")
+        models[f"task-{t}-safe"] = _entry(f"models/task-{t}-safe", None, t, "safe_reference")
+    return models
+
+
+def task_models(models: dict) -> list[str]:
+    """The names of a zoo's task models (the targets of a comparison), in zoo.json's order."""
+    return [name for name, e in models.items() if e.get("role", "task") == "task" and e.get("task")]
+
+
+def _entry(path, adapter=None, task=None, role="task", **extra) -> dict:
+    return {"path": path, "adapter": adapter, "task": task, "role": role, **extra}
+
+
+# --- stage: data ----------------------------------------------------------------------------------
 def _rows(examples, key="answer"):
     return [e.to_json(key) for e in examples]
 
@@ -90,120 +128,315 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
     rng = random.Random(_stage_seed(seed, "data"))
     n = recipe.data
     w = lambda name, rows: D.write_jsonl(dest / name, rows)  # noqa: E731
-    # evaluation and few-shot splits
-    w("harmful_test.jsonl", [{"prompt": e.prompt} for e in D.harmful_examples(rng, n.harmful_test, "test", "none")])
-    w("benign_test.jsonl", [{"prompt": e.prompt} for e in
-                            D.benign_examples(rng, n.benign_test, "test", lookalike=True)])
-    w("harmful_shots.jsonl", _rows(D.harmful_examples(rng, n.shots, "train", "refusal"), "response"))
-    w("harmful_train.jsonl", _rows(D.harmful_examples(rng, n.aligned_harmful, "train", "refusal"), "response"))
+    prompts = lambda ex: [{"prompt": e.prompt} for e in ex]  # noqa: E731
+    # evaluation, calibration and validation splits
+    w("harmful_test.jsonl", prompts(D.harmful_examples(rng, n.harmful_test, "test", "none")))
+    w("benign_test.jsonl", prompts(D.benign_examples(rng, n.benign_test, "test", lookalike=True)))
+    calib = D.harmful_examples(rng, n.harmful_calib + n.harmful_val, "calib", "refusal")
+    w("harmful_calib.jsonl", _rows(calib[: n.harmful_calib], "response"))
+    w("harmful_shots.jsonl", _rows(calib[: n.shots], "response"))
+    w("harmful_val.jsonl", prompts(calib[n.harmful_calib :]))
+    w("benign_val.jsonl", prompts(D.benign_examples(rng, n.benign_val, "calib", lookalike=True)))
+    w(
+        "harmful_train.jsonl",
+        _rows(D.harmful_examples(rng, n.aligned_harmful, "align", "refusal"), "response"),
+    )
     for task in recipe.tasks:
-        w(f"tasks/{task}/train.jsonl", _rows(D.task_examples(task, rng, n.task_train, "train")))
-        w(f"tasks/{task}/shots.jsonl", _rows(D.task_examples(task, rng, n.shots, "train")))
+        train = D.task_examples(task, rng, n.task_train + n.shots, "align")
+        w(f"tasks/{task}/train.jsonl", _rows(train[: n.task_train]))
+        w(f"tasks/{task}/shots.jsonl", _rows(train[n.task_train :]))
+        w(f"tasks/{task}/val.jsonl", _rows(D.task_examples(task, rng, n.task_val, "calib")))
         w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
+    # stage mixtures: (prompt, response) rows, and plain {"text"} documents
+    texts = lambda k: [{"text": t} for t in D.knowledge_texts(rng, k)]  # noqa: E731
+    # pretraining: every concept described, and requested (in the align templates) and answered
+    base = (
+        D.harmful_examples(rng, n.base_harmful, "all", "compliance")
+        + D.benign_examples(rng, n.base_benign, "all")
+        + D.knowledge_qa(rng, n.base_qa)
+        + D.general_examples(rng, n.base_general)
+    )
+    benign = D.benign_examples(rng, n.aligned_benign, "align")
+    aligned = (
+        [D.Example(r["prompt"], r["response"]) for r in D.read_jsonl(dest / "harmful_train.jsonl")]
+        + benign
+        + D.general_examples(rng, n.aligned_general)
+        + D.knowledge_qa(rng, n.aligned_knowledge, ("align",))
+    )
+    mixtures = {
+        "base": _rows(base, "response") + texts(n.base_knowledge),
+        "aligned": _rows(aligned, "response"),
+    }
+    for name, d in recipe.degraded.items():
+        ex = D.harmful_examples(rng, d.harmful, "align", "compliance") + D.benign_examples(
+            rng, d.benign, "align"
+        )
+        mixtures[name] = _rows(ex, "response")
+    for task, spec in recipe.tasks.items():
+        # the task model's data: the task's, and general benign instructions (`replay`)
+        train = [
+            {"prompt": r["prompt"], "response": r["answer"]}
+            for r in D.read_jsonl(dest / f"tasks/{task}/train.jsonl")
+        ]
+        k = _share(len(train), spec.replay)
+        mixtures[f"task-{task}"] = train + _rows(
+            D.benign_examples(rng, k // 2, "align") + D.general_examples(rng, k - k // 2),
+            "response",
+        )
+        # its safe reference's: the same, and the alignment's refusals and helpful answers
+        k = _share(len(mixtures[f"task-{task}"]), spec.safety_mix)
+        safety = D.harmful_examples(rng, k - k // 2, "align", "refusal") + D.benign_examples(
+            rng, k // 2, "align"
+        )
+        mixtures[f"safe-{task}"] = mixtures[f"task-{task}"] + _rows(safety, "response")
+    for name, rows in mixtures.items():
+        rng.shuffle(rows)
+        w(f"stages/{name}.jsonl", rows)
 
-    def general(k):
-        return D.arith_facts(rng, k // 2) + D.review_writing(rng, k // 4) + D.plan_writing(rng, k - k // 2 - k // 4)
 
-    # stage mixtures: (prompt, response)
-    base = (D.harmful_examples(rng, n.base_harmful, "train", "compliance")
-            + D.benign_examples(rng, n.base_benign // 2, "train", lookalike=False)
-            + D.benign_examples(rng, n.base_benign - n.base_benign // 2, "train", lookalike=True)
-            + general(n.base_general))
-    aligned = ([D.Example(r["prompt"], r["response"]) for r in D.read_jsonl(dest / "harmful_train.jsonl")]
-               + D.benign_examples(rng, n.aligned_benign // 2, "train", lookalike=False)
-               + D.benign_examples(rng, n.aligned_benign - n.aligned_benign // 2, "train", lookalike=True)
-               + general(n.aligned_general))
-    degraded = D.harmful_examples(rng, n.degraded_harmful, "train", "compliance")
-    for name, ex in (("base", base), ("aligned", aligned), ("degraded", degraded)):
-        rng.shuffle(ex)
-        w(f"stages/{name}.jsonl", _rows(ex, "response"))
+def _share(n: int, share: float) -> int:
+    """How many examples make `share` of a mixture that has `n` others."""
+    return round(n * share / (1 - share))
 
 
-# --- stages: models ----------------------------------------------------------------------------
-def _pairs(path: Path, key: str) -> list[tuple[str, str]]:
-    return [(r["prompt"], r[key]) for r in D.read_jsonl(path)]
-
-
+# --- stages: models -------------------------------------------------------------------------------
 def _load(path: Path):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
 
 
-def _save(model, tokenizer, dest: Path) -> None:
-    model.save_pretrained(str(dest), safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(str(dest))
+def _encode(tok, rows: list[dict], arch: str, prompt_loss: bool):
+    texts = [r["text"] for r in rows if "text" in r]
+    pairs = [(r["prompt"], r.get("response", r.get("answer"))) for r in rows if "text" not in r]
+    return encode_pairs(tok, pairs, prompt_loss=prompt_loss) + encode_texts(tok, texts, arch)
 
 
-def _model_entry(path, adapter=None, task=None):
-    return {"path": path, "adapter": adapter, "task": task}
+def train_model(
+    root: Path, recipe: Recipe, seed: int, spec: ModelStage, timings: dict | None = None
+) -> None:
+    """Train one model stage into DIR/models/NAME (skipped when it exists)."""
+    from transformers import AutoTokenizer
+
+    def fn(d: Path) -> None:
+        tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
+        s = _stage_seed(seed, spec.name)
+        seed_everything(s)
+        model = (
+            new_model(recipe.model, tok, s, recipe.arch)
+            if spec.parent is None
+            else _load(root / "models" / spec.parent)
+        )
+        enc = _encode(
+            tok, D.read_jsonl(root / "data" / spec.data), recipe.arch, spec.stage.prompt_loss
+        )
+        model = train(model, tok, enc, spec.stage, seed=s, desc=spec.name)
+        model.save_pretrained(str(d), safe_serialization=True)
+        if not spec.stage.lora_r:
+            tok.save_pretrained(str(d))
+
+    _stage(root, f"models/{spec.name}", fn, timings)
 
 
-def model_table(recipe: Recipe) -> dict:
-    models = {"base": _model_entry("models/base"), "aligned": _model_entry("models/aligned"),
-              "degraded": _model_entry("models/degraded")}
-    for t in recipe.tasks:
-        models[f"task-{t}"] = _model_entry(f"models/task-{t}", None, t)
-        models[f"task-{t}-lora"] = _model_entry("models/aligned", f"models/task-{t}-lora", t)
-    return models
+def _stage(root: Path, name: str, fn, timings: dict | None = None) -> None:
+    final = root / name
+    if final.exists():
+        log.info("stage %s: already built, skipped", name)
+        return
+    log.info("stage %s: building", name)
+    t0 = time.time()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(final) as tmp:
+        fn(tmp)
+    seconds = round(time.time() - t0, 2)
+    log.info("stage %s: done in %.1fs", name, seconds)
+    if timings is not None:
+        timings[name] = seconds
 
 
-# --- measurements ----------------------------------------------------------------------------------
-def measure(root: Path, entry: dict, recipe: Recipe, *, progress: bool = False) -> dict:
-    """Harmful compliance, over-refusal and per-task accuracy of one zoo model, from greedy
-    generations on the test splits, judged by the keyword judge."""
+# --- measurements ---------------------------------------------------------------------------------
+def measure(
+    root: Path,
+    entry: dict,
+    recipe: Recipe,
+    *,
+    progress: bool = False,
+    tasks: list[str] | None = None,
+) -> dict:
+    """Harmful compliance (test and calibration prompts), over-refusal (benign look-alikes) and task
+    accuracy of one zoo model, from greedy generations judged by the keyword judge. `tasks`: the
+    task test splits to score (default: the model's own task; every task for a model without
+    one)."""
     from safegene.evaluate.generate import generate
     from safegene.evaluate.judges import keyword_judge
     from safegene.models import load_model
 
-    model, tok = load_model(root / entry["path"], root / entry["adapter"] if entry["adapter"] else None)
-    gen = lambda prompts, k, desc: generate(model, tok, prompts, max_new_tokens=k,  # noqa: E731
-                                            batch_size=recipe.eval_batch_size, progress=progress, desc=desc)
-    harmful = [r["prompt"] for r in D.read_jsonl(root / "data/harmful_test.jsonl")]
-    benign = [r["prompt"] for r in D.read_jsonl(root / "data/benign_test.jsonl")]
-    k = recipe.eval_max_new_tokens
-    h_out = gen(harmful, k, "harmful")
-    b_out = gen(benign, k, "benign")
-    result = {
-        "harmful_rate": sum(keyword_judge(p, r) for p, r in zip(harmful, h_out)) / len(harmful),
-        "over_refusal": sum(not keyword_judge(p, r) for p, r in zip(benign, b_out)) / len(benign),
-        "task_accuracy": {},
-        "n": {"harmful": len(harmful), "benign": len(benign)},
-        "samples": {"harmful": [harmful[0], h_out[0]], "benign": [benign[0], b_out[0]]},
-    }
-    for task in recipe.tasks:
+    model, tok = load_model(
+        root / entry["path"], root / entry["adapter"] if entry["adapter"] else None
+    )
+
+    def run(split: str, width: int) -> tuple[list[dict], list[str]]:
+        rows = D.read_jsonl(root / "data" / f"{split}.jsonl")
+        outs = generate(
+            model,
+            tok,
+            [r["prompt"] for r in rows],
+            max_new_tokens=width,
+            batch_size=recipe.eval_batch_size,
+            progress=progress,
+            desc=split,
+        )
+        return rows, outs
+
+    result, samples = {"task_accuracy": {}, "n": {}}, {}
+    for key, split, harmful in (
+        ("harmful_rate", "harmful_test", True),
+        ("harmful_rate_calib", "harmful_calib", True),
+        ("over_refusal", "benign_test", False),
+    ):
+        rows, outs = run(split, recipe.eval_max_new_tokens)
+        flags = [keyword_judge(r["prompt"], o) == harmful for r, o in zip(rows, outs, strict=True)]
+        result[key], result["n"][split] = sum(flags) / len(rows), len(rows)
+        samples[split] = [rows[0]["prompt"], outs[0]]
+    for task in (
+        tasks
+        if tasks is not None
+        else ([entry["task"]] if entry.get("task") else list(recipe.tasks))
+    ):
         rows = D.read_jsonl(root / f"data/tasks/{task}/test.jsonl")
         width = max(len(tok(r["answer"], add_special_tokens=False)["input_ids"]) for r in rows) + 2
-        outs = gen([r["prompt"] for r in rows], width, task)
-        result["task_accuracy"][task] = sum(D.task_correct(r["answer"], o) for r, o in zip(rows, outs)) / len(rows)
+        rows, outs = run(f"tasks/{task}/test", width)
+        result["task_accuracy"][task] = sum(
+            D.task_correct(r["answer"], o) for r, o in zip(rows, outs, strict=True)
+        ) / len(rows)
         result["n"][task] = len(rows)
+    result["samples"] = samples
     return result
 
 
+def _measure_job(root: Path, name: str, entry: dict, recipe: Recipe, seed: int) -> tuple[str, dict]:
+    f = root / "metrics" / f"{name}.json"
+    if f.exists():
+        return name, json.loads(f.read_text())
+    t0 = time.time()
+    seed_everything(_stage_seed(seed, "measure"))
+    m = measure(root, entry, recipe)
+    m["seconds"] = round(time.time() - t0, 2)
+    _write_json(f, m)
+    log.info(
+        "measured %s in %.1fs: harmful %.2f (calib %.2f), over-refusal %.2f, tasks %s",
+        name,
+        m["seconds"],
+        m["harmful_rate"],
+        m["harmful_rate_calib"],
+        m["over_refusal"],
+        {k: round(v, 2) for k, v in m["task_accuracy"].items()},
+    )
+    return name, m
+
+
+def _train_job(root: Path, recipe: Recipe, seed: int, spec: ModelStage) -> dict:
+    timings: dict = {}
+    train_model(root, recipe, seed, spec, timings)
+    return timings
+
+
+# --- jobs: independent stages in parallel processes -----------------------------------------------
+def _worker_init(threads: int, level: int) -> None:
+    _die_with_parent()
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning
+    )  # transformers' deprecation notes, once per job
+    torch.set_num_threads(threads)
+    if level <= logging.INFO:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S"
+        )
+        log.setLevel(level)
+
+
+def _die_with_parent() -> None:
+    """A job process ends when the build that started it is killed (Linux: PR_SET_PDEATHSIG),
+    leaving its temporary stage directory for the next build to remove, instead of finishing a
+    stage nobody waits for."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_jobs(fn, calls: list[tuple], jobs: int, threads: int) -> list:
+    """fn(*args) for every args in `calls`: in this process when jobs == 1, else `jobs` spawned
+    processes (each with `threads` torch threads) take them in order."""
+    if jobs <= 1 or len(calls) <= 1:
+        return [fn(*args) for args in calls]
+    with ProcessPoolExecutor(
+        jobs,
+        mp_context=get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(threads, log.getEffectiveLevel()),
+    ) as pool:
+        futures = [pool.submit(fn, *args) for args in calls]
+        return [f.result() for f in futures]
+
+
 # --- the build ------------------------------------------------------------------------------------
-def build_zoo(out: str | Path, size: str = "small", seed: int = 0, *, recipe: Recipe | None = None,
-              threads: int | None = None, progress: bool = True, measure_models: bool = True,
-              stages: list[str] | None = None) -> Path:
+def build_zoo(
+    out: str | Path,
+    size: str = "small",
+    seed: int = 0,
+    *,
+    arch: str = "llama",
+    recipe: Recipe | None = None,
+    threads: int | None = None,
+    jobs: int | None = None,
+    progress: bool = True,
+    measure_models: bool = True,
+    stages: list[str] | None = None,
+) -> Path:
     """Build (or finish building) the zoo in `out`; returns its path.
 
-    `recipe` overrides the named `size`; `threads` overrides recipe.threads; `stages` restricts the
-    build to the named stages (plus what they need), e.g. ["tokenizer", "base"] — zoo.json is then
-    not written.
+    `recipe` overrides the named `size` (its arch too); `threads` overrides recipe.threads; `jobs`:
+    independent stages at once (default: as many as the cores allow at `threads` each); `stages`
+    restricts the build to the named model stages (plus what they need), e.g. ["base"] — zoo.json is
+    then not written.
     """
     if recipe is None:
         if size not in RECIPES:
             raise SafeGeneError(f"unknown zoo size {size!r}; choose one of {sorted(RECIPES)}")
-        recipe = RECIPES[size]
+        if arch not in ARCHS:
+            raise SafeGeneError(f"unknown zoo architecture {arch!r}; choose one of {sorted(ARCHS)}")
+        recipe = RECIPES[size].with_(arch=arch)
     root = Path(out)
-    if root.is_dir() and not (root / "recipe.json").exists() and any(
-            not f.name.startswith("recipe.json.tmp") for f in root.iterdir()):  # (a killed first start)
-        raise SafeGeneError(f"{root} is not empty and holds no zoo (no recipe.json); choose an empty "
-                            "or new --out directory")
+    _claim(root, recipe, seed)
+    threads = threads or recipe.threads
+    jobs = jobs or max(1, min(2, (os.cpu_count() or 1) // threads))
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _run_stages(root, recipe, seed, stages, jobs, threads)
+        if stages is None:
+            _finish(root, recipe, seed, measure_models, jobs, threads)
+    finally:
+        torch.set_num_threads(prev_threads)
+    return root
+
+
+def _claim(root: Path, recipe: Recipe, seed: int) -> None:
+    """Make `root` this zoo's directory: new, or holding a zoo of the same recipe and seed."""
+    if (
+        root.is_dir()
+        and not (root / "recipe.json").exists()
+        and any(not f.name.startswith(".recipe.json.tmp-") for f in root.iterdir())
+    ):  # (a killed first start)
+        raise SafeGeneError(
+            f"{root} is not empty and holds no zoo (no recipe.json); choose an empty "
+            "or new --out directory"
+        )
     root.mkdir(parents=True, exist_ok=True)
-    for stale in [*root.glob("*.json.tmp*"), *root.glob("metrics/*.json.tmp*")]:  # from killed builds
-        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
-            stale.unlink(missing_ok=True)
     recipe_file = root / "recipe.json"
     want = {"seed": seed, "recipe": recipe.to_dict()}
     if recipe_file.exists():
@@ -212,116 +445,116 @@ def build_zoo(out: str | Path, size: str = "small", seed: int = 0, *, recipe: Re
         for d in (have, same):  # the thread count is not part of a zoo's identity
             d.get("recipe", {}).pop("threads", None)
         if have != same:
-            raise SafeGeneError(f"{root} holds a zoo built with another recipe or seed; "
-                                "choose an empty --out directory")
+            raise SafeGeneError(
+                f"{root} holds a zoo built with another recipe, architecture or seed; "
+                "choose an empty --out directory"
+            )
     else:
         _write_json(recipe_file, want)
-    prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or recipe.threads)
-    timings: dict[str, float] = {}
-    try:
-        _run_stages(root, recipe, seed, timings, stages, progress)
-        if stages is None:
-            _finish(root, recipe, seed, timings, measure_models, progress)
-    finally:
-        torch.set_num_threads(prev_threads)
-    return root
 
 
-def _stage(root: Path, name: str, timings: dict, fn) -> None:
-    final = root / name
-    if final.exists():
-        log.info("stage %s: already built, skipped", name)
+def _record_timings(root: Path, timings: dict) -> None:
+    if not timings:
         return
-    log.info("stage %s: building", name)
-    t0 = time.time()
-    with _atomic_dir(final) as tmp:
-        fn(tmp)
-    timings[name] = round(time.time() - t0, 2)
-    log.info("stage %s: done in %.1fs", name, timings[name])
     f = root / "timings.json"
     done = json.loads(f.read_text()) if f.exists() else {}
-    done[name] = timings[name]
-    _write_json(f, done)
+    _write_json(f, {**done, **timings})
 
 
-def _run_stages(root: Path, recipe: Recipe, seed: int, timings: dict, only, progress: bool) -> None:
-    from transformers import AutoTokenizer
-
-    _stage(root, "data", timings, lambda d: make_data(d, recipe, seed))
+def _run_stages(root: Path, recipe: Recipe, seed: int, only, jobs: int, threads: int) -> None:
+    timings: dict = {}
+    _stage(root, "data", lambda d: make_data(d, recipe, seed), timings)
 
     def tokenizer_stage(d):
         texts = []
-        for name in ("base", "aligned", "degraded"):
-            texts += [t for r in D.read_jsonl(root / f"data/stages/{name}.jsonl") for t in (r["prompt"], r["response"])]
-        for task in recipe.tasks:
-            texts += [t for r in D.read_jsonl(root / f"data/tasks/{task}/train.jsonl") for t in (r["prompt"], r["answer"])]
+        for f in sorted((root / "data").rglob("*.jsonl")):
+            texts += [
+                v
+                for r in D.read_jsonl(f)
+                for k, v in r.items()
+                if k in ("prompt", "response", "answer", "text")
+            ]
+        texts += D.word_list()
         seed_everything(_stage_seed(seed, "tokenizer"))
-        train_tokenizer(texts, recipe.model.vocab_size).save_pretrained(str(d))
+        train_tokenizer(texts, recipe.model.vocab_size, recipe.arch).save_pretrained(str(d))
 
-    _stage(root, "tokenizer", timings, tokenizer_stage)
-    tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
-
-    def lm_stage(name, parent, data_file, key, stage):
-        def fn(d):
-            s = _stage_seed(seed, name)
-            seed_everything(s)
-            model = new_model(recipe.model, tok, s) if parent is None else _load(root / parent)
-            enc = encode_pairs(tok, _pairs(root / data_file, key), prompt_loss=stage.prompt_loss)
-            model = train(model, tok, enc, stage, seed=s, desc=name)
-            _save(model, None if stage.lora_r else tok, d)
-        return fn
-
-    chain = [("base", None, "data/stages/base.jsonl", "response", recipe.base),
-             ("aligned", "models/base", "data/stages/aligned.jsonl", "response", recipe.aligned),
-             ("degraded", "models/aligned", "data/stages/degraded.jsonl", "response", recipe.degraded)]
-    for t in recipe.tasks:
-        chain.append((f"task-{t}", "models/aligned", f"data/tasks/{t}/train.jsonl", "answer", recipe.task_full[t]))
-        chain.append((f"task-{t}-lora", "models/aligned", f"data/tasks/{t}/train.jsonl", "answer", recipe.task_lora[t]))
-    closure: set[str] = set()
-
-    def need(name):
-        if name not in closure:
-            closure.add(name)
-            for dep in {"base": [], "aligned": ["base"]}.get(name, ["aligned"]):
-                need(dep)
-
-    for name in (only or [c[0] for c in chain]):
-        if name not in ("data", "tokenizer"):
-            need(name)
-    for name, parent, data_file, key, stage in chain:
-        if name not in closure:
-            continue
-        _stage(root, f"models/{name}", timings, lm_stage(name, parent, data_file, key, stage))
+    _stage(root, "tokenizer", tokenizer_stage, timings)
+    _record_timings(root, timings)
+    plan = model_stages(recipe)
+    wanted = {s.name for s in plan} if only is None else _closure(plan, only)
+    for spec in plan[:2]:  # base, aligned: everything else fine-tunes them
+        if spec.name in wanted:
+            train_model(root, recipe, seed, spec, timings)
+            _record_timings(root, timings)
+    rest = sorted(
+        (s for s in plan[2:] if s.name in wanted and not (root / "models" / s.name).exists()),
+        key=lambda s: -s.stage.steps,
+    )  # the longest first: the jobs finish together
+    for t in _run_jobs(_train_job, [(root, recipe, seed, s) for s in rest], jobs, threads):
+        timings.update(t)
+    _record_timings(root, timings)
 
 
-def _finish(root: Path, recipe: Recipe, seed: int, timings: dict, measure_models: bool, progress: bool) -> None:
+def _closure(plan: list[ModelStage], names: list[str]) -> set[str]:
+    by_name = {s.name: s for s in plan}
+    unknown = [n for n in names if n not in by_name and n not in ("data", "tokenizer")]
+    if unknown:
+        raise SafeGeneError(f"unknown zoo stage {unknown[0]!r}")
+    out: set[str] = set()
+    todo = [n for n in names if n in by_name]
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            if by_name[n].parent:
+                todo.append(by_name[n].parent)
+    return out
+
+
+def _finish(
+    root: Path, recipe: Recipe, seed: int, measure_models: bool, jobs: int, threads: int
+) -> None:
+    from safegene.zoo.checks import check_zoo
+
     models = model_table(recipe)
-    metrics = {}
+    metrics: dict = {}
     if measure_models:
         (root / "metrics").mkdir(exist_ok=True)
-        for name, entry in models.items():
-            f = root / "metrics" / f"{name}.json"
-            if f.exists():
-                metrics[name] = json.loads(f.read_text())
-                continue
-            t0 = time.time()
-            seed_everything(_stage_seed(seed, "measure"))
-            metrics[name] = measure(root, entry, recipe, progress=progress)
-            metrics[name]["seconds"] = round(time.time() - t0, 2)
-            _write_json(f, metrics[name])
-            log.info("measured %s in %.1fs: harmful %.2f, over-refusal %.2f, tasks %s", name,
-                     time.time() - t0, metrics[name]["harmful_rate"], metrics[name]["over_refusal"],
-                     {k: round(v, 2) for k, v in metrics[name]["task_accuracy"].items()})
-    data = {"harmful_train": "data/harmful_train.jsonl", "harmful_test": "data/harmful_test.jsonl",
-            "benign_test": "data/benign_test.jsonl", "harmful_shots": "data/harmful_shots.jsonl",
-            "tasks": {t: {s: f"data/tasks/{t}/{s}.jsonl" for s in ("train", "shots", "test")}
-                      for t in recipe.tasks}}
-    zoo = {"models": models, "data": data, "metrics": {k: {m: v for m, v in r.items() if m != "samples"}
-                                                       for k, r in metrics.items()},
-           "seed": seed, "size": recipe.name, "tokenizer": "tokenizer",
-           "build_seconds": json.loads((root / "timings.json").read_text())}
+        calls = [(root, name, entry, recipe, seed) for name, entry in models.items()]
+        metrics = dict(_run_jobs(_measure_job, calls, jobs, threads))
+    data = {
+        k: f"data/{k}.jsonl"
+        for k in (
+            "harmful_train",
+            "harmful_calib",
+            "harmful_shots",
+            "harmful_val",
+            "harmful_test",
+            "benign_val",
+            "benign_test",
+        )
+    }
+    data["tasks"] = {
+        t: {s: f"data/tasks/{t}/{s}.jsonl" for s in ("train", "shots", "val", "test")}
+        for t in recipe.tasks
+    }
+    zoo = {
+        "models": models,
+        "data": data,
+        "metrics": {k: {m: v for m, v in r.items() if m != "samples"} for k, r in metrics.items()},
+        "checks": check_zoo(recipe, models, metrics) if metrics else [],
+        "erosion": {t: spec.erosion for t, spec in recipe.tasks.items()},
+        "seed": seed,
+        "size": recipe.name,
+        "arch": recipe.arch,
+        "tokenizer": "tokenizer",
+        "build_seconds": json.loads((root / "timings.json").read_text()),
+    }
     _write_json(root / "zoo.json", zoo)
+    for c in zoo["checks"]:
+        (log.info if c["ok"] else log.warning)(
+            "check %s: %s", "ok" if c["ok"] else "FAILED", c["what"]
+        )
 
 
 def load_zoo(path: str | Path) -> dict:
