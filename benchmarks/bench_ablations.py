@@ -43,6 +43,7 @@ from safegene.groups import group_key, group_order, parse_group  # noqa: E402
 from safegene.models import load_model  # noqa: E402
 from safegene.select import select  # noqa: E402
 from safegene.settings import FitSettings  # noqa: E402
+from safegene.zoo.build import task_models  # noqa: E402
 
 CONFIGS = ("none", "uniform", "select", "calibrate", "safegene")
 
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
 
     results: dict = {"aligned": {}, "models": {}}
     aligned, atok = load_model(models["aligned"]["path"])
-    names = args.models or [n for n, m in models.items() if m.get("task")]
+    names = args.models or task_models(models)
     task_names = sorted({models[n]["task"] for n in names})
     all_tasks = {
         t: load_data(data["tasks"][t]["test"], "task", name=t, limit=args.limit) for t in task_names
@@ -300,6 +301,7 @@ def _partial_zoo(root: Path) -> dict:
             models[name] = {
                 "path": str(root / e["path"]),
                 "task": e["task"],
+                "role": e["role"],
                 "adapter": str(root / e["adapter"]) if e["adapter"] else None,
             }
     d = root / "data"

@@ -33,7 +33,7 @@ from safegene.attach import GeneAttachment  # noqa: E402
 from safegene.calibrate import calibrate  # noqa: E402
 from safegene.evaluate.data import load_data  # noqa: E402
 from safegene.models import load_model  # noqa: E402
-from safegene.zoo.build import load_zoo  # noqa: E402
+from safegene.zoo.build import load_zoo, task_models  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     settings = eval_settings(args.max_new_tokens)
     common = [load_data(data["harmful_test"], "harmful"), load_data(data["benign_test"], "benign")]
     results: dict = {}
-    for name in args.models or [n for n, m in models.items() if m.get("task")]:
+    for name in args.models or task_models(models):
         entry, row = models[name], {}
         task = entry["task"]
         datasets = common + [load_data(data["tasks"][task]["test"], "task", name=task)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import sys
 import traceback
 import warnings
@@ -363,12 +364,14 @@ def _add_zoo(sub) -> None:
         zsub,
         "build",
         "build the embedded model family on the CPU (minutes)",
-        "Build a small real model family: a BPE tokenizer with a chat template; base "
-        "(complies with everything), aligned (refuses harmful requests), degraded (aligned "
-        "after a small harmful fine-tune) and, per task (howto, arith, classify), a full "
-        "fine-tune and a PEFT LoRA of aligned on benign data; JSONL data splits; and zoo.json "
-        "with metrics measured from real generations. Rerunning into the same --out skips "
-        "finished stages.",
+        "Build a small real model family of one architecture: a BPE tokenizer with a chat "
+        "template; base (pretrained on knowledge texts about every concept, complies with "
+        "everything), aligned (refuses harmful requests), three degraded models (harmful "
+        "fine-tunes of aligned) and, per task (howto, arith, recipe, email, classify), a full "
+        "fine-tune and a PEFT LoRA of aligned on benign data plus their safe references (the "
+        "same runs with safety data mixed in); JSONL data splits (alignment, calibration, "
+        "validation, test); and zoo.json with metrics measured from real generations and the "
+        "checks of the family's properties. Rerunning into the same --out skips finished stages.",
     )
     b.add_argument(
         "--out", required=True, metavar="DIR", help="zoo directory (created; resumed if it exists)"
@@ -380,13 +383,26 @@ def _add_zoo(sub) -> None:
         help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)",
     )
     b.add_argument(
+        "--arch",
+        default="llama",
+        choices=["llama", "qwen2"],
+        help="every model's architecture: llama (Llama chat format) or qwen2 (ChatML, q/k/v bias)",
+    )
+    b.add_argument(
         "--seed", type=int, default=0, help="seed of data, initialisation and data order"
     )
     b.add_argument(
         "--threads",
         type=int,
         default=None,
-        help="torch CPU threads (default: the recipe's, 1; same threads, same weights)",
+        help="torch CPU threads per job (default: the recipe's, 1; same threads, same weights)",
+    )
+    b.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="stages trained and measured at once, each in its own process (default: as many as "
+        "the cores allow at --threads each, at most 2); the weights do not depend on it",
     )
     b.add_argument(
         "--no-measure", action="store_true", help="skip the measurements (zoo.json without metrics)"
@@ -406,10 +422,23 @@ def _run_zoo_build(args) -> int:
     from safegene.zoo import build_zoo
 
     _show_zoo_progress()
+    if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
+        raise SafeGeneError("--jobs and --threads must be at least 1")
     out = build_zoo(
-        args.out, args.size, args.seed, threads=args.threads, measure_models=not args.no_measure
+        args.out,
+        args.size,
+        args.seed,
+        arch=args.arch,
+        threads=args.threads,
+        jobs=args.jobs,
+        measure_models=not args.no_measure,
     )
+    failed = [
+        c["what"] for c in json.loads((out / "zoo.json").read_text())["checks"] if not c["ok"]
+    ]
     print(f"zoo written to {out} (see {out / 'zoo.json'})")
+    if failed:
+        print(f"{len(failed)} of the family's checks failed: " + "; ".join(failed))
     return 0
 
 

@@ -19,6 +19,7 @@ import yaml
 from safegene.errors import SafeGeneError
 from safegene.io.atomic import write_text_atomic
 from safegene.methods import demo_grids
+from safegene.zoo.build import task_models
 
 
 def zoo_recipe(
@@ -29,7 +30,8 @@ def zoo_recipe(
     methods: dict | None = None,
     seed: int = 0,
 ) -> dict:
-    """The compare recipe of a built zoo: every task as a full fine-tune and as a LoRA."""
+    """The compare recipe of a built zoo: every task model (each task as a full fine-tune and as a
+    LoRA; the zoo's safe references are not targets)."""
     zoo_file = zoo_dir / "zoo.json"
     if not zoo_file.is_file():
         raise SafeGeneError(f"not a finished zoo (no zoo.json): {zoo_dir}")
@@ -40,18 +42,18 @@ def zoo_recipe(
 
     models, data = zoo["models"], zoo["data"]
     tasks = []
-    for name, m in models.items():
-        if m.get("task"):
-            split = data["tasks"][m["task"]]
-            tasks.append(
-                {
-                    "name": name.removeprefix("task-"),
-                    "model": rel(m["path"]),
-                    "adapter": rel(m["adapter"]),
-                    "shots": rel(split["shots"]),
-                    "test": rel(split["test"]),
-                }
-            )
+    for name in task_models(models):
+        m = models[name]
+        split = data["tasks"][m["task"]]
+        tasks.append(
+            {
+                "name": name.removeprefix("task-"),
+                "model": rel(m["path"]),
+                "adapter": rel(m["adapter"]),
+                "shots": rel(split["shots"]),
+                "test": rel(split["test"]),
+            }
+        )
     return {
         "family": {
             "aligned": rel(models["aligned"]["path"]),
