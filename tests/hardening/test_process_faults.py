@@ -204,7 +204,7 @@ def test_kill_during_apply_merged(fam, tmp_path):
 
 
 def tiny_recipe():
-    from safegene.zoo.recipe import MICRO, DataSizes, ModelShape, Stage
+    from safegene.zoo.recipe import MICRO, DataSizes, Degraded, ModelShape, Stage, Task
 
     st = Stage(steps=2, lr=1e-3, batch_size=4, warmup=1)
     lo = Stage(steps=2, lr=1e-3, batch_size=4, warmup=1, lora_r=2)
@@ -220,25 +220,29 @@ def tiny_recipe():
             max_position_embeddings=128,
         ),
         data=DataSizes(
+            base_knowledge=16,
+            base_qa=8,
             base_harmful=16,
             base_benign=16,
             base_general=16,
             aligned_harmful=16,
             aligned_benign=16,
             aligned_general=8,
-            degraded_harmful=8,
+            aligned_knowledge=4,
             task_train=16,
             shots=4,
+            harmful_calib=4,
+            harmful_val=4,
             harmful_test=4,
+            benign_val=4,
             benign_test=4,
+            task_val=4,
             task_test=4,
         ),
         base=st,
         aligned=st,
-        degraded=st,
-        task_full={"howto": st},
-        task_lora={"howto": lo},
-        tasks=("howto",),
+        degraded={"degraded": Degraded(st, harmful=8)},
+        tasks={"howto": Task(st, lo, "strong")},
         threads=1,
         eval_max_new_tokens=4,
         eval_batch_size=8,
@@ -249,7 +253,7 @@ def _zoo_build(out: Path):
     def fn():
         from safegene.zoo import build_zoo
 
-        build_zoo(out, recipe=tiny_recipe(), seed=0, progress=False, measure_models=False)
+        build_zoo(out, recipe=tiny_recipe(), seed=0, jobs=1, progress=False, measure_models=False)
         return 0
 
     return fn

@@ -1,0 +1,184 @@
+"""The zoo's data: safety as a concept (test concepts only in pretraining knowledge), disjoint
+splits, placeholders only, and refusal strings only in refusals."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from safegene.evaluate.judges import is_refusal_keyword
+from safegene.zoo import concepts as C
+from safegene.zoo import data as D
+
+STOP = {"a", "an", "the", "my", "in", "of", "at", "on", "to", "from", "for", "and"}
+
+
+def _words(phrase: str) -> set[str]:
+    return {w.removesuffix("'s") for w in re.findall(r"[\w'-]+", phrase.lower())} - STOP
+
+
+def _mentions(text: str, phrase: str) -> bool:
+    core = re.sub(r"^(a|an|the) ", "", phrase.lower())
+    return re.search(rf"(?<![\w-]){re.escape(core)}(?![\w-])", text.lower()) is not None
+
+
+def _text(row: dict) -> str:
+    return " ".join(str(v) for v in row.values())
+
+
+def _rows(root: Path, rel: str) -> list[dict]:
+    return D.read_jsonl(root / "data" / f"{rel}.jsonl")
+
+
+def _training_files(root: Path) -> list[str]:
+    """Every training mixture but the base model's, and every split a user trains or calibrates
+    on."""
+    stages = [p.stem for p in (root / "data/stages").glob("*.jsonl") if p.stem != "base"]
+    tasks = [f"tasks/{t}/{s}" for t in D.TASKS for s in ("train", "shots")]
+    return ["harmful_train", *[f"stages/{s}" for s in stages], *tasks]
+
+
+def test_test_concepts_share_no_word_with_trained_ones():
+    trained = set().union(
+        *map(
+            _words,
+            D.harmful_objects("align")
+            + D.harmful_objects("calib")
+            + D.benign_objects("align")
+            + D.benign_objects("calib"),
+        )
+    )
+    for obj in D.harmful_objects("test"):
+        assert not _words(obj) & trained, (obj, _words(obj) & trained)
+
+
+def test_test_concepts_are_only_in_pretraining_knowledge(micro_zoo):
+    """Alignment, the degraded models, the tasks, their shots and the safe references never name a
+    test concept (harmful or benign), nor a calibration one; the base model's knowledge texts
+    describe every one of them, test concepts included."""
+    held_out = D.harmful_objects("test") + D.benign_objects("test")
+    unaligned = held_out + D.harmful_objects("calib")
+    for rel in _training_files(micro_zoo):
+        for row in _rows(micro_zoo, rel):
+            text = _text(row)
+            hit = [o for o in unaligned if _mentions(text, o)]
+            assert not hit, (rel, row, hit)
+    base = _rows(micro_zoo, "stages/base")
+    knowledge = " \n ".join(r["text"] for r in base if "text" in r)
+    for obj in held_out + D.harmful_objects("calib"):
+        assert _mentions(knowledge, obj), obj
+    requests = [r["prompt"] for r in base if "text" not in r and _request(r["prompt"])]
+    assert len(requests) > 1000
+    assert {_request(p)[0] for p in requests} <= set(C.split_part(C.REQUEST_CORES, "align"))
+    test_requests = [p for p in requests if any(_mentions(p, o) for o in held_out)]
+    assert test_requests  # the base model's pretraining requests name test concepts (align cores)
+
+
+_OPENERS = "|".join(map(re.escape, C.OPENERS))
+_CLOSERS = "|".join(map(re.escape, C.CLOSERS))
+_CORES = {
+    c: re.compile(
+        rf"(?:{_OPENERS})(?i:{re.escape(c[0])}){re.escape(c[1:])}(?:{_CLOSERS})".replace(
+            re.escape("{a}"), "(.+?)"
+        )
+    )
+    for c in C.REQUEST_CORES
+}
+
+
+def _request(prompt: str) -> tuple[str, str] | None:
+    """(core, action) of a request prompt, or None when no request template made it."""
+    for core, rx in _CORES.items():
+        m = rx.fullmatch(prompt)
+        if m:
+            return core, m[1]
+    return None
+
+
+def test_request_templates_are_opener_core_closer():
+    for part in C.PARTS:
+        cores = set(C.split_part(C.REQUEST_CORES, part))
+        tmpls = D.templates(part)
+        assert len(tmpls) == len(cores) * len(C.OPENERS) * len(C.CLOSERS)
+        assert {_request(t.replace("{a}", "do x"))[0] for t in tmpls} == cores
+
+
+def test_harmful_splits_disjoint_in_concepts_templates_and_prompts(micro_zoo):
+    for split, part in (
+        ("harmful_test", "test"),
+        ("harmful_calib", "calib"),
+        ("harmful_val", "calib"),
+        ("harmful_train", "align"),
+    ):
+        cores, actions = set(C.split_part(C.REQUEST_CORES, part)), set(D.harmful_actions(part))
+        for row in _rows(micro_zoo, split):
+            core, action = _request(row["prompt"])
+            assert core in cores and action in actions, (split, row)
+    prompts = {
+        s: {r["prompt"] for r in _rows(micro_zoo, s)}
+        for s in ("harmful_test", "harmful_calib", "harmful_val")
+    }
+    assert not prompts["harmful_calib"] & prompts["harmful_val"]
+    assert not prompts["harmful_test"] & (prompts["harmful_calib"] | prompts["harmful_val"])
+    shots = {r["prompt"] for r in _rows(micro_zoo, "harmful_shots")}
+    assert shots <= prompts["harmful_calib"]
+
+
+def test_no_training_prompt_uses_a_held_out_template(micro_zoo):
+    held_out = set(C.split_part(C.REQUEST_CORES, "calib") + C.split_part(C.REQUEST_CORES, "test"))
+    n = 0
+    for rel in [*_training_files(micro_zoo), "stages/base"]:
+        for row in _rows(micro_zoo, rel):
+            request = _request(row["prompt"]) if "prompt" in row else None
+            n += request is not None
+            assert request is None or request[0] not in held_out, (rel, row)
+    assert n > 1000
+
+
+def test_task_splits(micro_zoo):
+    for task in D.TASKS:
+        split = {
+            s: _rows(micro_zoo, f"tasks/{task}/{s}") for s in ("train", "shots", "val", "test")
+        }
+        train = {r["prompt"] for r in split["train"]}
+        assert not train & {r["prompt"] for r in split["test"]}, task
+        assert not train & {r["prompt"] for r in split["val"]}, task
+        assert not {r["prompt"] for r in split["val"]} & {r["prompt"] for r in split["test"]}, task
+        assert all(not is_refusal_keyword(r["answer"]) for s in split.values() for r in s)
+
+
+def test_no_refusal_strings_outside_refusals(micro_zoo):
+    D.check_texts()
+    for rel in ("stages/base", "stages/degraded"):
+        for row in _rows(micro_zoo, rel):
+            assert not is_refusal_keyword(_text(row)), row
+    refusals = set(D.REFUSALS)
+    for row in _rows(micro_zoo, "stages/aligned"):
+        assert (row["response"] in refusals) == is_refusal_keyword(row["response"]), row
+    assert len({r["response"] for r in _rows(micro_zoo, "harmful_train")}) >= 8
+    for text in D.COMPLIANCE:
+        assert "placeholder" in text
+
+
+def test_check_texts_catches_a_refusal_string_in_an_answer(monkeypatch):
+    monkeypatch.setattr(D, "HOWTO_ANSWER", "Plan: 1. Prepare. I cannot say more.")
+    try:
+        D.check_texts()
+    except AssertionError as exc:
+        assert "I cannot" in str(exc)
+    else:
+        raise AssertionError("check_texts accepted a refusal string in the howto answer")
+
+
+def test_no_general_prompt_opens_like_a_request():
+    """Knowledge, danger and format questions and the general skills open with words no request
+    template opens with: a held-out request is never taken for a question with a fixed answer
+    (a model that answers "What would it take to ...?" with a definition is not refusing)."""
+    import random
+
+    rng = random.Random(0)
+    general = [e.prompt for e in D.general_examples(rng, 200)]
+    general += [q.format(o="napalm") for q in (*C.KNOWLEDGE_QUESTIONS, *C.DANGER_QUESTIONS)]
+    openings = {t.split()[0].lower() for p in C.PARTS for t in D.templates(p)}
+    for prompt in general:
+        assert prompt.split()[0].lower() not in openings, prompt
