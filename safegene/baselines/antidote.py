@@ -161,13 +161,17 @@ def activation_norms(
 
 
 def _modules_by_name(model) -> dict[str, torch.nn.Module]:
-    """The model's modules by their checkpoint name (a PeftModel's prefix removed), a LoRA
-    layer's inner base and factor modules left out."""
+    """The model's modules by their checkpoint name (a PeftModel's prefix removed) and by their
+    `layers.N....` suffix (a checkpoint saved without the "model." prefix), a LoRA layer's inner
+    base and factor modules left out."""
     found = {}
     for full, mod in model.named_modules():
         if full.endswith("base_layer") or ".lora_" in full:
             continue
-        found.setdefault(full.removeprefix("base_model.model."), mod)
+        name = full.removeprefix("base_model.model.")
+        found.setdefault(name, mod)
+        if "layers." in name:
+            found.setdefault(name[name.find("layers.") :], mod)
     return found
 
 
@@ -180,6 +184,8 @@ def hook_points(model, task: TaskModel, weights: list[str]) -> dict[str, torch.n
     for name in weights:
         path = name.removesuffix(".weight")
         mod = modules.get(path)
+        if mod is None and "layers." in path:
+            mod = modules.get(path[path.find("layers.") :])
         if mod is None:
             raise SafeGeneError(f"the loaded model has no module {path} (is it the task model?)")
         if task.lora is None:
