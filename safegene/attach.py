@@ -13,7 +13,7 @@ serves attribution (∂L/∂α at α=0 equals ⟨∇_W L, δ⟩), exact ablation
 
 The δs come from `Gene.linear_deltas()`; `check_attachable` checks a model directory against them
 before it is loaded; `encode_chat_pairs` and `pairs_loss` are the losses select and calibrate
-take on (prompt, target) pairs.
+take on (prompt, target) pairs (`pad_batch`: one padded batch of them).
 """
 
 from __future__ import annotations
@@ -228,6 +228,20 @@ def encode_chat_pairs(
     return out
 
 
+def pad_batch(chunk, pad_id: int = 0):
+    """(input ids, attention mask, labels) of encoded pairs, right-padded to the longest; the
+    labels are -100 except on each pair's target tokens."""
+    width = max(len(ids) for ids, _ in chunk)
+    ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(chunk), width), dtype=torch.long)
+    labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+    for i, (row, n) in enumerate(chunk):
+        ids[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1
+        labels[i, n : len(row)] = torch.tensor(row[n:])
+    return ids, mask, labels
+
+
 def pairs_loss(
     model,
     encoded,
@@ -247,15 +261,7 @@ def pairs_loss(
         chunk = encoded[start : start + batch_size]
         if max_length:
             chunk = [(ids[:max_length], min(n, max_length - 1)) for ids, n in chunk]
-        width = max(len(ids) for ids, _ in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-        for i, (row, n) in enumerate(chunk):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-            labels[i, n : len(row)] = torch.tensor(row[n:])
-        ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
+        ids, mask, labels = (t.to(device) for t in pad_batch(chunk, pad_id))
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         tgt = labels[:, 1:]
         nll = torch.nn.functional.cross_entropy(

@@ -448,9 +448,10 @@ def _add_compare(sub) -> None:
         "compare",
         "every defence on every task model of a recipe, one table",
         "Run SafeGene (and its ablations) and every baseline (RESTA, SafeLoRA, SafeMERGE-style, "
-        "interpolation) over their grids on the task models of RECIPE.yaml, evaluate all with "
-        "the same data and judges, and write report.json, report.md, samples.jsonl and Pareto "
-        "plots to --out. The recipe format is documented in safegene/recipe.py.",
+        "interpolation, Antidote) over their grids on the task models of RECIPE.yaml, evaluate "
+        "all with the same data and judges, and write report.json, report.md, samples.jsonl and "
+        "Pareto plots to --out. The recipe format is documented in safegene/recipe.py; how "
+        "faithful each method is to its paper, in docs/baselines.md.",
     )
     p.add_argument("recipe", help="the YAML recipe")
     p.add_argument("--out", required=True, help="report directory (must not exist unless --force)")

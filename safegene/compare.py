@@ -3,9 +3,9 @@
 For each task model of a recipe (safegene.recipe) it evaluates, with safegene.evaluate:
 - `task` (no defence) and `aligned` (the safety ceiling; evaluated once for all tasks);
 - every setting of every registered method the recipe names (safegene.methods), in the
-  registry's order: the baselines (RESTA, SafeLoRA, SafeMERGE-style, interpolation), each written
-  to a scratch directory by the streaming code a user runs, evaluated, then deleted; and SafeGene
-  with its ablations (safegene.pipeline), whose genes are kept.
+  registry's order: the baselines (RESTA, SafeLoRA, SafeMERGE-style, interpolation, Antidote),
+  each written to a scratch directory by the streaming code a user runs, evaluated, then
+  deleted; and SafeGene with its ablations (safegene.pipeline), whose genes are kept.
 The output directory (atomic) holds report.json (`rows` and per-task summaries), report.md,
 samples.jsonl, pareto-<task>.png per task model, pareto.png pooled, and genes/ with the
 calibrated genes.

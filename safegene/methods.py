@@ -3,6 +3,7 @@
 A method registers its build function with `@register_method`: its name, its typed parameter grid
 (each parameter's type and default values), whether it needs the recipe's base model, the grid
 the demo runs, and parameters that are alternatives (giving one drops the others' defaults).
+A parameter may carry a `check` of its values (Antidote's pruning ratio must lie in (0, 1)).
 
     @register_method("resta", params={"beta": Param(float, [0.25, 0.5, 1.0])}, demo={...})
     def build(run: Run, task, setting: dict, out: Path) -> tuple[Path, Path | None]:
@@ -31,16 +32,20 @@ MODULES = (
     "safegene.baselines.safelora",
     "safegene.baselines.safemerge",
     "safegene.baselines.interpolate",
+    "safegene.baselines.antidote",
     "safegene.pipeline",
 )
 
 
 @dataclass(frozen=True)
 class Param:
-    """One hyperparameter: its type and its default grid ([]: left out unless a recipe sets it)."""
+    """One hyperparameter: its type, its default grid ([]: left out unless a recipe sets it) and
+    `check`, which names what is wrong with one value (None when it is fine): recipe validation
+    reports it before any work."""
 
     type: type
     default: list = field(default_factory=list)
+    check: Callable[[Any], str | None] | None = None
 
 
 @dataclass

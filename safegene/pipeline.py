@@ -6,6 +6,7 @@ recipe's few-shot data only (harmful_shots, the task's shots), expressed as stoc
 adapter on a full fine-tune, or task LoRA + gene combined in one adapter). With `ablations`, three
 more rows: `gene-uniform` (no selection, α = 1), `gene-select` (the selection, α = 1) and
 `gene-calibrate` (calibration over every layer, no selection).
+The method against its paper, beside the baselines: docs/baselines.md, section "SafeGene".
 """
 
 from __future__ import annotations

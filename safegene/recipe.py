@@ -11,7 +11,7 @@ family:
 data:
   harmful_test: data/harmful_test.jsonl
   benign_test: data/benign_test.jsonl
-  harmful_shots: data/harmful_shots.jsonl   # calibration and selection prompts
+  harmful_shots: data/harmful_shots.jsonl   # calibration, selection and re-alignment prompts
 tasks:
   - name: howto
     model: models/task-howto         # a full fine-tune ...
@@ -24,6 +24,7 @@ methods:                             # every value is a grid: a list of settings
   safelora: {threshold: [0.35, 0.5]}
   safemerge: {threshold: [0.35], task_weight: [0.8]}
   interpolate: {t: [0.25, 0.5]}
+  antidote: {ratio: [0.01, 0.05, 0.1]}  # prunes with the harmful_shots (+ the target's answers)
   safegene: {rank: [1], shots: [16]}
 generation: {max_new_tokens: 48, batch_size: 32}
 seed: 0
@@ -135,6 +136,22 @@ def _task_file_has_answers(path: Path) -> bool:
     return True
 
 
+def _check_shots_file(path: Path | None, problems: _Problems) -> None:
+    """The harmful shots hold prompts (SafeGene's shots, Antidote's re-alignment set): found
+    empty here rather than after the first evaluations."""
+    if path is None or not path.is_file():
+        return
+    from safegene.shots import load_records
+
+    try:
+        load_records(path, split="harmful")
+    except SafeGeneError as exc:
+        problems.add(
+            "data.harmful_shots",
+            f"{exc} (SafeGene's shots and Antidote's re-alignment set need at least one)",
+        )
+
+
 def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
     """{method: the settings of its grid}, each method's grid completed with its defaults."""
     registered = methods_registry()
@@ -173,6 +190,11 @@ def _method_grid(method, params: dict, where: str, problems: _Problems) -> dict[
         bad = [v for v in values if not _is_type(v, typ)]
         if bad:
             problems.add(f"{where}.{p}", f"expected {typ.__name__} values, got {bad[0]!r}")
+            continue
+        check = method.params[p].check
+        problem = next((c for c in map(check, values) if c), None) if check else None
+        if problem:
+            problems.add(f"{where}.{p}", problem)
             continue
         full[p] = [typ(v) for v in values]
     return full
@@ -245,6 +267,7 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         k: _path(data.get(k), f"data.{k}", root, problems, kind="file")
         for k in ("harmful_test", "benign_test", "harmful_shots")
     }
+    _check_shots_file(files["harmful_shots"], problems)
 
     tasks = []
     raw_tasks = raw.get("tasks")

@@ -3,6 +3,8 @@
 - `refusal_targets(records, gene, aligned)`: a harmful record's refusal is its reference text when
   that is a refusal, else the aligned model's own greedy response;
 - `given_or_own(records, model)`: each record's reference text, else the model's own response;
+- `compliance_targets(records, model)`: a harmful record's compliant answer (Antidote's
+  re-alignment set): its reference text unless that is a refusal, else the model's own response;
 - `own_responses(model, prompts)`: a model's own greedy responses, generated once and cached on
   disk under SAFEGENE_CACHE (default ~/.cache/safegene), keyed by the model's content identity;
 - `aligned_model(gene, aligned)`: the aligned model: given, else the gene's provenance (checked
@@ -161,6 +163,32 @@ def given_or_own(
     """Each record's reference text, else the model's own response (cached)."""
     return _fill(
         [answer_of(r) for r in records],
+        records,
+        lambda prompts: own_responses(
+            model, prompts, adapter=adapter, loaded=loaded, compute=compute, progress=progress
+        ),
+    )
+
+
+def compliance_targets(
+    records: list[dict],
+    model: str | Path,
+    *,
+    adapter=None,
+    loaded=None,
+    compute: ComputeSettings = COMPUTE,
+    progress: bool = False,
+) -> list[str]:
+    """Each harmful record's compliant answer: its reference text unless that is a refusal
+    (harmful data often carries refusals for SafeGene's targets), else the model's own response
+    (cached): a degraded model's answer to a harmful prompt is the harmful answer it learned."""
+    from safegene.evaluate.judges import is_refusal_keyword
+
+    have = [
+        a if a is not None and not is_refusal_keyword(a) else None for a in map(answer_of, records)
+    ]
+    return _fill(
+        have,
         records,
         lambda prompts: own_responses(
             model, prompts, adapter=adapter, loaded=loaded, compute=compute, progress=progress

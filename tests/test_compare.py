@@ -14,6 +14,7 @@ SMALL_GRID = {
     "safelora": {"number": [2]},
     "safemerge": {"threshold": [0.5]},
     "interpolate": {"t": [0.5]},
+    "antidote": {"ratio": [0.05], "shots": [8]},
     "safegene": {"rank": [8], "shots": [8], "top_k": [1]},
 }
 
@@ -44,6 +45,7 @@ def test_every_method_and_setting_has_a_row(demo_run):
             "interpolate",
         ):
             assert any(t == task and m == method for t, m, _ in got), (task, method)
+        assert {s for t, m, s in got if t == task and m == "antidote"} == {"ratio=0.05, shots=8"}
         assert {s for t, m, s in got if t == task and m == "resta"} == {
             "beta=0.5, dare=0.0, ties=1.0",
             "beta=1.0, dare=0.0, ties=1.0",
@@ -70,6 +72,7 @@ def test_report_files_and_summaries(demo_run):
     assert "## howto" in md and "## arith-lora" in md and "| safegene" in md
     samples = [json.loads(line) for line in (rdir / "samples.jsonl").read_text().splitlines()]
     assert {s["split"] for s in samples} == {"harmful", "benign", "task"}
+    assert "| antidote" in md
     for t in report["tasks"]:
         assert t["verdict"] is not None and set(t["best"]) >= {"task", "safegene", "resta"}
     # the aligned model is the safety ceiling of the zoo, the task model is not
@@ -133,3 +136,15 @@ def test_compare_rejects_a_bad_recipe_before_any_work(tmp_path):
     ):
         assert f"{field}:" in proc.stderr, field
     assert not (tmp_path / "out").exists()
+
+
+def test_the_demos_default_grid_runs_antidote(micro_zoo, tmp_path):
+    import yaml
+
+    from safegene.demo import zoo_recipe
+    from safegene.recipe import load_recipe
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(zoo_recipe(micro_zoo, tmp_path)))
+    settings = load_recipe(recipe).methods["antidote"]
+    assert len(settings) >= 2 and all(0 < s["ratio"] < 1 and s["shots"] >= 1 for s in settings)

@@ -103,6 +103,26 @@ def test_problems_are_named_by_field(layout, change, message):
         load_recipe(write(layout, GOOD.replace(*change)))
 
 
+@pytest.mark.parametrize("ratio", ["0.0", "1.0", "1.5", "-0.2", ".nan"])
+def test_antidote_ratio_outside_the_open_unit_interval(layout, ratio):
+    text = GOOD.replace("safegene: {}", f"antidote: {{ratio: [0.1, {ratio}]}}")
+    with pytest.raises(SafeGeneError, match=r"methods\.antidote\.ratio: the pruning ratio"):
+        load_recipe(write(layout, text))
+
+
+def test_antidote_grid_and_its_checks(layout):
+    r = load_recipe(write(layout, GOOD.replace("safegene: {}", "antidote: {ratio: [0.05]}")))
+    assert r.methods["antidote"] == [{"ratio": 0.05, "shots": 16}]
+    with pytest.raises(SafeGeneError, match=r"methods\.antidote\.shots: .* at least 1"):
+        load_recipe(write(layout, GOOD.replace("safegene: {}", "antidote: {shots: [0]}")))
+
+
+def test_empty_harmful_shots(layout):
+    (layout / "harmful_shots.jsonl").write_text("")
+    with pytest.raises(SafeGeneError, match=r"data\.harmful_shots: .*empty.*re-alignment"):
+        load_recipe(write(layout, GOOD))
+
+
 def test_task_data_without_answers(layout):
     (layout / "test.jsonl").write_text(json.dumps({"prompt": "2+2?"}) + "\n")
     with pytest.raises(

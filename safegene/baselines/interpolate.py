@@ -1,4 +1,7 @@
-"""Linear interpolation toward the aligned model: θ = (1 − t)·θ_task + t·θ_aligned."""
+"""Linear interpolation toward the aligned model: θ = (1 − t)·θ_task + t·θ_aligned.
+
+Its reference and fidelity note: docs/baselines.md, section "Linear interpolation".
+"""
 
 from __future__ import annotations
 

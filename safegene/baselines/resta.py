@@ -4,6 +4,7 @@ Fine-tuned Language Models through Task Arithmetic"): add the safety vector back
     θ = θ_task + β · (θ_aligned − θ_degraded)
 
 with optional DARE or TIES sparsification of the safety vector (the paper uses DARE).
+The paper's formula against this one, and why they differ: docs/baselines.md, section "RESTA".
 """
 
 from __future__ import annotations

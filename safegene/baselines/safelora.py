@@ -7,6 +7,7 @@ update ΔW (a LoRA's B·A, or W_task − W_aligned for a full fine-tune) is repl
 cos(C·ΔW, ΔW) < τ ("threshold" mode) or for the N least similar modules ("number" mode).
 
 C is d_out × d_out; it is never built: C·ΔW = V·(Vᵀ·ΔW) / ‖V‖_F costs two thin products.
+The paper's formula against this one, and why they differ: docs/baselines.md, section "SafeLoRA".
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ A module whose task update has drifted from the safety subspace (SafeLoRA's cosi
 cos(C·ΔW, ΔW) < τ with V = W_aligned − W_base and ΔW = W_task − W_aligned) is replaced by a merge
 of the task and aligned weights, task_weight·W_task + (1 − task_weight)·W_aligned, linear or with
 the task update DARE-sparsified first; other modules keep the task weights.
+The paper's formula against this one, and why they differ: docs/baselines.md, section
+"SafeMERGE-style merging".
 """
 
 from __future__ import annotations

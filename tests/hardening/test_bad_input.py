@@ -805,6 +805,40 @@ CASES = {
         [w / "recipe.yaml", f.aligned],
         ["gone"],
     ),
+    "compare-antidote-ratio-out-of-range": lambda f, w, o: (
+        [
+            "compare",
+            _recipe(
+                f,
+                w,
+                _valid_recipe_text(f).replace(
+                    "interpolate: {t: [0.5]}", "antidote: {ratio: [1.5]}"
+                ),
+            ),
+            "--out",
+            o,
+        ],
+        [w / "recipe.yaml", f.aligned, f.degraded, f.harmful],
+        ["methods.antidote.ratio", "(0, 1)"],
+    ),
+    "compare-antidote-empty-realignment-set": lambda f, w, o: (
+        [
+            "compare",
+            _recipe(
+                f,
+                w,
+                _valid_recipe_text(f)
+                .replace(
+                    f"harmful_shots: {f.harmful}", f"harmful_shots: {_write(w, 'e.jsonl', '')}"
+                )
+                .replace("interpolate: {t: [0.5]}", "antidote: {ratio: [0.1]}"),
+            ),
+            "--out",
+            o,
+        ],
+        [w / "recipe.yaml", w / "e.jsonl", f.aligned, f.degraded],
+        ["data.harmful_shots", "empty", "re-alignment"],
+    ),
     "eval-output-is-the-model": lambda f, w, o: (
         [
             "eval",
