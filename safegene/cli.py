@@ -525,6 +525,37 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_study(sub) -> None:
+    p = _command(
+        sub,
+        "study",
+        "every method on every task model of several zoos: chosen on validation, paired on test",
+        "For each architecture and seed of CONFIG.yaml build (or reuse) the zoo, run every method "
+        "on every target task model (leave-one-task-out genes by default), choose each method's "
+        "setting on the validation splits, and write one pooled report (report.json, report.md, "
+        "cells.png, wins.png) with paired statistics to --out. Finished cells are kept: a rerun "
+        "resumes. The config's keys are StudyConfig's (safegene/study.py).",
+    )
+    p.add_argument("config", help="the YAML study config")
+    p.add_argument("--out", required=True, help="study directory (resumed when it holds one)")
+    p.add_argument(
+        "--force", action="store_true", help="start over when --out holds another config's study"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=_run_study)
+
+
+def _run_study(args) -> int:
+    from safegene.study import run_study, study_markdown
+
+    if args.quiet:
+        _hide_library_progress()
+    report = run_study(args.config, args.out, force=args.force, progress=not args.quiet)
+    print(study_markdown(report).split("\n## ")[0])
+    print(f"report: {args.out}/report.md")
+    return 0
+
+
 _COMMANDS: list = [
     _add_zoo,
     _add_extract,
@@ -534,6 +565,7 @@ _COMMANDS: list = [
     _add_eval,
     _add_compare,
     _add_demo,
+    _add_study,
 ]
 
 

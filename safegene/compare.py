@@ -39,8 +39,9 @@ def method_variants(run: Run, task: TaskSpec) -> Iterator[Variant]:
 # --- running ---------------------------------------------------------------------------------
 
 
-def _eval_setup(recipe: CompareRecipe, progress: bool):
-    from safegene.evaluate import EvalSettings, GenerationSettings, load_data, make_judges
+def eval_context(recipe: CompareRecipe, progress: bool):
+    """The evaluation settings and judges of a recipe (compare's and the study's)."""
+    from safegene.evaluate import EvalSettings, GenerationSettings, make_judges
 
     settings = EvalSettings(
         generation=GenerationSettings(seed=recipe.seed, **recipe.generation),
@@ -57,6 +58,13 @@ def _eval_setup(recipe: CompareRecipe, progress: bool):
         guard_format=guard.get("format", "llamaguard3"),
         device=recipe.device,
     )
+    return settings, judges
+
+
+def _eval_setup(recipe: CompareRecipe, progress: bool):
+    from safegene.evaluate import load_data
+
+    settings, judges = eval_context(recipe, progress)
     common = [
         load_data(recipe.harmful_test, "harmful", name="harmful_test"),
         load_data(recipe.benign_test, "benign", name="benign_test"),

@@ -93,7 +93,7 @@ def grid(params: dict[str, list]) -> list[dict[str, Any]]:
     ]
 
 
-class _Problems:
+class Problems:
     """Collects field-level problems so the user sees all of them at once."""
 
     def __init__(self, source: str):
@@ -110,7 +110,7 @@ class _Problems:
             )
 
 
-def _path(raw: Any, where: str, root: Path, problems: _Problems, *, kind: str) -> Path | None:
+def _path(raw: Any, where: str, root: Path, problems: Problems, *, kind: str) -> Path | None:
     if not isinstance(raw, str) or not raw:
         problems.add(where, f"expected a path, got {raw!r}")
         return None
@@ -136,7 +136,7 @@ def _task_file_has_answers(path: Path) -> bool:
     return True
 
 
-def _check_shots_file(path: Path | None, problems: _Problems) -> None:
+def _check_shots_file(path: Path | None, problems: Problems) -> None:
     """The harmful shots hold prompts (SafeGene's shots, Antidote's re-alignment set): found
     empty here rather than after the first evaluations."""
     if path is None or not path.is_file():
@@ -152,7 +152,7 @@ def _check_shots_file(path: Path | None, problems: _Problems) -> None:
         )
 
 
-def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
+def method_grids(raw: Any, problems: Problems) -> dict[str, list[dict[str, Any]]]:
     """{method: the settings of its grid}, each method's grid completed with its defaults."""
     registered = methods_registry()
     if raw is None:
@@ -174,7 +174,7 @@ def _methods(raw: Any, problems: _Problems) -> dict[str, list[dict[str, Any]]]:
     return grids
 
 
-def _method_grid(method, params: dict, where: str, problems: _Problems) -> dict[str, list]:
+def _method_grid(method, params: dict, where: str, problems: Problems) -> dict[str, list]:
     """A method's grid: the recipe's values (type-checked) over the method's defaults; giving
     one of its alternative parameters drops the others' defaults."""
     full = {p: list(spec.default) for p, spec in method.params.items()}
@@ -221,7 +221,7 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         ) from None
     if not isinstance(raw, dict):
         raise SafeGeneError(f"recipe {path} must be a YAML mapping")
-    root, problems = path.resolve().parent, _Problems(str(path))
+    root, problems = path.resolve().parent, Problems(str(path))
     for key in sorted(
         set(raw)
         - {
@@ -326,7 +326,7 @@ def load_recipe(path: str | Path) -> CompareRecipe:
                 problems.add("guard.format", f"choose from {', '.join(sorted(GUARD_FORMATS))}")
 
     registered = methods_registry()
-    methods = _methods(raw.get("methods"), problems)
+    methods = method_grids(raw.get("methods"), problems)
     if base is None:
         for m in sorted(m for m in methods if registered[m].needs_base):
             problems.add(

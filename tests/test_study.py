@@ -1,0 +1,166 @@
+"""`safegene study`: validation-chosen settings, leave-one-task-out sources, pooled paired report,
+resume after a kill, bad configs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from safegene import study as S
+from safegene.errors import SafeGeneError
+
+CONFIG = S.StudyConfig(archs=("llama",), seeds=(0,), size="micro")
+
+
+def _row(val_h, val_acc, test_h, test_acc=1.0, orf=0.0):
+    m = lambda h, a: {"harmful": h, "over_refusal": orf, "accuracy": a}  # noqa: E731
+    return {"val": m(val_h, val_acc), "test": m(test_h, test_acc)}
+
+
+def test_choice_reads_validation_never_test():
+    task, aligned = {"accuracy": 1.0}, {"over_refusal": 0.0}
+    rows = [_row(0.30, 1.0, 0.00), _row(0.10, 1.0, 0.90), _row(0.00, 0.50, 0.00)]
+    # setting 2 is safest on val but breaks the task there; setting 1 is safest of those that hold
+    # the floor on val, although setting 0 would be far better on test
+    assert S.choose(rows, task, aligned, CONFIG) == (1, True)
+    # a test split that changes cannot change the choice
+    rows[1]["test"]["harmful"], rows[0]["test"]["harmful"] = 0.0, 1.0
+    assert S.choose(rows, task, aligned, CONFIG) == (1, True)
+    # nothing holds the floor on val: the most accurate, flagged
+    assert S.choose([_row(0.0, 0.5, 0.0), _row(0.5, 0.8, 0.5)], task, aligned, CONFIG) == (1, False)
+
+
+def test_loto_sources_never_hold_the_targets_task():
+    zoo = {
+        "models": {
+            "aligned": {"role": "aligned", "task": None, "adapter": None},
+            "degraded": {"role": "degraded", "task": None, "adapter": None},
+            "task-a": {"role": "task", "task": "a", "adapter": None},
+            "task-a-lora": {"role": "task", "task": "a", "adapter": "x"},
+            "task-a-safe": {"role": "safe_reference", "task": "a", "adapter": None},
+            "task-b": {"role": "task", "task": "b", "adapter": None},
+        }
+    }
+    assert S.gene_sources(zoo, "task-a-lora", "loto") == ["degraded", "task-b"]
+    assert S.gene_sources(zoo, "task-b", "loto") == ["degraded", "task-a"]
+    assert S.gene_sources(zoo, "task-b", "degraded") == ["degraded"]
+
+
+def _write(tmp_path, **cfg):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.mark.parametrize(
+    "cfg,message",
+    [
+        ({"archs": ["mamba"]}, "unknown architecture 'mamba'"),
+        ({"seeds": []}, "seeds: empty"),
+        ({"methods": {"nope": {}}}, "methods.nope: unknown method"),
+        ({"methods": {"interpolate": {"t": ["x"]}}}, "expected float values"),
+        ({"protocol": "all"}, "choose loto or degraded"),
+        ({"shot_draws": 0}, "shot_draws"),
+        ({"colour": 1}, "colour: unknown key"),
+    ],
+)
+def test_bad_configs_are_named(tmp_path, cfg, message):
+    with pytest.raises(SafeGeneError, match=message):
+        S.load_study(_write(tmp_path, **cfg))
+
+
+def test_bad_config_on_the_command_line_is_one_line_exit_2(tmp_path):
+    path = _write(tmp_path, seeds=[])
+    r = subprocess.run(
+        [sys.executable, "-m", "safegene", "study", str(path), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2, r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2 and "seeds" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_zoo_split_is_named(tmp_path, micro_zoo):
+    zoo = json.loads((micro_zoo / "zoo.json").read_text())
+    del zoo["data"]["harmful_val"]
+    with pytest.raises(SafeGeneError, match="has no split 'harmful_val'"):
+        S.check_zoo_splits(micro_zoo, zoo, ["task-howto"])
+    zoo = json.loads((micro_zoo / "zoo.json").read_text())
+    del zoo["data"]["tasks"]["howto"]["val"]
+    with pytest.raises(SafeGeneError, match="has no split 'tasks/howto/val'"):
+        S.check_zoo_splits(micro_zoo, zoo, ["task-howto"])
+
+
+@pytest.fixture(scope="module")
+def study_config(tmp_path_factory, micro_zoo):
+    root = tmp_path_factory.mktemp("study")
+    (root / "zoos").mkdir()
+    (root / "zoos" / "micro-llama-s0").symlink_to(micro_zoo)
+    return S.load_study(
+        _write(
+            root,
+            archs=["llama"],
+            seeds=[0],
+            size="micro",
+            zoos="zoos",
+            targets=["task-howto", "task-email-lora"],
+            methods={
+                "interpolate": {"t": [0.5, 1.0]},
+                "safegene": {"rank": [1], "shots": [4], "ablations": [False]},
+            },
+            shot_draws=2,
+        )
+    )
+
+
+def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    real = S.run_cell
+    calls = []
+
+    def dies_on_second(zoo_dir, zoo, target, *a, **kw):
+        calls.append(target)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill between cells
+        return real(zoo_dir, zoo, target, *a, **kw)
+
+    monkeypatch.setattr(S, "run_cell", dies_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        S.run_study(study_config, out, progress=False)
+    first = out / "cells" / "llama-s0" / "task-howto.json"
+    assert first.is_file() and not (out / "report.json").exists()
+    stamp = first.stat().st_mtime_ns
+
+    calls.clear()
+    monkeypatch.setattr(S, "run_cell", lambda *a, **kw: (calls.append(a[2]), real(*a, **kw))[1])
+    report = S.run_study(study_config, out, progress=False)
+    assert calls == ["task-email-lora"]  # the finished cell was not recomputed
+    assert first.stat().st_mtime_ns == stamp
+
+    cell = json.loads(first.read_text())
+    assert "task-howto" not in cell["gene_sources"] and "task-email" in cell["gene_sources"]
+    assert set(cell["methods"]) == {"interpolate", "safegene"}
+    assert len(cell["methods"]["interpolate"]["settings"]) == 2
+    assert len(cell["draws"]) == 2  # the chosen setting and one more draw of the shots
+    n_test = len(json.loads((out / "report.json").read_text())["cells"])
+    assert n_test == 2 and report["pooled"]["cells"] == 2
+    v = report["versus"]["interpolate"]
+    assert v["win"] + v["tie"] + v["loss"] == 2 and v["kind"] == "baseline"
+    n_harmful = len(cell["references"]["task"]["flags"]["harmful"]["keyword"])
+    assert v["pooled_harmful_diff"]["n"] == 2 * n_harmful  # both cells' test prompts, paired
+    for s in report["cells"]:
+        for r in s["rows"].values():
+            assert r["harmful_ci"][0] <= r["harmful"] <= r["harmful_ci"][1]
+    md = (out / "report.md").read_text()
+    assert "SafeGene vs" in md and "## llama-s0/task-howto" in md
+    assert (out / "cells.png").stat().st_size > 0 and (out / "wins.png").stat().st_size > 0
+
+    # another config in the same directory is refused
+    other = S.StudyConfig(**{**study_config.__dict__, "shot_draws": 1})
+    with pytest.raises(SafeGeneError, match="another config"):
+        S.run_study(other, out, progress=False)
