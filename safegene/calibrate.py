@@ -239,14 +239,72 @@ def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
 
 
 def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
-    """k shots of each kind, drawn with the fit's seed (benign: none when not given)."""
+    """k shots of each kind, drawn with the fit's seed (benign: none when not given), and
+    `task_check`: up to SKILL_CHECK_MAX of the task records not drawn (the skill check's)."""
     paths = {"harmful": harmful, "task": task, "benign": benign}
-    return {
-        split: take(load_records(path, split=split), fit.shots, seed=fit.seed, name=split)
-        if path
-        else []
-        for split, path in paths.items()
+    records = {s: load_records(p, split=s) if p else [] for s, p in paths.items()}
+    shots = {
+        s: take(rows, fit.shots, seed=fit.seed, name=s) if paths[s] else []
+        for s, rows in records.items()
     }
+    drawn = {id(r) for r in shots["task"]}
+    shots["task_check"] = [r for r in records["task"] if id(r) not in drawn][:SKILL_CHECK_MAX]
+    return shots
+
+
+# --- the skill check: never trade the task away silently -----------------------------------------
+SKILL_CHECK_MAX = 32
+SKILL_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)  # α is scaled back through these until skill holds
+
+
+def task_skill(model, tokenizer, prompts, references, match: str, *, batch_size: int) -> float:
+    """The share of `prompts` whose greedy answer matches its reference (is_correct, `match`)."""
+    from safegene.evaluate.generate import generate
+    from safegene.evaluate.metrics import is_correct
+
+    width = max(len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in references) + 4
+    outs = generate(
+        model, tokenizer, prompts, max_new_tokens=width, batch_size=batch_size, progress=False
+    )
+    return sum(is_correct(o, r, match) for o, r in zip(outs, references, strict=True)) / len(outs)
+
+
+def skill_guard(
+    loaded,
+    deltas,
+    groups,
+    alpha: dict,
+    records: list[dict],
+    fit: FitSettings,
+    *,
+    batch_size: int,
+    held_out: bool,
+) -> dict:
+    """Scale the fitted α back (SKILL_SCALES) until the target keeps `fit.skill_share` of its task
+    accuracy on `records`, judged by greedy generation against their answers. Without answers, or
+    when the target gets none of them right, there is nothing to hold: scale 1, `checked` false."""
+    from safegene.evaluate.metrics import resolve_match
+
+    model, tok = loaded
+    prompts, gold = [r["prompt"] for r in records], [answer_of(r) for r in records]
+    out = {"scale": 1.0, "checked": False, "held_out": held_out, "n": len(prompts), "tried": []}
+    if not all(gold):
+        return {**out, "reason": "task shots without answers"}
+    match = resolve_match("auto", gold)
+    values = [alpha[g] for g in groups]
+    att = GeneAttachment(model, deltas, per_module_kind=is_per_kind(groups), groups=groups)
+    with torch.no_grad(), att:
+        att.set([0.0] * len(groups))
+        base = task_skill(model, tok, prompts, gold, match, batch_size=batch_size)
+        if base == 0:
+            return {**out, "target_skill": 0.0, "reason": "the target answers none of them"}
+        for scale in SKILL_SCALES:
+            att.set([scale * v for v in values])
+            acc = task_skill(model, tok, prompts, gold, match, batch_size=batch_size)
+            out["tried"].append({"scale": scale, "skill": round(acc, 4)})
+            if acc >= fit.skill_share * base - 1e-9:
+                break
+    return {**out, "scale": scale, "checked": True, "target_skill": round(base, 4)}
 
 
 def calibrate(
@@ -328,8 +386,44 @@ def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, comp
         batch_size=compute.batch_size,
         progress=progress,
     )
+    guard = None
+    if fit.skill_share and shots["task"]:
+        held_out = bool(shots["task_check"])
+        records = shots["task_check"] or shots["task"]
+        guard = skill_guard(
+            loaded,
+            deltas,
+            groups,
+            result["alpha"],
+            records,
+            fit,
+            batch_size=compute.batch_size,
+            held_out=held_out,
+        )
+        if guard["scale"] < 1:
+            result["alpha"] = {g: round(a * guard["scale"], 6) for g, a in result["alpha"].items()}
+            _warn_backoff(guard, model, adapter)
     seconds = round(time.perf_counter() - t_fit, 2)
-    return {**result, "complied": complied, "refusals": refusals, "seconds": seconds}
+    return {
+        **result,
+        "complied": complied,
+        "refusals": refusals,
+        "seconds": seconds,
+        "skill_guard": guard,
+    }
+
+
+def _warn_backoff(guard: dict, model, adapter) -> None:
+    name = f"{model} + {adapter}" if adapter else str(model)
+    t = guard["tried"]
+    warnings.warn(
+        f"the fitted coefficients cost {name} its task skill on {guard['n']} "
+        f"{'held-out' if guard['held_out'] else 'fit'} task shots ({t[0]['skill']:.0%} against "
+        f"{guard['target_skill']:.0%} before); scaled back to {guard['scale']:g}x, where it keeps "
+        f"{t[-1]['skill']:.0%}" + (" — the gene now does nothing" if guard["scale"] == 0 else ""),
+        SafeGeneWarning,
+        stacklevel=3,
+    )
 
 
 def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, compute, t0) -> dict:
@@ -354,6 +448,7 @@ def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, c
             "loss_final": fitted["final"],
             "loss_curve": fitted["curve"],
             "selection": selection,
+            "skill_guard": fitted["skill_guard"],
         },
         "compute": dataclasses.asdict(compute),
         "seconds": {"fit": fitted["seconds"], "total": round(time.perf_counter() - t0, 2)},

@@ -141,6 +141,11 @@ class FitSettings:
         False, "one coefficient per (layer, attention|MLP) instead of per layer"
     )
     seed: int = option(0, "seed of the shots drawn and of the fit")
+    skill_share: float | None = option(
+        0.95,
+        "after the fit, generate on held-out task shots and scale α back until the target keeps "
+        "this share of its task accuracy there (0: no check)",
+    )
 
     def __post_init__(self):
         _at_least(self, "shots", 1)
@@ -156,6 +161,8 @@ class FitSettings:
         _at_least(self, "refusal_tokens", 1, optional=True)
         _at_least(self, "task_tokens", 1, optional=True)
         _finite(self, "init", "task_weight", "task_margin", "refusal_floor")
+        if self.skill_share is not None and not 0 <= self.skill_share <= 1:
+            raise SafeGeneError(f"--skill-share must lie in [0, 1] (got {self.skill_share})")
 
 
 SELECT_COMPUTE = ComputeSettings(batch_size=16)  # select's default batch (calibrate: 32)

@@ -306,3 +306,33 @@ def test_hinged_objective(tiny):
     assert rec["fit"]["loss_initial"]["task"] == 0.0
     assert rec["fit"]["loss_final"]["total"] <= rec["fit"]["loss_initial"]["total"]
     assert rec["fit"]["task_margin"] == 0.1 and rec["fit"]["refusal_floor"] == 0.5
+
+
+def test_skill_guard_scales_alpha_back_until_the_task_holds(zoo):
+    """A fit that would break the task (here: α started far too large and barely moved) is scaled
+    back, by generation on the task shots, until the target keeps 95 % of its skill; it says so."""
+    from safegene.errors import SafeGeneWarning
+
+    root, gene = zoo
+    data = root / "data"
+    kw = dict(
+        harmful=data / "harmful_shots.jsonl",
+        task=data / "tasks" / "howto" / "shots.jsonl",
+        shots=8,
+        out=None,
+        layers="all",
+        steps=1,
+        lr=1e-6,
+        init=40.0,
+    )
+    with pytest.warns(SafeGeneWarning, match="cost .* its task skill .* scaled back"):
+        rec = calibrate(gene, root / "models" / "task-howto", **kw)
+    guard = rec["fit"]["skill_guard"]
+    assert guard["scale"] < 1 and guard["held_out"]  # 8 of the 16 shots fit, the rest checked
+    assert guard["checked"] and guard["target_skill"] >= 0.5
+    assert guard["tried"][0]["skill"] < 0.95 * guard["target_skill"]
+    assert guard["tried"][-1]["skill"] >= 0.95 * guard["target_skill"] - 1e-9
+    assert all(abs(a - 40.0 * guard["scale"]) < 1e-3 for a in rec["groups"].values())
+    off = calibrate(gene, root / "models" / "task-howto", **{**kw, "skill_share": 0.0})
+    assert off["fit"]["skill_guard"] is None
+    assert all(abs(a - 40.0) < 1e-3 for a in off["groups"].values())
