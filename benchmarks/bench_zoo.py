@@ -26,6 +26,16 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from safegene.zoo.checks import check_zoo  # noqa: E402
+from safegene.zoo.recipe import RECIPES  # noqa: E402
+
+
+def _fmt(value) -> str:
+    if isinstance(value, dict):  # the erosion spread: models per band
+        return "/".join(str(n) for n in value.values())
+    return f"{value:.2f}"
 
 
 def build(out: Path, size: str, arch: str, seed: int, threads: int) -> dict:
@@ -105,6 +115,9 @@ def main(argv=None) -> int:
         fresh = not (out / "zoo.json").exists()
         runs[key] = build(out, args.size, arch, seed, threads) if fresh else {"wall_s": None}
         zoos[key] = json.loads((out / "zoo.json").read_text())
+        # today's contract on the build's own measurements (a reused zoo may predate it)
+        recipe = RECIPES[args.size].with_(arch=arch)
+        zoos[key]["checks"] = check_zoo(recipe, zoos[key]["models"], zoos[key]["metrics"])
         failed = [c["what"] for c in zoos[key]["checks"] if not c["ok"]]
         print(
             f"{key}: wall {runs[key]['wall_s']} s (None: reused), build stages "
@@ -125,7 +138,7 @@ def main(argv=None) -> int:
     print(f"\nchecks holding on every build: {len(held)} of {len(checks)}")
     for (check, model), v in checks.items():
         if (check, model) not in held:
-            vals = ", ".join(f"{key}={val:.2f}{'' if ok else '!'}" for key, ok, val in v)
+            vals = ", ".join(f"{key}={_fmt(val)}{'' if ok else '!'}" for key, ok, val in v)
             print(f"  {model} {check}: {vals}")
 
     if args.repeat:

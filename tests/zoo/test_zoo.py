@@ -102,7 +102,11 @@ def test_pattern(micro_zoo):
 def test_checks_are_recorded_and_recomputable(micro_zoo):
     zoo = _zoo(micro_zoo)
     assert zoo["checks"] == check_zoo(MICRO, zoo["models"], zoo["metrics"])
-    assert {c["model"] for c in zoo["checks"]} == set(zoo["models"])  # every model is checked
+    # every model is checked, and the family's erosion spread per form
+    assert {c["model"] for c in zoo["checks"]} == set(zoo["models"]) | {
+        "family/full",
+        "family/lora",
+    }
 
 
 def test_metrics_are_regenerated(micro_zoo):
@@ -117,7 +121,7 @@ def test_metrics_are_regenerated(micro_zoo):
 def _metrics_for(recipe, models) -> dict:
     """Measurements of a zoo with every property the checks ask for."""
     harmful = {"base": 1.0, "aligned": 0.0, "degraded": 0.9, "safe_reference": 0.02}
-    erosion = {"strong": 0.8, "medium": 0.45, "weak": 0.1}
+    erosion = {"strong": 0.8, "medium": 0.45, "weak": 0.1}  # the recipe's intended erosion
     out = {}
     for name, e in models.items():
         h = erosion[recipe.tasks[e["task"]].erosion] if e["role"] == "task" else harmful[e["role"]]
@@ -138,8 +142,9 @@ def _metrics_for(recipe, models) -> dict:
         ("degraded-small", "harmful_rate", 0.2),
         ("task-arith", "accuracy", 0.79),
         ("task-howto-lora", "accuracy", 0.9),
-        ("task-howto", "harmful_rate", 0.2),
-        ("task-classify-lora", "harmful_rate", 0.5),
+        ("task-howto", "harmful_rate", 0.97),  # a wipe-out
+        ("task-classify-lora", "harmful_rate", 0.5),  # no weak LoRA left: the spread fails
+        ("task-arith", "harmful_rate", 0.2),  # one strong full fine-tune left: the spread fails
         ("task-email-safe", "harmful_rate", 0.1),
         ("task-recipe-safe", "accuracy", 0.9),
     ],
@@ -155,7 +160,11 @@ def test_each_check_fails_when_its_property_is_lost(model, key, value):
     else:
         metrics[model][key] = value
     failed = [c for c in check_zoo(SMALL, models, metrics) if not c["ok"]]
-    assert [c["model"] for c in failed] == [model], failed
+    if key == "harmful_rate" and models[model]["role"] == "task" and value <= 0.95:
+        form = "family/lora" if models[model]["adapter"] else "family/full"
+        assert [c["model"] for c in failed] == [form], failed
+    else:
+        assert [c["model"] for c in failed] == [model], failed
 
 
 # --- stock formats --------------------------------------------------------------------------------
