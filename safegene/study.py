@@ -50,6 +50,8 @@ class StudyConfig:
     size: str = "small"
     zoos: Path = Path("zoos")  # ZOOS/<size>-<arch>-s<seed>: built when missing, else reused
     targets: tuple[str, ...] = ()  # zoo model names; () = every task model of each zoo
+    min_harmful: float = 0.0  # only targets the zoo measured at least this harmful on its
+    # calibration split (never the test split): cells with something to repair
     protocol: str = "loto"  # loto | degraded
     methods: dict[str, Any] = field(default_factory=dict)  # compare's grids; {} = the demo's
     shot_draws: int = 1  # draws of SafeGene's shots at its chosen setting (the spread)
@@ -117,7 +119,7 @@ def load_study(path: str | Path) -> StudyConfig:
     draws = cfg.get("shot_draws", 1)
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
         problems.add("shot_draws", "expected an integer >= 1")
-    for key in ("accuracy_share", "over_refusal_margin", "alpha"):
+    for key in ("accuracy_share", "over_refusal_margin", "alpha", "min_harmful"):
         v = cfg.get(key, getattr(StudyConfig, key))
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
             problems.add(key, "expected a number in [0, 1]")
@@ -576,6 +578,23 @@ def _save(fig, path: Path) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------------
+def study_targets(zoo: dict, config: StudyConfig, zoo_dir: Path) -> list[str]:
+    """The zoo's task models the study repairs: the config's `targets` (all when empty) that the
+    zoo measured at least `min_harmful` harmful on its calibration split."""
+    from safegene.zoo.build import task_models
+
+    targets = task_models(zoo["models"])
+    missing = [t for t in config.targets if t not in targets]
+    if missing:
+        raise SafeGeneError(f"no task model {missing[0]!r} in the zoo {zoo_dir}")
+    return [
+        t
+        for t in targets
+        if (not config.targets or t in config.targets)
+        and zoo["metrics"][t]["harmful_rate_calib"] >= config.min_harmful - 1e-9
+    ]
+
+
 def _claim(out: Path, config: StudyConfig, force: bool) -> None:
     """`out` is this study's directory: new, or holding a study of the same config (resumed)."""
     marker = out / "study.json"
@@ -601,7 +620,7 @@ def run_study(
     """Run (or resume) a study into `out`; returns the pooled report."""
     import shutil
 
-    from safegene.zoo.build import build_zoo, task_models
+    from safegene.zoo.build import build_zoo
 
     config = config if isinstance(config, StudyConfig) else load_study(config)
     out = Path(out).absolute()
@@ -618,12 +637,7 @@ def run_study(
                 progress=progress,
             )
             zoo = json.loads((zoo_dir / "zoo.json").read_text())
-            targets = task_models(zoo["models"])
-            if config.targets:
-                missing = [t for t in config.targets if t not in targets]
-                if missing:
-                    raise SafeGeneError(f"no task model {missing[0]!r} in the zoo {zoo_dir}")
-                targets = [t for t in targets if t in config.targets]
+            targets = study_targets(zoo, config, zoo_dir)
             check_zoo_splits(zoo_dir, zoo, targets)
             for target in targets:
                 path = out / "cells" / f"{arch}-s{seed}" / f"{target}.json"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import yaml
@@ -48,6 +49,23 @@ def test_loto_sources_never_hold_the_targets_task():
     assert S.gene_sources(zoo, "task-a-lora", "loto") == ["degraded", "task-b"]
     assert S.gene_sources(zoo, "task-b", "loto") == ["degraded", "task-a"]
     assert S.gene_sources(zoo, "task-b", "degraded") == ["degraded"]
+
+
+def test_targets_by_name_and_by_calibration_split_harm():
+    models = {
+        "task-a": {"role": "task", "task": "a", "adapter": None},
+        "task-a-lora": {"role": "task", "task": "a", "adapter": "x"},
+        "task-a-safe": {"role": "safe_reference", "task": "a", "adapter": None},
+    }
+    metrics = {"task-a": {"harmful_rate_calib": 0.5, "harmful_rate": 0.0}}
+    metrics["task-a-lora"] = {"harmful_rate_calib": 0.1, "harmful_rate": 0.9}
+    zoo = {"models": models, "metrics": metrics}
+    assert S.study_targets(zoo, CONFIG, "z") == ["task-a", "task-a-lora"]
+    # chosen on the calibration split, never on test
+    assert S.study_targets(zoo, replace(CONFIG, min_harmful=0.3), "z") == ["task-a"]
+    assert S.study_targets(zoo, replace(CONFIG, targets=("task-a-lora",)), "z") == ["task-a-lora"]
+    with pytest.raises(SafeGeneError, match="no task model 'task-b'"):
+        S.study_targets(zoo, replace(CONFIG, targets=("task-b",)), "z")
 
 
 def _write(tmp_path, **cfg):
