@@ -49,12 +49,28 @@ def gene_of_rank(run: Run, rank: int) -> Path:
     return out
 
 
+# How hard calibration fits (settings.FitSettings fields): `default` is calibrate's own defaults;
+# `strong` lets α travel far (no L2 penalty, a larger step, twice the steps) — what a target whose
+# task update itself carries the erosion needs (small zoo arith: 99 % → 44 % harmful on validation,
+# where `default` stays at 99 %), and what over-fits a mildly eroded one (email: over-refusal 97 %).
+# A study chooses between them on validation.
+FIT_PRESETS = {
+    "default": {},
+    "strong": {"lr": 0.3, "lam": 0.0, "steps": 300},
+}
+
+
+def _check_fit(value: str) -> str | None:
+    return None if value in FIT_PRESETS else f"unknown fit preset; choose from {list(FIT_PRESETS)}"
+
+
 @register_method(
     "safegene",
     params={
         "rank": Param(int, [1]),
         "shots": Param(int, [16]),
         "top_k": Param(int, []),
+        "fit": Param(str, [], check=_check_fit),
         "ablations": Param(bool, [True]),
     },
     demo={"rank": [1], "shots": [16], "ablations": [True]},
@@ -69,6 +85,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     r, s = run.recipe, setting
     gene = gene_of_rank(run, s["rank"])
     shown = {k: v for k, v in s.items() if k != "ablations"}
+    fit = s.get("fit", "default")
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
     data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
     data.update(seed=r.seed, device=r.device, dtype=r.dtype)
@@ -80,16 +97,17 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
         return out
 
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
-        out = run.keep / f"{tag}-calibrated{suffix}"
-        calibrate(source(), task.model, shots=s["shots"], out=out, **kw, **data)
+        out = run.keep / f"{tag}-{fit}-calibrated{suffix}"
+        calibrate(source(), task.model, shots=s["shots"], out=out, **kw, **FIT_PRESETS[fit], **data)
         return express(out, task, d)
 
     yield Variant("safegene", shown, calibrated)
-    if s["ablations"]:
+    if s["ablations"] and fit == "default":  # the ablations that do not calibrate: once
         yield Variant("gene-uniform", shown, lambda d: express(gene, task, d, coefficients=1.0))
         yield Variant(
             "gene-select", shown, lambda d: express(selected(), task, d, coefficients=1.0)
         )
+    if s["ablations"]:
         yield Variant(
             "gene-calibrate",
             shown,

@@ -201,6 +201,8 @@ def _method_grid(method, params: dict, where: str, problems: Problems) -> dict[s
 
 
 def _is_type(value: Any, typ: type) -> bool:
+    if typ is str:
+        return isinstance(value, str)
     if typ is bool:
         return isinstance(value, bool)
     if typ is int:

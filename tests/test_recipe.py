@@ -157,3 +157,15 @@ def test_not_a_recipe(layout, text, message):
 def test_missing_recipe(tmp_path):
     with pytest.raises(SafeGeneError, match="recipe not found"):
         load_recipe(tmp_path / "none.yaml")
+
+
+def test_safegene_fit_presets_are_checked(layout):
+    def with_grid(grid: str) -> str:
+        return GOOD.replace("safegene: {}", f"safegene: {{fit: {grid}}}")
+
+    r = load_recipe(write(layout, with_grid("[default, strong]")))
+    assert [s["fit"] for s in r.methods["safegene"]] == ["default", "strong"]
+    with pytest.raises(SafeGeneError, match="safegene.fit: unknown fit preset"):
+        load_recipe(write(layout, with_grid("[gentle]")))
+    with pytest.raises(SafeGeneError, match="expected str values"):
+        load_recipe(write(layout, with_grid("[1.5]")))
