@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -185,12 +184,17 @@ def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> d
 
     target_modules is the list of short module names when the modules cover every layer
     uniformly (all `num_layers` layers, every name), else a regex that matches exactly the given
-    module paths. r is the most common rank; other ranks go to rank_pattern with an equal
-    alpha_pattern (alpha/r = 1).
+    module paths.
+
+    r is the largest rank present and lora_alpha == r, so both loaders scale every module by 1:
+    PEFT reads each smaller rank from rank_pattern (with an equal alpha_pattern, alpha/r = 1);
+    vLLM ignores both patterns, takes each module's rank from its tensors, scales every module by
+    the global lora_alpha / r (= 1) and checks `max_lora_rank >= r` — with r the largest rank,
+    that check is the one that matters.
     """
     if not ranks:
         raise SafeGeneError("nothing to put in the adapter (every coefficient is 0 or unselected)")
-    r = Counter(ranks.values()).most_common(1)[0][0]
+    r = max(ranks.values())
     pattern = {m: k for m, k in ranks.items() if k != r}
     return {
         "peft_type": "LORA",
