@@ -37,6 +37,7 @@ from safegene.io import (
     hash_model_dir,
     matches_hash,
 )
+from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import AdapterWriter, LoraAdapter, adapter_base_model, read_adapter
 
 FORMS = ("merged", "adapter", "combined")
@@ -150,7 +151,7 @@ def apply_gene(
             if form == "merged":
                 _write_merged(tmp, reader, gene, alphas, task, shard_size, progress)
             else:  # adapter (task None) or combined
-                _write_adapter(tmp, gene, alphas, task, str(Path(model).absolute()))
+                _write_adapter(tmp, gene, alphas, task, model)
             (tmp / APPLY_RECORD).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
     finally:
         reader.close()
@@ -229,12 +230,15 @@ def _write_merged(
 
 
 def _write_adapter(
-    tmp: Path, gene: Gene, alphas: dict, task: LoraAdapter | None, base_model: str
+    tmp: Path, gene: Gene, alphas: dict, task: LoraAdapter | None, base_model
 ) -> None:
     """`adapter` (task None) or `combined` (task given) PEFT output, scaling 1 everywhere."""
     gene_mods = {gene.modules[t].module_path: (t, a) for t, a in alphas.items()}
     task_mods = task.modules if task else {}
-    with AdapterWriter(tmp, base_model, gene.num_layers) as writer:
+    hub = hub_source(base_model)
+    with AdapterWriter(
+        tmp, model_name(base_model), gene.num_layers, hub[1] if hub else None
+    ) as writer:
         for mod in dict.fromkeys([*task_mods, *gene_mods]):
             parts_a, parts_b = [], []
             if mod in task_mods:

@@ -72,8 +72,36 @@ def _model_argument(p, help: str) -> None:
     """--model (required), the one name of a command's model; --target, hidden, is the old
     spelling of calibrate and apply, still accepted."""
     one = p.add_mutually_exclusive_group(required=True)
-    one.add_argument("--model", metavar="DIR", help=help)
+    one.add_argument("--model", metavar="DIR|ID", help=help + "; a directory or a cached Hub id")
     one.add_argument("--target", dest="model", help=argparse.SUPPRESS)
+    add_revision_argument(p)
+
+
+def add_revision_argument(p) -> None:
+    p.add_argument(
+        "--revision",
+        help="the Hub revision (branch, tag or commit) of a --model given as a Hub id "
+        "(other ids take OWNER/NAME@REV)",
+    )
+
+
+# Arguments that name a model or an adapter: a directory, or a Hub id resolved offline through
+# the local Hugging Face cache (safegene.io.hub), before any command runs.
+_MODEL_ARGS = ("model", "aligned", "degraded", "adapter", "base")
+
+
+def _resolve_models(args) -> None:
+    from safegene.io.hub import is_hub_id, resolve_model
+
+    for name in _MODEL_ARGS:
+        value = getattr(args, name, None)
+        revision = getattr(args, "revision", None) if name == "model" else None
+        if isinstance(value, list):
+            setattr(args, name, [str(resolve_model(v)) if is_hub_id(v) else v for v in value])
+        elif isinstance(value, str) and (is_hub_id(value) or revision is not None):
+            if name == "model" and getattr(args, "zoo", None):
+                continue  # a zoo model name
+            setattr(args, name, str(resolve_model(value, revision)))
 
 
 def _inputs(args) -> dict:
@@ -568,6 +596,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_common(args)
+        _resolve_models(args)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)

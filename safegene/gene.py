@@ -26,7 +26,8 @@ safegene.json schema (format_version 2; version 1, the same without the two reco
                       (family.fingerprint); null for a gene saved from a plain PEFT adapter
                       (then only tensor names and shapes are checked against a model)
     sources           {"aligned": {"path", "hash"}, "degraded": [{"path", "hash"}, ...]} | null
-                      hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:")
+                      hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:");
+                      a model read from the HF cache adds "hub_id" and "revision" (its commit)
     compression       {"method": "svd"|"randomized_svd"|"mixed"|"none", "rank", "energy", "seed"}
     modules           {tensor name: {"layer", "module", "kind", "shape", "rank", "rel_error",
                        "delta_norm"}}; tensor name e.g. "model.layers.3.self_attn.q_proj.weight",
@@ -85,6 +86,7 @@ from safegene.io import (
     hash_model_dir,
     write_text_atomic,
 )
+from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import ADAPTER_CONFIG, AdapterWriter, LoraAdapter, read_adapter
 
 FORMAT = "safegene-gene"
@@ -701,7 +703,7 @@ def extract(
                 seed=seed,
                 device=device,
                 progress=progress,
-                base_model=str(Path(aligned).absolute()),
+                base_model=model_name(aligned),
             )
             _write_meta(tmp, meta)
     finally:
@@ -728,7 +730,11 @@ def _sources(aligned, degraded: list) -> dict:
     """The models a gene came from, by path and content hash."""
 
     def source(path) -> dict:
-        return {"path": str(Path(path).absolute()), "hash": hash_model_dir(path)}
+        out = {"path": str(Path(path).absolute()), "hash": hash_model_dir(path)}
+        hub = hub_source(path)
+        if hub:
+            out["hub_id"], out["revision"] = hub
+        return out
 
     return {"aligned": source(aligned), "degraded": [source(d) for d in degraded]}
 
@@ -760,7 +766,8 @@ def _write_lora(
     tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, progress, base_model
 ) -> None:
     methods = Counter()
-    with AdapterWriter(tmp, base_model, meta["fingerprint"]["num_layers"]) as writer:
+    revision = (meta["sources"]["aligned"] or {}).get("revision")
+    with AdapterWriter(tmp, base_model, meta["fingerprint"]["num_layers"], revision) as writer:
         for i, p in enumerate(
             tqdm(targets, desc="extract (svd)", unit="tensor", disable=_quiet(progress))
         ):

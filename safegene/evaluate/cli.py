@@ -24,7 +24,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         required=True,
-        help="a Hugging Face model directory (or, with --zoo, a zoo model name such as aligned)",
+        help="a Hugging Face model directory or a cached Hub id (or, with --zoo, a zoo model "
+        "name such as aligned)",
+    )
+    g.add_argument(
+        "--revision", help="the Hub revision (branch, tag or commit) of a --model given as a Hub id"
     )
     g.add_argument("--adapter", help="a PEFT LoRA adapter directory on --model")
     g.add_argument("--name", help="the model's name in the report (default: the directory name)")
