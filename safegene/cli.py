@@ -356,7 +356,17 @@ def _add_apply(sub) -> None:
         help="refuse (instead of warning) when the task "
         "LoRA's base is not the aligned model the gene was extracted from (content hash)",
     )
+    _card_argument(p)
     p.set_defaults(func=_run_apply)
+
+
+def _card_argument(p) -> None:
+    p.add_argument(
+        "--card-template",
+        metavar="FILE",
+        help="a Jinja template for the output's README.md model card (variables: card_data, "
+        "title, summary, sections); default: SafeGene's",
+    )
 
 
 def _run_apply(args) -> int:
@@ -378,6 +388,7 @@ def _run_apply(args) -> int:
         force=args.force,
         shard_size=parse_size(args.shard_size),
         strict=args.strict,
+        card_template=args.card_template,
         allow_pickle=args.allow_pickle,
     )
     print(f"{args.form} output written to {out}")

@@ -68,6 +68,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from safegene.card import gene_card, render, write_card
 from safegene.errors import SafeGeneError
 from safegene.family import (
     DEFAULT_KINDS,
@@ -90,6 +91,7 @@ from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import ADAPTER_CONFIG, AdapterWriter, LoraAdapter, read_adapter
 
 FORMAT = "safegene-gene"
+CARD_FILE = "README.md"  # the model card (safegene.card)
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 GENE_FILE = "safegene.json"
@@ -434,8 +436,10 @@ def _new_meta(kind: str, fp: dict | None, sources, compression, modules: dict) -
     }
 
 
-def _write_meta(directory: Path, meta: dict) -> None:
+def _write_meta(directory: Path, meta: dict, base_model: str | None = None) -> None:
+    """safegene.json and the gene's model card (README.md) into a directory being written."""
     (directory / GENE_FILE).write_text(_meta_text(meta))
+    write_card(directory, gene_card(meta, base_model))
 
 
 def _meta_text(meta: dict) -> str:
@@ -493,13 +497,14 @@ def save_gene(
             meta[key] = value
     if out is None:
         write_text_atomic(gene.path / GENE_FILE, _meta_text(meta))
+        write_text_atomic(gene.path / CARD_FILE, render(gene_card(meta, gene.base_model)))
         return gene.path
     check_output_path(out, force, inputs=(gene.path,))
     with atomic_output_dir(out, force) as tmp:
         for f in gene.path.iterdir():
-            if f.is_file() and f.name != GENE_FILE:
+            if f.is_file() and f.name not in (GENE_FILE, CARD_FILE):
                 shutil.copy2(f, tmp / f.name)
-        _write_meta(tmp, meta)
+        _write_meta(tmp, meta, gene.base_model)
     return Path(out)
 
 
@@ -705,7 +710,7 @@ def extract(
                 progress=progress,
                 base_model=model_name(aligned),
             )
-            _write_meta(tmp, meta)
+            _write_meta(tmp, meta, model_name(aligned))
     finally:
         a.close()
         for d in ds:
