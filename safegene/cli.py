@@ -19,7 +19,14 @@ import warnings
 from safegene import __version__
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.flags import HelpFormatter, add_settings, settings_from
-from safegene.settings import SELECT_COMPUTE, ComputeSettings, FitSettings, SelectSettings
+from safegene.settings import (
+    DEGRADE_COMPUTE,
+    SELECT_COMPUTE,
+    ComputeSettings,
+    DegradeSettings,
+    FitSettings,
+    SelectSettings,
+)
 
 EXIT_BAD_INPUT = 2
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
@@ -564,8 +571,55 @@ def _run_demo(args) -> int:
     return 0
 
 
+def _add_degrade(sub) -> None:
+    p = _command(
+        sub,
+        "degrade",
+        "make a degraded model: a short harmful fine-tune of the aligned model",
+        "Fine-tune the aligned model for a few steps on harmful prompts with compliance targets "
+        "(the data's responses where they are not refusals, else placeholder compliances that "
+        "are never actionable), fully or with a LoRA that is then merged. The output is a full "
+        "checkpoint of the same family, for `safegene extract --degraded`. Your own earlier "
+        "fine-tunes that lost safety are degraded models too.",
+    )
+    p.add_argument("--aligned", required=True, metavar="DIR|ID", help="the aligned model")
+    p.add_argument(
+        "--harmful",
+        metavar="DATA",
+        help='harmful prompts (JSONL/CSV/text, hf:NAME), "response" a compliance where there is '
+        "one (default: the zoo's generated harmful requests)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the degraded model's directory")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    _card_argument(p)
+    add_settings(p.add_argument_group("fine-tune"), DegradeSettings())
+    add_settings(p.add_argument_group("compute"), DEGRADE_COMPUTE)
+    p.set_defaults(func=_run_degrade)
+
+
+def _run_degrade(args) -> int:
+    from safegene.degrade import degrade
+
+    rec = degrade(
+        args.aligned,
+        args.out,
+        harmful=args.harmful,
+        settings=settings_from(args, DegradeSettings()),
+        compute=settings_from(args, DEGRADE_COMPUTE),
+        force=args.force,
+        progress=True,
+        card_template=args.card_template,
+    )
+    print(
+        f"degraded {rec['aligned']} in {rec['settings']['steps']} steps (loss "
+        f"{rec['loss']['first']} -> {rec['loss']['last']}, {rec['seconds']} s) -> {args.out}"
+    )
+    return 0
+
+
 _COMMANDS: list = [
     _add_zoo,
+    _add_degrade,
     _add_extract,
     _add_select,
     _add_calibrate,
