@@ -20,6 +20,7 @@ from safegene.errors import SafeGeneError
 SPLITS = ("harmful", "benign", "task")
 MATCH_METHODS = ("auto", "exact", "normalised", "numeric")
 _ANSWER_KEYS = ("answer", "response")
+CATEGORY = "category"  # a column that, where present, breaks the report down per category
 
 
 @dataclass
@@ -35,6 +36,7 @@ class EvalSet:
     sha256: str | None = None
     match: str | None = None  # task splits: exact | normalised | numeric (auto is resolved on load)
     meta: dict = field(default_factory=dict)
+    categories: list[str | None] | None = None  # each row's "category", where the data has one
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -97,7 +99,7 @@ def _rows_to_set(
     match: str,
     kind: str,
 ) -> EvalSet:
-    prompts, answers = [], []
+    prompts, answers, categories = [], [], []
     for where, row in rows:
         if prompt_column not in row:
             cols = ", ".join(map(repr, list(row)[:8]))
@@ -111,11 +113,16 @@ def _rows_to_set(
         prompts.append(prompt)
         ans = _pick_answer(row, answer_column, where)
         answers.append(None if ans is None else str(ans))
+        category = row.get(CATEGORY)
+        categories.append(None if category in (None, "") else str(category))
     if not prompts:
         raise SafeGeneError(f"data file has no rows: {path}")
-    return _finish(
+    out = _finish(
         split, name or path.stem, str(path), prompts, answers, digest, match, {"format": kind}
     )
+    if any(c is not None for c in categories):
+        out.categories = categories
+    return out
 
 
 def _read_jsonl(path: Path, text: str):
@@ -389,6 +396,8 @@ def load_data(
         if limit < 1:
             raise SafeGeneError(f"--limit must be at least 1, got {limit}")
         ds.prompts = ds.prompts[:limit]
+        if ds.categories is not None:
+            ds.categories = ds.categories[:limit]
         if ds.answers is not None:
             ds.answers = ds.answers[:limit]
         ds.meta["limit"] = limit
