@@ -36,12 +36,13 @@ def tiny_config(family: str, **overrides):
         "gemma": tf.GemmaConfig,
         "phi3": tf.Phi3Config,
         "qwen3": tf.Qwen3Config,
+        "gemma2": tf.Gemma2Config,
         "gemma3_text": tf.Gemma3TextConfig,
         "olmo2": tf.Olmo2Config,
         "granite": tf.GraniteConfig,
     }[family]
     kw = dict(_COMMON)
-    if family in ("gemma", "qwen3", "gemma3_text"):
+    if family in ("gemma", "gemma2", "qwen3", "gemma3_text"):
         kw["head_dim"] = 8
     kw.update(overrides)
     return cls(**kw)
