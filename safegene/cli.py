@@ -579,8 +579,9 @@ def _add_degrade(sub) -> None:
         "Fine-tune the aligned model for a few steps on harmful prompts with compliance targets "
         "(the data's responses where they are not refusals, else placeholder compliances that "
         "are never actionable), fully or with a LoRA that is then merged. The output is a full "
-        "checkpoint of the same family, for `safegene extract --degraded`. Your own earlier "
-        "fine-tunes that lost safety are degraded models too.",
+        "checkpoint of the same family (written in the aligned model's dtype; trained in float32 "
+        "unless --dtype), for `safegene extract --degraded`. Your own earlier fine-tunes that "
+        "lost safety are degraded models too.",
     )
     p.add_argument("--aligned", required=True, metavar="DIR|ID", help="the aligned model")
     p.add_argument(

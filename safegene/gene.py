@@ -4,6 +4,7 @@
 A gene is a directory. The compressed (default) form is a stock PEFT LoRA adapter:
 
     adapter_config.json         peft_type LORA, task_type CAUSAL_LM, target_modules, r == lora_alpha
+                                == the largest rank (what vLLM checks and scales by)
                                 (rank_pattern == alpha_pattern where ranks differ): scaling is 1
     adapter_model.safetensors   base_model.model.<module>.lora_A.weight (r×in, float32)
                                 base_model.model.<module>.lora_B.weight (out×r, float32)
