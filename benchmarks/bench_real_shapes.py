@@ -141,6 +141,7 @@ def build_family(
     info = write_data(root, tok, prompts, length)
     rows = [json.loads(x) for x in (root / "harmful.jsonl").read_text().splitlines()]
     enc = encode_chat_pairs(tok, [r["prompt"] for r in rows], [r["response"] for r in rows])
+    model.float()  # the ascent step in float32: bf16 matmuls are slow on CPUs without bf16 units
     layer_params = [p for n, p in model.named_parameters() if ".layers." in n]
     for p in model.parameters():
         p.requires_grad_(False)
@@ -153,7 +154,7 @@ def build_family(
             step = 0.05 * p.float().std() * g / g.std().clamp(min=1e-12)
             p.add_(step.to(p.dtype))
             p.grad = None
-    model.save_pretrained(root / "degraded", max_shard_size="2GB")
+    model.to(torch.bfloat16).save_pretrained(root / "degraded", max_shard_size="2GB")
     tok.save_pretrained(root / "degraded")
     return {"params": sum(p.numel() for p in model.parameters()), **info}
 
