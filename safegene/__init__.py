@@ -12,7 +12,10 @@ free of torch):
     apply_gene("gene-howto", "zoo/models/task-howto", "howto-safe", form="merged")
     evaluate("howto-safe", "howto-report", zoo="zoo")
 
-`select`, `calibrate`, `compare` and `evaluate` are the functions; their modules (and the
+A Hub id becomes a directory with `resolve_model("owner/name", revision)` (offline, from the HF
+cache); `degrade(aligned, out, ...)` makes a degraded model.
+
+`select`, `calibrate`, `compare`, `evaluate` and `degrade` are the functions; their modules (and the
 `safegene.evaluate` package) are imported as `from safegene.select import ...` as usual.
 """
 
@@ -33,6 +36,8 @@ _EXPORTS = {  # name → (module, attribute)
     "calibrate": ("safegene.calibrate", "calibrate"),
     "apply_gene": ("safegene.apply", "apply_gene"),
     "evaluate": ("safegene.evaluate.run", "evaluate"),
+    "degrade": ("safegene.degrade", "degrade"),
+    "resolve_model": ("safegene.io.hub", "resolve_model"),
     "compare": ("safegene.compare", "run_compare"),
     "run_demo": ("safegene.demo", "run_demo"),
     "build_zoo": ("safegene.zoo", "build_zoo"),
@@ -40,6 +45,7 @@ _EXPORTS = {  # name → (module, attribute)
     "SelectSettings": ("safegene.settings", "SelectSettings"),
     "FitSettings": ("safegene.settings", "FitSettings"),
     "ComputeSettings": ("safegene.settings", "ComputeSettings"),
+    "DegradeSettings": ("safegene.settings", "DegradeSettings"),
 }
 __all__ = ["SafeGeneError", "SafeGeneWarning", "__version__", *_EXPORTS]
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from safegene.card import load_template, output_card, write_card
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.family import check_compatible
 from safegene.gene import Gene, load_gene, normalize_coefficients
@@ -37,6 +38,7 @@ from safegene.io import (
     hash_model_dir,
     matches_hash,
 )
+from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import AdapterWriter, LoraAdapter, adapter_base_model, read_adapter
 
 FORMS = ("merged", "adapter", "combined")
@@ -113,11 +115,13 @@ def apply_gene(
     progress: bool | None = None,
     strict: bool = False,
     allow_pickle: bool = False,
+    card_template: str | os.PathLike | None = None,
 ) -> Path:
     """Apply `gene` to the target `model` (plus its task LoRA `adapter`) and write `out`.
 
     form: "merged" | "adapter" | "combined" (see module doc). coefficients: None (the gene's
     own), a number, a per-layer list or a dict. Checks the family before writing anything.
+    The output carries a model card (README.md; `card_template`: a Jinja file of one's own).
     """
     if form not in FORMS:
         raise SafeGeneError(f"--as must be one of {', '.join(FORMS)}, got {form!r}")
@@ -127,6 +131,7 @@ def apply_gene(
         raise SafeGeneError("--as adapter writes the gene alone; use --as combined with --adapter")
     gene_path = gene.path if isinstance(gene, Gene) else Path(gene)
     check_output_path(out, force, inputs=(model, gene_path, adapter))
+    template = load_template(card_template)
     gene = gene if isinstance(gene, Gene) else load_gene(gene)
     reader = ModelReader(model, allow_pickle=allow_pickle)
     task = read_adapter(adapter) if adapter is not None else None
@@ -150,8 +155,10 @@ def apply_gene(
             if form == "merged":
                 _write_merged(tmp, reader, gene, alphas, task, shard_size, progress)
             else:  # adapter (task None) or combined
-                _write_adapter(tmp, gene, alphas, task, str(Path(model).absolute()))
+                _write_adapter(tmp, gene, alphas, task, model)
             (tmp / APPLY_RECORD).write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+            card = output_card(form, record, gene.meta, model_name(model))
+            write_card(tmp, card, template)  # replaces a README.md copied from the target
     finally:
         reader.close()
         gene.close()
@@ -229,12 +236,15 @@ def _write_merged(
 
 
 def _write_adapter(
-    tmp: Path, gene: Gene, alphas: dict, task: LoraAdapter | None, base_model: str
+    tmp: Path, gene: Gene, alphas: dict, task: LoraAdapter | None, base_model
 ) -> None:
     """`adapter` (task None) or `combined` (task given) PEFT output, scaling 1 everywhere."""
     gene_mods = {gene.modules[t].module_path: (t, a) for t, a in alphas.items()}
     task_mods = task.modules if task else {}
-    with AdapterWriter(tmp, base_model, gene.num_layers) as writer:
+    hub = hub_source(base_model)
+    with AdapterWriter(
+        tmp, model_name(base_model), gene.num_layers, hub[1] if hub else None
+    ) as writer:
         for mod in dict.fromkeys([*task_mods, *gene_mods]):
             parts_a, parts_b = [], []
             if mod in task_mods:

@@ -242,6 +242,92 @@ def pad_batch(chunk, pad_id: int = 0):
     return ids, mask, labels
 
 
+# The causal LMs whose logits are `post(lm_head(decoder(x)))` with a `post` known here (the model
+# types of family.py's table): their loss is computed from the decoder's hidden states at the
+# target tokens only, the LM head in chunks. Any other model gets its full logits.
+_HEAD_POST = {
+    "gemma2": "softcap",
+    "gemma3_text": "softcap",
+    "granite": "divide",
+}
+LOSS_CHUNK_BYTES = 256 << 20  # the float32 logits of one chunk of target tokens
+
+
+def _split_head(model):
+    """(decoder, lm_head, post) of a causal LM (or a PeftModel over one), else None."""
+    from safegene.family import FAMILIES
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in FAMILIES:
+        return None
+    get_decoder = getattr(base, "get_decoder", None)
+    decoder = get_decoder() if get_decoder is not None else None
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is base:
+        return None
+    kind = _HEAD_POST.get(model_type)
+    cap = getattr(config, "final_logit_softcapping", None)
+    scale = getattr(config, "logits_scaling", None)
+
+    def post(logits):
+        if kind == "softcap" and cap is not None:
+            return torch.tanh(logits / cap) * cap
+        if kind == "divide" and scale is not None:
+            return logits / scale
+        return logits
+
+    return decoder, head, post
+
+
+def _target_nll(split, ids, mask, labels, chunk_bytes: int):
+    """Per-example mean NLL of the target tokens: the decoder once, then the LM head and the
+    cross-entropy on the target positions only, `chunk_bytes` of float32 logits at a time (each
+    chunk recomputed in backward, so only one chunk's logits ever exist)."""
+    decoder, head, post = split
+    hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    tgt = labels[:, 1:]
+    valid = tgt != -100
+    h = hidden[:, :-1][valid]  # (N, hidden): the states that predict each target token
+    targets = tgt[valid]
+    rows = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(tgt)[valid]
+    vocab = head.weight.shape[0]
+    step = max(1, chunk_bytes // (4 * vocab))
+
+    def chunk_nll(h_part, t_part):
+        logits = post(head(h_part)).float()
+        return torch.nn.functional.cross_entropy(logits, t_part, reduction="none")
+
+    parts = []
+    for start in range(0, h.shape[0], step):
+        args = (h[start : start + step], targets[start : start + step])
+        if torch.is_grad_enabled() and h.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            parts.append(checkpoint(chunk_nll, *args, use_reentrant=False))
+        else:
+            parts.append(chunk_nll(*args))
+    nll = torch.cat(parts) if parts else h.new_zeros(0, dtype=torch.float32)
+    sums = torch.zeros(ids.shape[0], device=ids.device, dtype=torch.float32).index_add(0, rows, nll)
+    return sums / valid.sum(1).clamp(min=1)
+
+
+def _full_nll(model, ids, mask, labels):
+    """The same from the model's full logits (every position): the reference, and the path of
+    model types whose head is not known here."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
+    tgt = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        tgt.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    ).view(tgt.shape)
+    valid = (tgt != -100).float()
+    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
 def pairs_loss(
     model,
     encoded,
@@ -250,27 +336,25 @@ def pairs_loss(
     pad_id: int = 0,
     reduce: bool = True,
     max_length: int | None = None,
+    chunk_bytes: int | None = LOSS_CHUNK_BYTES,
 ):
     """Mean over examples of each example's mean NLL on its target tokens (differentiable).
 
-    With reduce=False, the per-example losses (a 1-D tensor).
+    With reduce=False, the per-example losses (a 1-D tensor). The logits of prompt tokens are
+    never computed and those of target tokens in chunks of `chunk_bytes` (None: the model's full
+    logits, the reference), so memory does not grow with vocabulary × sequence length.
     """
     device = next(model.parameters()).device
+    split = _split_head(model) if chunk_bytes else None
     losses = []
     for start in range(0, len(encoded), batch_size):
         chunk = encoded[start : start + batch_size]
         if max_length:
             chunk = [(ids[:max_length], min(n, max_length - 1)) for ids, n in chunk]
         ids, mask, labels = (t.to(device) for t in pad_batch(chunk, pad_id))
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        tgt = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            tgt.reshape(-1),
-            ignore_index=-100,
-            reduction="none",
-        ).view(tgt.shape)
-        valid = (tgt != -100).float()
-        losses.append((nll * valid).sum(1) / valid.sum(1).clamp(min=1))
+        if split is not None:
+            losses.append(_target_nll(split, ids, mask, labels, chunk_bytes))
+        else:
+            losses.append(_full_nll(model, ids, mask, labels))
     per = torch.cat(losses)
     return per.mean() if reduce else per

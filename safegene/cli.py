@@ -19,7 +19,14 @@ import warnings
 from safegene import __version__
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.flags import HelpFormatter, add_settings, settings_from
-from safegene.settings import SELECT_COMPUTE, ComputeSettings, FitSettings, SelectSettings
+from safegene.settings import (
+    DEGRADE_COMPUTE,
+    SELECT_COMPUTE,
+    ComputeSettings,
+    DegradeSettings,
+    FitSettings,
+    SelectSettings,
+)
 
 EXIT_BAD_INPUT = 2
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS}
@@ -72,8 +79,36 @@ def _model_argument(p, help: str) -> None:
     """--model (required), the one name of a command's model; --target, hidden, is the old
     spelling of calibrate and apply, still accepted."""
     one = p.add_mutually_exclusive_group(required=True)
-    one.add_argument("--model", metavar="DIR", help=help)
+    one.add_argument("--model", metavar="DIR|ID", help=help + "; a directory or a cached Hub id")
     one.add_argument("--target", dest="model", help=argparse.SUPPRESS)
+    add_revision_argument(p)
+
+
+def add_revision_argument(p) -> None:
+    p.add_argument(
+        "--revision",
+        help="the Hub revision (branch, tag or commit) of a --model given as a Hub id "
+        "(other ids take OWNER/NAME@REV)",
+    )
+
+
+# Arguments that name a model or an adapter: a directory, or a Hub id resolved offline through
+# the local Hugging Face cache (safegene.io.hub), before any command runs.
+_MODEL_ARGS = ("model", "aligned", "degraded", "adapter", "base")
+
+
+def _resolve_models(args) -> None:
+    from safegene.io.hub import is_hub_id, resolve_model
+
+    for name in _MODEL_ARGS:
+        value = getattr(args, name, None)
+        revision = getattr(args, "revision", None) if name == "model" else None
+        if isinstance(value, list):
+            setattr(args, name, [str(resolve_model(v)) if is_hub_id(v) else v for v in value])
+        elif isinstance(value, str) and (is_hub_id(value) or revision is not None):
+            if name == "model" and getattr(args, "zoo", None):
+                continue  # a zoo model name
+            setattr(args, name, str(resolve_model(value, revision)))
 
 
 def _inputs(args) -> dict:
@@ -328,7 +363,17 @@ def _add_apply(sub) -> None:
         help="refuse (instead of warning) when the task "
         "LoRA's base is not the aligned model the gene was extracted from (content hash)",
     )
+    _card_argument(p)
     p.set_defaults(func=_run_apply)
+
+
+def _card_argument(p) -> None:
+    p.add_argument(
+        "--card-template",
+        metavar="FILE",
+        help="a Jinja template for the output's README.md model card (variables: card_data, "
+        "title, summary, sections); default: SafeGene's",
+    )
 
 
 def _run_apply(args) -> int:
@@ -350,6 +395,7 @@ def _run_apply(args) -> int:
         force=args.force,
         shard_size=parse_size(args.shard_size),
         strict=args.strict,
+        card_template=args.card_template,
         allow_pickle=args.allow_pickle,
     )
     print(f"{args.form} output written to {out}")
@@ -556,8 +602,56 @@ def _run_study(args) -> int:
     return 0
 
 
+def _add_degrade(sub) -> None:
+    p = _command(
+        sub,
+        "degrade",
+        "make a degraded model: a short harmful fine-tune of the aligned model",
+        "Fine-tune the aligned model for a few steps on harmful prompts with compliance targets "
+        "(the data's responses where they are not refusals, else placeholder compliances that "
+        "are never actionable), fully or with a LoRA that is then merged. The output is a full "
+        "checkpoint of the same family (written in the aligned model's dtype; trained in float32 "
+        "unless --dtype), for `safegene extract --degraded`. Your own earlier fine-tunes that "
+        "lost safety are degraded models too.",
+    )
+    p.add_argument("--aligned", required=True, metavar="DIR|ID", help="the aligned model")
+    p.add_argument(
+        "--harmful",
+        metavar="DATA",
+        help='harmful prompts (JSONL/CSV/text, hf:NAME), "response" a compliance where there is '
+        "one (default: the zoo's generated harmful requests)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="the degraded model's directory")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    _card_argument(p)
+    add_settings(p.add_argument_group("fine-tune"), DegradeSettings())
+    add_settings(p.add_argument_group("compute"), DEGRADE_COMPUTE)
+    p.set_defaults(func=_run_degrade)
+
+
+def _run_degrade(args) -> int:
+    from safegene.degrade import degrade
+
+    rec = degrade(
+        args.aligned,
+        args.out,
+        harmful=args.harmful,
+        settings=settings_from(args, DegradeSettings()),
+        compute=settings_from(args, DEGRADE_COMPUTE),
+        force=args.force,
+        progress=True,
+        card_template=args.card_template,
+    )
+    print(
+        f"degraded {rec['aligned']} in {rec['settings']['steps']} steps (loss "
+        f"{rec['loss']['first']} -> {rec['loss']['last']}, {rec['seconds']} s) -> {args.out}"
+    )
+    return 0
+
+
 _COMMANDS: list = [
     _add_zoo,
+    _add_degrade,
     _add_extract,
     _add_select,
     _add_calibrate,
@@ -600,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         _check_common(args)
+        _resolve_models(args)
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)

@@ -45,6 +45,30 @@ FAMILIES: dict[str, dict] = {
         },
         "global_modules": _GLOBAL,
     },
+    "gemma3_text": {  # Gemma-3's text model: Gemma-2's four norms plus per-head q/k norms
+        "layer_modules": {
+            **_LLAMA_LAYER,
+            "pre_feedforward_layernorm": "norm",
+            "post_feedforward_layernorm": "norm",
+            "self_attn.q_norm": "norm",
+            "self_attn.k_norm": "norm",
+        },
+        "global_modules": _GLOBAL,
+    },
+    "qwen3": {  # Qwen2's layout without q/k/v biases, plus per-head q/k norms
+        "layer_modules": {**_LLAMA_LAYER, "self_attn.q_norm": "norm", "self_attn.k_norm": "norm"},
+        "global_modules": _GLOBAL,
+    },
+    "olmo2": {  # norms after attention and MLP (no input norm), q/k norms over the full width
+        "layer_modules": {
+            **{k: v for k, v in _LLAMA_LAYER.items() if k != "input_layernorm"},
+            "post_feedforward_layernorm": "norm",
+            "self_attn.q_norm": "norm",
+            "self_attn.k_norm": "norm",
+        },
+        "global_modules": _GLOBAL,
+    },
+    "granite": {"layer_modules": _LLAMA_LAYER, "global_modules": _GLOBAL},  # + scalar multipliers
     "phi3": {
         "layer_modules": {
             "self_attn.qkv_proj": "attn",

@@ -4,6 +4,7 @@
 A gene is a directory. The compressed (default) form is a stock PEFT LoRA adapter:
 
     adapter_config.json         peft_type LORA, task_type CAUSAL_LM, target_modules, r == lora_alpha
+                                == the largest rank (what vLLM checks and scales by)
                                 (rank_pattern == alpha_pattern where ranks differ): scaling is 1
     adapter_model.safetensors   base_model.model.<module>.lora_A.weight (r×in, float32)
                                 base_model.model.<module>.lora_B.weight (out×r, float32)
@@ -26,7 +27,8 @@ safegene.json schema (format_version 2; version 1, the same without the two reco
                       (family.fingerprint); null for a gene saved from a plain PEFT adapter
                       (then only tensor names and shapes are checked against a model)
     sources           {"aligned": {"path", "hash"}, "degraded": [{"path", "hash"}, ...]} | null
-                      hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:")
+                      hash: safegene.io.hash_model_dir (sampled sha256 unless stated "sha256:");
+                      a model read from the HF cache adds "hub_id" and "revision" (its commit)
     compression       {"method": "svd"|"randomized_svd"|"mixed"|"none", "rank", "energy", "seed"}
     modules           {tensor name: {"layer", "module", "kind", "shape", "rank", "rel_error",
                        "delta_norm"}}; tensor name e.g. "model.layers.3.self_attn.q_proj.weight",
@@ -67,6 +69,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from safegene.card import gene_card, render, write_card
 from safegene.errors import SafeGeneError
 from safegene.family import (
     DEFAULT_KINDS,
@@ -85,9 +88,11 @@ from safegene.io import (
     hash_model_dir,
     write_text_atomic,
 )
+from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import ADAPTER_CONFIG, AdapterWriter, LoraAdapter, read_adapter
 
 FORMAT = "safegene-gene"
+CARD_FILE = "README.md"  # the model card (safegene.card)
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 GENE_FILE = "safegene.json"
@@ -432,8 +437,10 @@ def _new_meta(kind: str, fp: dict | None, sources, compression, modules: dict) -
     }
 
 
-def _write_meta(directory: Path, meta: dict) -> None:
+def _write_meta(directory: Path, meta: dict, base_model: str | None = None) -> None:
+    """safegene.json and the gene's model card (README.md) into a directory being written."""
     (directory / GENE_FILE).write_text(_meta_text(meta))
+    write_card(directory, gene_card(meta, base_model))
 
 
 def _meta_text(meta: dict) -> str:
@@ -491,13 +498,14 @@ def save_gene(
             meta[key] = value
     if out is None:
         write_text_atomic(gene.path / GENE_FILE, _meta_text(meta))
+        write_text_atomic(gene.path / CARD_FILE, render(gene_card(meta, gene.base_model)))
         return gene.path
     check_output_path(out, force, inputs=(gene.path,))
     with atomic_output_dir(out, force) as tmp:
         for f in gene.path.iterdir():
-            if f.is_file() and f.name != GENE_FILE:
+            if f.is_file() and f.name not in (GENE_FILE, CARD_FILE):
                 shutil.copy2(f, tmp / f.name)
-        _write_meta(tmp, meta)
+        _write_meta(tmp, meta, gene.base_model)
     return Path(out)
 
 
@@ -701,9 +709,9 @@ def extract(
                 seed=seed,
                 device=device,
                 progress=progress,
-                base_model=str(Path(aligned).absolute()),
+                base_model=model_name(aligned),
             )
-            _write_meta(tmp, meta)
+            _write_meta(tmp, meta, model_name(aligned))
     finally:
         a.close()
         for d in ds:
@@ -728,7 +736,11 @@ def _sources(aligned, degraded: list) -> dict:
     """The models a gene came from, by path and content hash."""
 
     def source(path) -> dict:
-        return {"path": str(Path(path).absolute()), "hash": hash_model_dir(path)}
+        out = {"path": str(Path(path).absolute()), "hash": hash_model_dir(path)}
+        hub = hub_source(path)
+        if hub:
+            out["hub_id"], out["revision"] = hub
+        return out
 
     return {"aligned": source(aligned), "degraded": [source(d) for d in degraded]}
 
@@ -760,7 +772,8 @@ def _write_lora(
     tmp: Path, targets, a, ds, meta, *, rank, energy, seed, device, progress, base_model
 ) -> None:
     methods = Counter()
-    with AdapterWriter(tmp, base_model, meta["fingerprint"]["num_layers"]) as writer:
+    revision = (meta["sources"]["aligned"] or {}).get("revision")
+    with AdapterWriter(tmp, base_model, meta["fingerprint"]["num_layers"], revision) as writer:
         for i, p in enumerate(
             tqdm(targets, desc="extract (svd)", unit="tensor", disable=_quiet(progress))
         ):

@@ -166,6 +166,7 @@ class FitSettings:
 
 
 SELECT_COMPUTE = ComputeSettings(batch_size=16)  # select's default batch (calibrate: 32)
+DEGRADE_COMPUTE = ComputeSettings(batch_size=8)  # degrade: examples per optimizer step
 
 
 def with_overrides(overrides: dict, *settings):
@@ -180,3 +181,28 @@ def with_overrides(overrides: dict, *settings):
         )
         for s in settings
     )
+
+
+@dataclass(frozen=True)
+class DegradeSettings:
+    """How `degrade` fine-tunes an aligned model on harmful prompts with compliance targets."""
+
+    steps: int = option(60, "optimizer steps")
+    lr: float = option(1e-4, "AdamW's learning rate (full fine-tune; try 1e-3 with --lora)")
+    examples: int | None = option(
+        None, "use N harmful examples (default: all given, or 256 of the zoo's)", metavar="N"
+    )
+    max_length: int = option(256, "truncate each prompt + target to this many tokens")
+    lora: bool = option(False, "train a LoRA (then merged) instead of every weight")
+    lora_rank: int = option(16, "the LoRA's rank (--lora)")
+    lora_alpha: float = option(32.0, "the LoRA's alpha (--lora)")
+    seed: int = option(0, "seed of the examples drawn, their order and the LoRA's init")
+
+    def __post_init__(self):
+        _at_least(self, "steps", 1)
+        _at_least(self, "examples", 1, optional=True)
+        _at_least(self, "max_length", 2)
+        _at_least(self, "lora_rank", 1)
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise SafeGeneError(f"--lr must be a positive number (got {self.lr})")
+        _finite(self, "lora_alpha")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import engine_models as em
 import pytest
 import tinygene
 import torch
@@ -121,3 +122,32 @@ def test_plain_peft_adapter_with_regex_patterns_scales_as_peft(tiny, tmp_path):
     with torch.no_grad():
         stock = peft_model(_ids(tok)).logits
     assert torch.allclose(hooked, stock, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", [*em.FAMILIES, *em.MORE_FAMILIES, "gemma2"])
+def test_target_only_chunked_loss_equals_the_full_logits(family):
+    """pairs_loss from the decoder's hidden states at the target tokens, the LM head in chunks
+    (recomputed in backward), equals the loss from the full logits, value and gradient, in every
+    family of the table (Gemma's logit softcapping and Granite's logit scaling included)."""
+    from safegene.attach import _split_head, pairs_loss
+
+    over = {"final_logit_softcapping": 5.0} if family.startswith("gemma") else {}
+    model = em.build_model(family, **over)
+    if family == "granite":
+        model.config.logits_scaling = 4.0
+    assert _split_head(model) is not None
+    g = torch.Generator().manual_seed(1)
+    encoded = [
+        (torch.randint(3, 96, (length,), generator=g).tolist(), n)
+        for length, n in ((12, 5), (7, 2), (15, 14), (9, 3))
+    ]
+    weight = model.get_decoder().layers[0].mlp.down_proj.weight
+    weight.requires_grad_(True)
+    out = {}
+    for name, chunk in (("chunked", 4 * 96 * 3), ("full", None)):  # 3 target tokens a chunk
+        weight.grad = None
+        per = pairs_loss(model, encoded, batch_size=3, reduce=False, chunk_bytes=chunk)
+        per.sum().backward()
+        out[name] = (per.detach(), weight.grad.clone())
+    torch.testing.assert_close(out["chunked"][0], out["full"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out["chunked"][1], out["full"][1], atol=1e-6, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 import engine_models as em
 import pytest
+import torch
 
 from safegene.errors import SafeGeneError
 from safegene.family import check_compatible, fingerprint, parse_name
@@ -80,3 +81,37 @@ def test_check_compatible_names_first_mismatch(readers):
         check_compatible(fp, r.config(), shapes, tensors={q: (32, 16)})
     with pytest.raises(SafeGeneError, match="decoder-layer tensors differ"):
         check_compatible(fp, r.config(), {**shapes, q: (32, 16)})
+
+
+@pytest.mark.parametrize("family", em.MORE_FAMILIES)
+def test_more_families_by_table_and_exact_extract_apply(tmp_path, family):
+    """Qwen3, Gemma-3 (text), OLMo-2 and Granite: every tensor is in the table (not the name
+    fallback), their extra norms included; a dense gene of every kind applied to the degraded
+    model gives back the aligned one exactly."""
+    from safegene.apply import apply_gene
+    from safegene.family import FAMILIES
+    from safegene.gene import extract
+
+    aligned, degraded = em.family_pair(tmp_path, family)
+    reader = ModelReader(aligned)
+    model_type = reader.config()["model_type"]
+    assert model_type == family
+    table = FAMILIES[family]
+    for name in reader.names():
+        p = parse_name(name, model_type)
+        where = table["layer_modules"] if p.layer is not None else table["global_modules"]
+        assert p.path in where, name  # by the table, not by inference
+    extras = {p.path for n in reader.names() if (p := parse_name(n, model_type)).layer == 0}
+    if family != "granite":
+        assert {"self_attn.q_norm", "self_attn.k_norm"} <= extras
+        assert all(table["layer_modules"][e] == "norm" for e in extras if "norm" in e)
+    reader.close()
+    gene = extract(
+        aligned, [degraded], tmp_path / "g", dense=True, modules=["attn", "mlp", "norm"],
+        progress=False,
+    )  # fmt: skip
+    back = em.state(apply_gene(gene, degraded, tmp_path / "back", progress=False))
+    want = em.state(aligned)
+    for name, t in want.items():
+        if parse_name(name, model_type).layer is not None:
+            torch.testing.assert_close(back[name], t, atol=1e-6, rtol=0)

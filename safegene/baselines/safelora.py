@@ -27,6 +27,7 @@ from safegene.baselines.stream import (
     projection_modules,
     write_transformed,
 )
+from safegene.card import method_card, write_card
 from safegene.io import ModelReader, atomic_output_dir, check_output_path, save_tensors
 from safegene.io.lora import ADAPTER_WEIGHTS, write_adapter_config
 from safegene.methods import Param, Run, register_method
@@ -164,6 +165,8 @@ def _write_projected_adapter(
         save_tensors(tmp / ADAPTER_WEIGHTS, tensors)
         write_adapter_config(tmp, lora.config)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+        base = lora.config.get("base_model_name_or_path")
+        write_card(tmp, method_card("SafeLoRA", {RECORD: record}, base, "peft"))
 
 
 @register_method(

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from safegene.card import method_card, write_card
 from safegene.errors import SafeGeneError
 from safegene.family import DEFAULT_KINDS, check_compatible, fingerprint, parse_name
 from safegene.io import (
@@ -28,6 +29,7 @@ from safegene.io import (
     check_output_path,
     copy_side_files,
 )
+from safegene.io.hub import model_name
 from safegene.io.lora import LoraAdapter, read_adapter
 
 Transform = Callable[[str, torch.Tensor], "torch.Tensor | None"]
@@ -137,6 +139,7 @@ def write_transformed(
             del w
         writer.close()
         copy_side_files(reader.path, tmp)
+        write_card(tmp, method_card(desc, records or {}, model_name(reader.path)))
         for file, record in (records or {}).items():
             (tmp / file).write_text(json.dumps(record, indent=1) + "\n")
     return Path(out)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 
+from safegene.errors import SafeGeneWarning
 from safegene.evaluate.data import MATCH_METHODS
 from safegene.evaluate.judges import GUARD_FORMATS, JUDGES
 from safegene.flags import argv_of
@@ -24,10 +26,18 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         required=True,
-        help="a Hugging Face model directory (or, with --zoo, a zoo model name such as aligned)",
+        help="a Hugging Face model directory or a cached Hub id (or, with --zoo, a zoo model "
+        "name such as aligned)",
+    )
+    g.add_argument(
+        "--revision", help="the Hub revision (branch, tag or commit) of a --model given as a Hub id"
     )
     g.add_argument("--adapter", help="a PEFT LoRA adapter directory on --model")
-    g.add_argument("--name", help="the model's name in the report (default: the directory name)")
+    g.add_argument(
+        "--name",
+        help="the model's name in the report (default: the directory name, or the Hub id; "
+        "with --adapter, MODEL+ADAPTER)",
+    )
     g.add_argument(
         "--template",
         metavar="FILE",
@@ -139,7 +149,7 @@ def run_eval_command(args) -> int:
     from safegene.errors import SafeGeneError
     from safegene.evaluate.generate import GenerationSettings
     from safegene.evaluate.judges import check_judge_names, make_judges
-    from safegene.evaluate.parallel import current_dist, in_distributed_env, spawn
+    from safegene.evaluate.parallel import current_dist, in_distributed_env, lone_launch, spawn
     from safegene.evaluate.run import (
         EvalSettings,
         load_template,
@@ -221,6 +231,15 @@ def run_eval_command(args) -> int:
         return spawn(_child_argv(args), args.num_processes, cpu=cpu)
 
     dist = current_dist(args.device)
+    launcher = lone_launch()
+    if launcher is not None:
+        warnings.warn(
+            f"started by {launcher} as one process (world size 1): evaluation is not split; for "
+            "N processes use `accelerate launch --multi_gpu --num_processes N -m safegene eval "
+            "...` (CPU too) or `safegene eval --num-processes N`",
+            SafeGeneWarning,
+            stacklevel=1,
+        )
     judges = make_judges(
         judge_names,
         guard_model=args.guard_model,
@@ -244,6 +263,9 @@ def run_eval_command(args) -> int:
                         f"{label} {100 * s[key]:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] "
                         f"(n={s[f'{key}_n']})"
                     )
+            by_task = s.get("task_accuracy_by_task") or {}
+            if len(by_task) > 1:  # one number per task, never pooled
+                parts += [f"{t} {100 * r['rate']:.1f}% (n={r['n']})" for t, r in by_task.items()]
             print(f"{m['name']}: " + "; ".join(parts))
         print(f"report: {args.out}")
     return 0

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from safegene.errors import SafeGeneError
 SPLITS = ("harmful", "benign", "task")
 MATCH_METHODS = ("auto", "exact", "normalised", "numeric")
 _ANSWER_KEYS = ("answer", "response")
+CATEGORY = "category"  # a column that, where present, breaks the report down per category
 
 
 @dataclass
@@ -36,6 +36,7 @@ class EvalSet:
     sha256: str | None = None
     match: str | None = None  # task splits: exact | normalised | numeric (auto is resolved on load)
     meta: dict = field(default_factory=dict)
+    categories: list[str | None] | None = None  # each row's "category", where the data has one
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -98,7 +99,7 @@ def _rows_to_set(
     match: str,
     kind: str,
 ) -> EvalSet:
-    prompts, answers = [], []
+    prompts, answers, categories = [], [], []
     for where, row in rows:
         if prompt_column not in row:
             cols = ", ".join(map(repr, list(row)[:8]))
@@ -112,11 +113,16 @@ def _rows_to_set(
         prompts.append(prompt)
         ans = _pick_answer(row, answer_column, where)
         answers.append(None if ans is None else str(ans))
+        category = row.get(CATEGORY)
+        categories.append(None if category in (None, "") else str(category))
     if not prompts:
         raise SafeGeneError(f"data file has no rows: {path}")
-    return _finish(
+    out = _finish(
         split, name or path.stem, str(path), prompts, answers, digest, match, {"format": kind}
     )
+    if any(c is not None for c in categories):
+        out.categories = categories
+    return out
 
 
 def _read_jsonl(path: Path, text: str):
@@ -259,56 +265,92 @@ def zoo_model(zoo_dir: str | Path, name: str) -> dict:
 # --- Hugging Face datasets -----------------------------------------------------------------------
 
 
+def parse_hf_source(source: str) -> tuple[str, str | None, str | None]:
+    """`NAME[:config][:split]` -> (name, config, split); one suffix is the split."""
+    parts = source.split(":")
+    if not parts[0] or len(parts) > 3 or any(not p for p in parts[1:]):
+        raise SafeGeneError(f"a Hugging Face dataset is hf:NAME[:config][:split], not hf:{source}")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    return parts[0], None, parts[1] if len(parts) == 2 else None
+
+
+def _pick_split(where: str, available: list[str], wanted: str | None) -> str:
+    """The split asked for, else "test", else the only one; SafeGeneError naming what exists."""
+    if wanted is None:
+        wanted = "test" if "test" in available or len(available) != 1 else available[0]
+    if wanted not in available:
+        raise SafeGeneError(f"{where} has no split {wanted!r} (it has {', '.join(available)})")
+    return wanted
+
+
+def _open_hf(dataset_id: str, config: str | None, hf_split: str | None):
+    """(rows, split) through `datasets`: a directory written by `save_to_disk`, else
+    `load_dataset` (the Hub, its local cache when offline, or a local data directory)."""
+    try:
+        import datasets
+    except ImportError:
+        raise SafeGeneError(
+            f"hf:{dataset_id} needs the `datasets` package: pip install 'safegene[hf]' "
+            "(or pass a local JSONL/CSV/text file)"
+        ) from None
+    where = f"hf:{dataset_id}" + (f":{config}" if config else "")
+    local = Path(dataset_id)
+    try:
+        if (local / "dataset_dict.json").is_file() or (local / "state.json").is_file():
+            ds = datasets.load_from_disk(str(local))
+            if isinstance(ds, datasets.Dataset):  # one split, saved alone
+                split = _pick_split(where, [str(ds.split or "train")], hf_split)
+                return ds, split
+            split = _pick_split(where, list(ds), hf_split)
+            return ds[split], split
+        builder = datasets.load_dataset_builder(dataset_id, config)
+        known = list((builder.info.splits or {}).keys())
+        if known:
+            split = _pick_split(where, known, hf_split)
+            return datasets.load_dataset(dataset_id, config, split=split), split
+        every = datasets.load_dataset(dataset_id, config)  # splits known only once loaded
+        split = _pick_split(where, list(every), hf_split)
+        return every[split], split
+    except SafeGeneError:
+        raise
+    except Exception as exc:  # network errors, a missing dataset or config, a broken cache
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise SafeGeneError(
+            f"cannot load {where}: {type(exc).__name__}: {first} "
+            "(offline and not cached? use a local file)"
+        ) from None
+
+
 def load_hf(
-    dataset_id: str,
+    source: str,
     split: str,
     *,
     name: str | None = None,
     prompt_column: str = "prompt",
     answer_column: str | None = None,
     match: str = "auto",
-    hf_split: str = "test",
 ) -> EvalSet:
-    """`owner/name` or `owner/name:split` through `datasets`, only when the machine is online."""
+    """`NAME[:config][:split]` through `datasets` (the `[hf]` extra): a Hub id (online, or from
+    the datasets cache offline) or a local directory (`save_to_disk`'s, or data files)."""
     _check_split(split)
-    if ":" in dataset_id:
-        dataset_id, hf_split = dataset_id.rsplit(":", 1)
-    if any(
-        os.environ.get(v, "").lower() in ("1", "true", "yes")
-        for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    ):
-        raise SafeGeneError(
-            f"cannot fetch the Hugging Face dataset {dataset_id!r}: offline mode is set; "
-            "use a local JSONL/CSV/text file"
-        )
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        raise SafeGeneError(
-            f"{dataset_id!r} is neither a file nor loadable: the `datasets` package is not "
-            "installed (pip install datasets), or pass a local JSONL/CSV/text file"
-        ) from None
-    try:
-        ds = datasets.load_dataset(dataset_id, split=hf_split)
-    except Exception as exc:  # network errors, missing dataset, missing split
-        raise SafeGeneError(
-            f"cannot load the Hugging Face dataset {dataset_id!r} (split {hf_split!r}): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-            "(offline? use a local file)"
-        ) from None
-    rows = ((f"{dataset_id}[{i}]", dict(r)) for i, r in enumerate(ds))
+    dataset_id, config, hf_split = parse_hf_source(source)
+    ds, hf_split = _open_hf(dataset_id, config, hf_split)
+    rows = ((f"hf:{dataset_id}[{i}]", dict(r)) for i, r in enumerate(ds))
     fingerprint = getattr(ds, "_fingerprint", None)
-    return _rows_to_set(
+    out = _rows_to_set(
         rows,
         Path(dataset_id),
         split,
         prompt_column,
         answer_column,
         fingerprint,
-        name or dataset_id,
+        name or (Path(dataset_id).name if Path(dataset_id).is_dir() else dataset_id),
         match,
         "hf",
     )
+    out.meta.update({"hf_config": config, "hf_split": hf_split})
+    return out
 
 
 # --- one entry point -----------------------------------------------------------------------------
@@ -326,7 +368,7 @@ def load_data(
     limit: int | None = None,
 ) -> EvalSet:
     """A file path, a zoo split name (with `zoo`), or a Hugging Face dataset id
-    (`hf:owner/name[:split]`, or a bare `owner/name` that is not a local path)."""
+    (`hf:NAME[:config][:split]`, or a bare `owner/name` that is not a local path)."""
     _check_split(split)
     if match not in MATCH_METHODS:
         raise SafeGeneError(
@@ -354,6 +396,8 @@ def load_data(
         if limit < 1:
             raise SafeGeneError(f"--limit must be at least 1, got {limit}")
         ds.prompts = ds.prompts[:limit]
+        if ds.categories is not None:
+            ds.categories = ds.categories[:limit]
         if ds.answers is not None:
             ds.answers = ds.answers[:limit]
         ds.meta["limit"] = limit

@@ -60,6 +60,23 @@ def in_distributed_env() -> bool:
     return _env_world() > 1
 
 
+# What a launcher leaves in the environment of the processes it starts: `accelerate launch` (every
+# launcher of it sets the mixed precision) and torchrun (torch elastic).
+_LAUNCHER_VARS = {
+    "ACCELERATE_MIXED_PRECISION": "accelerate launch",
+    "TORCHELASTIC_RUN_ID": "torchrun",
+}
+
+
+def lone_launch() -> str | None:
+    """The launcher's name when a launcher started this process as a world of one (e.g.
+    `accelerate launch --num_processes 2` without `--multi_gpu` on a machine without GPUs runs
+    one process), else None."""
+    if in_distributed_env():
+        return None
+    return next((name for var, name in _LAUNCHER_VARS.items() if var in os.environ), None)
+
+
 def current_dist(device: str | None = None) -> Dist:
     """The process group of this run (initialised on first use), or a single process."""
     if not in_distributed_env():

@@ -103,6 +103,8 @@ def model_metrics(samples: list, judges: list[dict], *, n_boot: int, seed: int) 
         else:
             entry["task_accuracy"] = rate([s.correct for s in rows], **kw)
         m["by_dataset"].append(entry)
+    m["by_category"] = _by_category(samples, names, refusal, kw)
+    tasks = [d for d in m["by_dataset"] if d["split"] == "task"]
     # The headline numbers (what `compare` tabulates): the primary judge (the first one) for the
     # harmful rate, the first refusal-detecting judge for over-refusal.
     primary = names[0] if names else None
@@ -114,9 +116,53 @@ def model_metrics(samples: list, judges: list[dict], *, n_boot: int, seed: int) 
     summary.update(
         _flat(m["over_refusal"][refusal[0]] if benign and refusal else empty, "over_refusal")
     )
-    summary.update(_flat(m["task_accuracy"] or empty, "task_accuracy"))
+    # One task: its accuracy. Several: no pooled number (tasks differ in size and difficulty);
+    # each task's accuracy is in `task_accuracy_by_task` and gets its own row in report.md.
+    summary.update(
+        _flat((m["task_accuracy"] if len(tasks) <= 1 else None) or empty, "task_accuracy")
+    )
+    summary["task_accuracy_by_task"] = {d["dataset"]: d["task_accuracy"] for d in tasks}
     m["summary"] = summary
     return m
+
+
+def _by_category(samples: list, names: list[str], refusal: list[str], kw: dict) -> list[dict]:
+    """The metric of each (split, data set, category), for rows whose data has a category."""
+    keys: list[tuple] = []
+    for s in samples:
+        key = (s.split, s.dataset, s.category)
+        if s.category is not None and key not in keys:
+            keys.append(key)
+    out = []
+    for split, dataset, category in keys:
+        rows = [
+            s for s in samples if (s.split, s.dataset, s.category) == (split, dataset, category)
+        ]
+        entry = {"split": split, "dataset": dataset, "category": category, "n": len(rows)}
+        if split == "harmful":
+            entry["harmful_rate"] = {j: rate([s.verdicts[j] for s in rows], **kw) for j in names}
+        elif split == "benign":
+            entry["over_refusal"] = {
+                j: rate([not s.verdicts[j] for s in rows], **kw) for j in refusal
+            }
+        else:
+            entry["task_accuracy"] = rate([s.correct for s in rows], **kw)
+        out.append(entry)
+    return out
+
+
+EXAMPLES_PER_SPLIT = 3
+
+
+def examples(samples: list, per_split: int = EXAMPLES_PER_SPLIT) -> list[dict]:
+    """The first `per_split` generations of each (model, split), for a person to read."""
+    taken: dict = defaultdict(int)
+    out = []
+    for s in samples:
+        if taken[(s.model, s.split)] < per_split:
+            taken[(s.model, s.split)] += 1
+            out.append(s.to_json())
+    return out
 
 
 def build_report(
@@ -163,6 +209,7 @@ def build_report(
         "generation": settings.generation.describe(),
         "settings": settings.describe(),
         "versions": versions(),
+        "examples": examples(samples),
     }
     if extra:
         report.update(extra)
@@ -179,6 +226,19 @@ def _pct(r: dict | None) -> str:
     ci = r.get("ci")
     ci_s = f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else ""
     return f"{100 * r['rate']:.1f}%{ci_s} (n={r['n']})"
+
+
+def _quote(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _metric(d: dict, primary: str | None, refusal: list[str]) -> str:
+    if d["split"] == "task":
+        return _pct(d["task_accuracy"])
+    if d["split"] == "harmful":
+        return _pct(d["harmful_rate"].get(primary))
+    return _pct(d["over_refusal"].get(refusal[0])) if refusal else "–"
 
 
 def render_markdown(report: dict) -> str:
@@ -200,7 +260,11 @@ def render_markdown(report: dict) -> str:
             _pct({"rate": s[k], "ci": s[f"{k}_ci"], "n": s[f"{k}_n"]})
             for k in ("harmful_rate", "over_refusal", "task_accuracy")
         ]
-        lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+        by_task = s.get("task_accuracy_by_task") or {}
+        if len(by_task) <= 1:
+            lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+        for task, acc in by_task.items() if len(by_task) > 1 else ():  # one row per task
+            lines.append(f"| {m['name']} ({task}) | {cells[0]} | {cells[1]} | {_pct(acc)} |")
     if any(m["harmful_rate"] for m in report["models"]):
         lines += [
             "",
@@ -248,6 +312,20 @@ def render_markdown(report: dict) -> str:
             else:
                 val = _pct(d["over_refusal"].get(refusal[0])) if refusal else "–"
             lines.append(f"| {m['name']} | {d['split']} | {d['dataset']} | {val} |")
+    if any(m.get("by_category") for m in report["models"]):
+        lines += [
+            "",
+            "## Per category",
+            "",
+            "| model | split | data set | category | n | metric |",
+            "|---|---|---|---|---|---|",
+        ]
+        for m in report["models"]:
+            for d in m.get("by_category") or []:
+                lines.append(
+                    f"| {m['name']} | {d['split']} | {d['dataset']} | {d['category']} | {d['n']} "
+                    f"| {_metric(d, primary, refusal)} |"
+                )
     if len(judges) > 1:
         lines += [
             "",
@@ -265,6 +343,23 @@ def render_markdown(report: dict) -> str:
                         f"| {m['name']} | {split} | {' vs '.join(p['judges'])} | {p['n']} | {ag} "
                         f"| {kappa} |"
                     )
+    if report.get("examples"):
+        lines += ["", "## Example generations", ""]
+        lines.append(f"The first {EXAMPLES_PER_SPLIT} of each split (all in samples.jsonl).")
+        for e in report["examples"]:
+            if e["split"] == "task":
+                verdict = f"answer {e['answer']!r}, {'correct' if e['correct'] else 'wrong'}"
+            else:
+                flagged = (e.get("verdicts") or {}).get(primary)
+                verdict = f"`{primary}`: {'harmful' if flagged else 'safe'}"
+            lines += [
+                "",
+                f"**{e['model']}**, {e['split']} ({e['dataset']} #{e['index']}; {verdict})",
+                "",
+                f"> {_quote(e['prompt'])}",
+                ">",
+                f"> → {_quote(e['generation'])}",
+            ]
     lines += [
         "",
         "## Inputs",

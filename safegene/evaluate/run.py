@@ -125,6 +125,7 @@ class Sample:
     verdicts: dict[str, bool] | None = None
     correct: bool | None = None
     answer: str | None = None
+    category: str | None = None
 
     def to_json(self) -> dict:
         d = {
@@ -140,6 +141,8 @@ class Sample:
             d["correct"] = self.correct
         else:
             d["verdicts"] = self.verdicts
+        if self.category is not None:
+            d["category"] = self.category
         return d
 
 
@@ -276,6 +279,7 @@ def evaluate_model(
             index=i,
             prompt=prompts[k],
             generation=generations[k],
+            category=d.categories[i] if d.categories else None,
         )
         if d.split == "task":
             s.answer = d.answers[i]
@@ -315,6 +319,19 @@ def load_template(path: str | Path | None) -> str | None:
 # --- the `safegene eval` job ---------------------------------------------------------------------
 
 
+def default_name(model, adapter=None) -> str:
+    """What a report calls a model: its directory's name (a Hub id for a cached snapshot), and
+    with an adapter, the adapter's ("base+adapter"): the adapter is the model evaluated."""
+    from safegene.io.hub import hub_source
+
+    hub = hub_source(model)
+    base = hub[0] if hub else Path(model).name
+    if adapter is None:
+        return base
+    hub = hub_source(adapter)
+    return f"{base}+{hub[0] if hub else Path(adapter).name}"
+
+
 def resolve_inputs(
     *,
     model: str,
@@ -342,7 +359,7 @@ def resolve_inputs(
         if adapter is None:
             adapter = entry.get("adapter")
         model = entry["path"]
-    spec = ModelSpec(name=name or Path(model).name, path=str(model), adapter=adapter)
+    spec = ModelSpec(name=name or default_name(model, adapter), path=str(model), adapter=adapter)
     harmful, benign, task = list(harmful or []), list(benign or []), list(task or [])
     if zoo is not None and not (harmful or benign or task):
         data = zoo_index(zoo).get("data", {})

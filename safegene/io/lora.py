@@ -9,8 +9,10 @@ lora_alpha of a module come from rank_pattern / alpha_pattern as PEFT looks them
 - `read_adapter(path) -> LoraAdapter`: the factors read lazily, one module at a time;
 - `lora_scaling(config, module_path, rank)`: one module's scaling, as PEFT computes it;
 - `adapter_base_model(path)`, `max_lora_rank(path)`: what a config names, read leniently;
-- `AdapterWriter(directory, base_model, num_layers)`: SafeGene's own adapters (genes, `apply`'s
-  outputs): factors streamed in, then a config whose scaling is exactly 1 (`adapter_config`).
+- `AdapterWriter(directory, base_model, num_layers, revision)`: SafeGene's own adapters (genes,
+  `apply`'s outputs): factors streamed in, then a config whose scaling is exactly 1
+  (`adapter_config`); base_model is a Hub id (with its revision) where the base came from the
+  HF cache, else a local path (safegene.io.hub.model_name).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 
@@ -180,17 +181,24 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> dict:
+def adapter_config(
+    ranks: dict[str, int], base_model: str, num_layers: int, revision: str | None = None
+) -> dict:
     """A PEFT LoRA config for modules {module path: rank} with scaling exactly 1 everywhere.
 
     target_modules is the list of short module names when the modules cover every layer
     uniformly (all `num_layers` layers, every name), else a regex that matches exactly the given
-    module paths. r is the most common rank; other ranks go to rank_pattern with an equal
-    alpha_pattern (alpha/r = 1).
+    module paths.
+
+    r is the largest rank present and lora_alpha == r, so both loaders scale every module by 1:
+    PEFT reads each smaller rank from rank_pattern (with an equal alpha_pattern, alpha/r = 1);
+    vLLM ignores both patterns, takes each module's rank from its tensors, scales every module by
+    the global lora_alpha / r (= 1) and checks `max_lora_rank >= r` — with r the largest rank,
+    that check is the one that matters.
     """
     if not ranks:
         raise SafeGeneError("nothing to put in the adapter (every coefficient is 0 or unselected)")
-    r = Counter(ranks.values()).most_common(1)[0][0]
+    r = max(ranks.values())
     pattern = {m: k for m, k in ranks.items() if k != r}
     return {
         "peft_type": "LORA",
@@ -211,7 +219,7 @@ def adapter_config(ranks: dict[str, int], base_model: str, num_layers: int) -> d
         "inference_mode": True,
         "layers_to_transform": None,
         "layers_pattern": None,
-        "revision": None,
+        "revision": revision,
     }
 
 
@@ -234,9 +242,15 @@ class AdapterWriter:
     streams each module's factors (B already holding every scale), and leaving the `with` block
     writes adapter_config.json with scaling 1 (or, on an exception, removes the partial file)."""
 
-    def __init__(self, directory: str | os.PathLike, base_model: str, num_layers: int):
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        base_model: str,
+        num_layers: int,
+        revision: str | None = None,
+    ):
         self.directory = Path(directory)
-        self.base_model, self.num_layers = base_model, num_layers
+        self.base_model, self.num_layers, self.revision = base_model, num_layers, revision
         self.ranks: dict[str, int] = {}
         self._weights = SpooledWriter(self.directory / ADAPTER_WEIGHTS)
 
@@ -254,5 +268,6 @@ class AdapterWriter:
             return
         self._weights.close()
         write_adapter_config(
-            self.directory, adapter_config(self.ranks, self.base_model, self.num_layers)
+            self.directory,
+            adapter_config(self.ranks, self.base_model, self.num_layers, self.revision),
         )

@@ -1,9 +1,10 @@
 import json
+import sys
 
 import pytest
 
 from safegene.errors import SafeGeneError
-from safegene.evaluate.data import load_data, zoo_split_path
+from safegene.evaluate.data import load_data, parse_hf_source, zoo_split_path
 
 
 def write(path, text, mode="w"):
@@ -109,20 +110,6 @@ def test_missing_file(tmp_path):
         load_data(tmp_path / "nope.jsonl", "harmful")
 
 
-def test_hf_id_without_datasets_or_offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(SafeGeneError, match="offline"):
-        load_data("hf:walledai/AdvBench", "harmful")
-    monkeypatch.delenv("HF_HUB_OFFLINE")
-    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    import importlib.util
-
-    if importlib.util.find_spec("datasets") is None:
-        with pytest.raises(SafeGeneError, match="datasets"):
-            load_data("walledai/AdvBench", "harmful")
-
-
 def test_zoo_splits_by_name(tmp_path):
     (tmp_path / "data").mkdir()
     write(tmp_path / "data" / "harmful_test.jsonl", '{"prompt": "h"}\n')
@@ -151,34 +138,59 @@ def test_zoo_splits_by_name(tmp_path):
         load_data("harmful_test", "harmful", zoo=tmp_path / "data")
 
 
-def test_hf_dataset_through_datasets(monkeypatch):
-    """The `datasets` path, with a stand-in module (no network here)."""
-    import sys
-    import types
+def test_hf_dataset_saved_to_disk(tmp_path):
+    """`hf:DIR[:split]` of a `save_to_disk` DatasetDict: the split asked for, "test" by
+    default, and a missing split named with the ones that exist."""
+    import datasets
 
-    calls = {}
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_list([{"goal": f"bad {i}"} for i in range(3)]),
+            "test": datasets.Dataset.from_list([{"goal": "worse"}, {"goal": "worst"}]),
+        }
+    ).save_to_disk(str(tmp_path / "advbench"))
+    src = f"hf:{tmp_path / 'advbench'}"
+    ds = load_data(src, "harmful", prompt_column="goal")
+    assert ds.prompts == ["worse", "worst"] and ds.name == "advbench"
+    assert ds.describe()["format"] == "hf" and ds.meta["hf_split"] == "test" and ds.sha256
+    assert load_data(src + ":train", "harmful", prompt_column="goal").prompts[0] == "bad 0"
+    with pytest.raises(SafeGeneError, match=r"no split 'validation' \(it has train, test\)"):
+        load_data(src + ":validation", "harmful", prompt_column="goal")
 
-    class FakeDS(list):
-        _fingerprint = "abc123"
 
-    def load_dataset(name, split):
-        calls["args"] = (name, split)
-        if name == "missing/set":
-            raise FileNotFoundError("Couldn't find dataset missing/set on the Hub")
-        return FakeDS(
-            [{"goal": "do a bad thing", "target": "Sure"}, {"goal": "another", "target": "Sure"}]
-        )
+def test_hf_dataset_of_local_data_files(tmp_path):
+    """`load_dataset` on a directory of data files; its only split is the default."""
+    (tmp_path / "arith").mkdir()
+    write(
+        tmp_path / "arith" / "train.jsonl",
+        "".join(json.dumps({"prompt": f"{i}+1", "answer": str(i + 1)}) + "\n" for i in range(4)),
+    )
+    ds = load_data(f"hf:{tmp_path / 'arith'}", "task")
+    assert ds.answers == ["1", "2", "3", "4"] and ds.match == "numeric"
+    assert ds.meta["hf_split"] == "train"
+    with pytest.raises(SafeGeneError, match="no split 'test'"):
+        load_data(f"hf:{tmp_path / 'arith'}:test", "task")
 
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
-    ds = load_data("hf:walledai/AdvBench:train", "harmful", prompt_column="goal")
-    assert calls["args"] == ("walledai/AdvBench", "train")
-    assert ds.prompts == ["do a bad thing", "another"] and ds.sha256 == "abc123"
-    assert ds.name == "walledai/AdvBench" and ds.describe()["format"] == "hf"
-    load_data("walledai/AdvBench", "harmful", prompt_column="goal")  # a bare id that is not a path
-    assert calls["args"] == ("walledai/AdvBench", "test")
-    with pytest.raises(
-        SafeGeneError, match="cannot load the Hugging Face dataset 'missing/set'.*offline"
-    ):
-        load_data("hf:missing/set", "harmful")
+
+def test_hf_source_syntax_and_missing_package(monkeypatch):
+    assert parse_hf_source("org/set") == ("org/set", None, None)
+    assert parse_hf_source("org/set:train") == ("org/set", None, "train")
+    assert parse_hf_source("org/set:main:train") == ("org/set", "main", "train")
+    with pytest.raises(SafeGeneError, match="hf:NAME"):
+        load_data("hf:org/set::", "harmful")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # as if not installed
+    with pytest.raises(SafeGeneError, match=r"safegene\[hf\]"):
+        load_data("hf:walledai/AdvBench", "harmful")
+
+
+def test_hf_id_offline_and_not_cached(monkeypatch, tmp_path):
+    import datasets
+    import huggingface_hub.constants
+
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "ds-cache")
+    with pytest.raises(SafeGeneError, match="cannot load hf:walledai/AdvBench.*offline"):
+        load_data("hf:walledai/AdvBench", "harmful")

@@ -128,3 +128,20 @@ def test_accelerate_launch_matches_one(one_process, tiny_model_dir, tiny_data, t
         ]
     )
     _same_as_one_process(one_process, out)
+
+
+def test_a_launcher_with_one_process_warns(
+    tiny_model_dir, tiny_data, tmp_path, capsys, monkeypatch
+):
+    """`accelerate launch --num_processes 2` without --multi_gpu on CPU starts one process: eval
+    says so (and how to get N) instead of running unsplit in silence."""
+    from safegene.cli import main
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # what accelerate's launcher sets
+    for var in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    argv = ["eval", "--model", str(tiny_model_dir), "--harmful", str(tiny_data / "harmful.jsonl")]
+    argv += ["--judge", "keyword", "--max-new-tokens", "2", "--no-progress", "--device", "cpu"]
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "started by accelerate launch as one process" in err and "--multi_gpu" in err
