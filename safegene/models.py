@@ -51,6 +51,12 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
                 f"{path} holds only pickle weights ({pickles[0]}); convert them to safetensors "
                 "or pass --allow-pickle to load them with weights_only=True"
             )
+    from safegene.io.reader import ModelReader
+    from safegene.io.untrusted import check_regular_files
+
+    check_regular_files(path)
+    if any(path.glob("*.safetensors")):
+        ModelReader(path).close()  # the one safetensors validation (headers, shard index)
     return path
 
 
@@ -60,6 +66,9 @@ def check_adapter_dir(path: str | Path) -> Path:
         raise SafeGeneError(f"not a PEFT adapter directory (no adapter_config.json): {path}")
     if not (path / "adapter_model.safetensors").is_file():
         raise SafeGeneError(f"no adapter_model.safetensors in {path}")
+    from safegene.io.lora import read_adapter
+
+    read_adapter(path).close()  # the one adapter validation (config, factors)
     return path
 
 
@@ -88,6 +97,10 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        from safegene.io.lora import validate_adapter
+
+        validate_adapter(adapter, path, allow_pickle=allow_pickle)  # as `apply` checks it
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, (str, type(None))) else dtype
     kwargs = dict(trust_remote_code=False, use_safetensors=not allow_pickle, weights_only=True)
     if torch_dtype is not None:

@@ -83,6 +83,21 @@ class CompareRecipe:
     dtype: str = "float32"
     source: Path | None = None
 
+    def input_paths(self) -> tuple[Path | None, ...]:
+        """Every file and directory the recipe reads (itself included): what an output must
+        never touch."""
+        return (
+            self.source,
+            self.aligned,
+            *self.degraded,
+            self.base,
+            self.harmful_test,
+            self.benign_test,
+            self.harmful_shots,
+            *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test)),
+            (self.guard or {}).get("model"),
+        )
+
 
 def grid(params: dict[str, list]) -> list[dict[str, Any]]:
     """The cartesian product of a method's grids; an empty list drops that parameter."""

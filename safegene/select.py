@@ -272,7 +272,10 @@ def select(
         overrides, settings or SelectSettings(), compute or SELECT_COMPUTE
     )
     if out is not None:
-        check_output_path(out, force, inputs=(getattr(gene, "path", gene), model, adapter, aligned))
+        gene_path = getattr(gene, "path", gene)
+        check_output_path(
+            out, force, inputs=(gene_path, model, adapter, aligned, harmful, benign, task)
+        )
     paths = {"harmful": harmful, "benign": benign, "task": task}
     with opened(gene) as g:
         deltas = g.linear_deltas()
