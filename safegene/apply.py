@@ -57,7 +57,7 @@ def read_coefficients_file(path: str | os.PathLike):
     """JSON file: a number, a per-layer list, or a dict (gene.py schema)."""
     if not os.path.lexists(path):
         raise SafeGeneError(f"coefficients file not found: {path}")
-    return read_json(path)
+    return read_json(path, "coefficients file")
 
 
 def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:

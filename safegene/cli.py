@@ -430,7 +430,7 @@ def _run_zoo_build(args) -> int:
         raise SafeGeneError("--jobs and --threads must be at least 1")
     from safegene.io.atomic import claim
 
-    claim(args.out)  # a second build into the same directory stops here, with one line
+    claim(args.out)  # a second build into the same directory stops here (held for the run)
     out = build_zoo(
         args.out,
         args.size,
@@ -556,15 +556,12 @@ def _show_warning(
 def _check_common(args) -> None:
     """Options several commands share, checked before any work (a bad one is bad input)."""
     device = getattr(args, "device", None)
-    if isinstance(device, str) and device != "auto":
-        import torch
+    if isinstance(device, str):
+        from safegene.models import device_problem
 
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError, ValueError):
-            raise SafeGeneError(f"unknown --device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise SafeGeneError(f"--device {device}: no CUDA device is available here")
+        problem = device_problem(device)
+        if problem:
+            raise SafeGeneError(f"--device: {problem}")
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise SafeGeneError(f"--threads must be at least 1 (got {threads})")
@@ -604,7 +601,9 @@ def main(argv: list[str] | None = None) -> int:
     _install_signal_handlers()
     try:
         _check_common(args)
-        with warnings.catch_warnings():
+        from safegene.io.atomic import holding_claims
+
+        with warnings.catch_warnings(), holding_claims():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except SafeGeneError as exc:
@@ -627,10 +626,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except Exception as exc:  # a bug, not bad input
         return _internal_error(exc, args.debug)
-    finally:
-        atomic = sys.modules.get("safegene.io.atomic")  # (not imported: nothing was claimed)
-        if atomic is not None:
-            atomic.release_all()  # the claims on outputs this run did not finish
 
 
 def _internal_error(exc: BaseException, debug: bool) -> int:

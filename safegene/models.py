@@ -35,11 +35,29 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
         ) from None
 
 
+def device_problem(device) -> str | None:
+    """What is wrong with a device name (`cpu`, `cuda`, `cuda:1`, `auto`), if anything."""
+    if device == "auto":
+        return None
+    if not isinstance(device, str):
+        return f"expected a device name, got {device!r}"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        return f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"device {device}: no CUDA device is available here"
+    return None
+
+
 def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
     """A Hugging Face model directory with a config and safetensors weights, or a clear error."""
     path = Path(path)
     if not path.is_dir():
         raise SafeGeneError(f"model directory not found: {path}")
+    from safegene.io.untrusted import check_regular_files
+
+    check_regular_files(path)
     if not (path / "config.json").is_file():
         raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {path}")
     if not any(path.glob("*.safetensors")):
@@ -52,11 +70,10 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
                 "or pass --allow-pickle to load them with weights_only=True"
             )
     from safegene.io.reader import ModelReader
-    from safegene.io.untrusted import check_regular_files
 
-    check_regular_files(path)
-    if any(path.glob("*.safetensors")):
-        ModelReader(path).close()  # the one safetensors validation (headers, shard index)
+    # the one validation of weights, for every loader: safetensors headers and shard index, or
+    # (allow_pickle) a weights_only load that must give a flat dict of tensors
+    ModelReader(path, allow_pickle=allow_pickle).close()
     return path
 
 

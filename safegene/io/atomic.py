@@ -9,11 +9,14 @@ temporary sibling is removed and `final` is left as it was.
 A `kill -9` cannot clean up after itself: both helpers first remove the `.NAME.tmp-PID` siblings
 of `final` whose process is gone (`remove_stale_temps`), so reruns do not pile them up.
 
-Races: an output is *claimed* before any work (`claim(final)`, which `check_output_path` calls):
-an exclusive `flock` on the sibling `.NAME.lock`, held until the output is renamed in (or the
-process ends: the kernel drops the lock of a dead process, so a claim never goes stale). Of two
-runs writing one output, the second is refused at once. `atomic_dir(final, replace=False)`
-refuses at the rename too if `final` appeared meanwhile, so nothing is ever silently replaced.
+Races: an output is *claimed* (`claim(final)`): an exclusive `flock` on the sibling
+`.NAME.lock`, which the kernel drops when the process dies, so a claim never goes stale.
+`atomic_dir` holds the claim while it writes and renames. `check_output_path` claims before any
+work (`claim_output`): inside `holding_claims()` (a CLI run) the claim is kept until the output
+is renamed in or the run ends, so of two runs writing one output the second is refused at once;
+outside it (the Python API) it only checks that no other process holds one. And
+`atomic_dir(final, replace=False)` refuses at the rename if `final` appeared meanwhile, so
+nothing is ever silently replaced.
 """
 
 from __future__ import annotations
@@ -111,6 +114,42 @@ def release(final: str | os.PathLike) -> None:
 
 
 os.register_at_fork(after_in_child=_CLAIMS.clear)  # a child holds no claim of its parent's
+
+
+_HOLDING = [False]  # inside holding_claims(): claim_output keeps its claims
+
+
+def claim_output(final: str | os.PathLike) -> None:
+    """Before a run's work: claim `final`, kept within `holding_claims()`, else only checked
+    (claimed and released at once: a Python caller that fails leaves nothing held)."""
+    claim(final)
+    if not _HOLDING[0]:
+        release(final)
+
+
+@contextlib.contextmanager
+def holding_claims() -> Iterator[None]:
+    """A run (the CLI's): outputs claimed by `claim_output` stay claimed until they are written
+    or the block ends (on success, error, Ctrl-C, SIGTERM or SIGHUP alike)."""
+    _HOLDING[0] = True
+    try:
+        yield
+    finally:
+        _HOLDING[0] = False
+        release_all()
+
+
+@contextlib.contextmanager
+def claimed(final: str | os.PathLike | None) -> Iterator[None]:
+    """`claim(final)` for the block, released after it (None: nothing is claimed)."""
+    if final is None:
+        yield
+        return
+    claim(final)
+    try:
+        yield
+    finally:
+        release(final)
 
 
 @atexit.register

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from safegene.errors import SafeGeneError
-from safegene.io.atomic import atomic_dir, claim, release, remove_stale_temps
+from safegene.io.atomic import atomic_dir, claim_output, remove_stale_temps
 
 # Files a model directory carries besides its weights: config, tokenizer, chat template, ...
 MODEL_SIDE_FILES = (
@@ -50,6 +50,11 @@ def _walk(root: Path) -> Iterator[Path]:
             yield Path(parent) / name
 
 
+def _real(p: Path) -> Path:
+    """`p` with every symlink resolved (a symlink loop resolves as far as it goes)."""
+    return Path(os.path.realpath(p))
+
+
 def _inode(p: Path) -> tuple[int, int] | None:
     try:
         st = p.stat()  # through a symlink: what it points to
@@ -69,13 +74,13 @@ def input_footprint(inputs) -> tuple[set[Path], set[tuple[int, int]]]:
         if src is None:
             continue
         src = Path(src)
-        paths |= {src.absolute(), src.resolve()}
+        paths |= {src.absolute(), _real(src)}
         if (ino := _inode(src)) is not None:
             inodes.add(ino)
         if src.is_dir():
-            for p in _walk(src.resolve()):
+            for p in _walk(_real(src)):
                 if p.is_symlink():
-                    paths.add(p.resolve())
+                    paths.add(_real(p))
                 if (ino := _inode(p)) is not None:
                     inodes.add(ino)
     return paths, inodes
@@ -83,7 +88,7 @@ def input_footprint(inputs) -> tuple[set[Path], set[tuple[int, int]]]:
 
 def _overlap(out: Path, paths: set[Path], inodes: set[tuple[int, int]]) -> str | None:
     """The input `out` would touch (be, contain, lie inside, or hold a hard link of), if any."""
-    for o in (out, out.resolve()):
+    for o in (out, _real(out)):
         for i in paths:
             if o == i or i in o.parents or o in i.parents:
                 return str(i)
@@ -114,9 +119,8 @@ def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple
         raise SafeGeneError(f"output exists and is not a directory: {out}")
     if not out.parent.is_dir():
         raise SafeGeneError(f"parent directory of the output does not exist: {out.parent}")
-    claim(out)
+    claim_output(out)
     if out.exists() and not force:
-        release(out)
         raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
     remove_stale_temps(out)
     return out

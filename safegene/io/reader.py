@@ -84,8 +84,8 @@ def _load_pickle(path: Path) -> dict:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise SafeGeneError(
-            f"cannot load {path} as plain tensors (weights_only=True): {exc}"
-        ) from exc
+            f"refused to unpickle {path} as plain tensors (weights_only=True): {exc}"
+        ) from None
     if not isinstance(sd, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
     ):
@@ -119,9 +119,9 @@ class ModelReader:
         self.workspace = workspace if workspace is not None else Workspace()
         if not self.path.is_dir():
             raise SafeGeneError(f"directory not found: {self.path}")
+        check_regular_files(self.path)
         if need_config and not (self.path / "config.json").is_file():
             raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {self.path}")
-        check_regular_files(self.path)
         files = find_weight_files(self.path, prefix)
         self._entries: dict[str, TensorEntry] = {}
         self._fds: dict[str, int] = {}

@@ -63,7 +63,7 @@ class TensorEntry:
 MAX_DIM = 2**31 - 1  # no real tensor dimension comes near; a hostile header's does
 
 
-def _entry(name: str, info: Any, base: int, path: str) -> TensorEntry:
+def _entry(name: str, info: Any, base: int, size: int, path: str) -> TensorEntry:
     """One header entry checked as the safetensors library checks it."""
     try:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
@@ -81,7 +81,9 @@ def _entry(name: str, info: Any, base: int, path: str) -> TensorEntry:
             f"tensor {name!r} in {path} declares the shape {list(shape)}: a dimension above "
             f"{MAX_DIM} is refused"
         )
-    if e < b or e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+    if base + e > size or b > e:
+        raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
+    if e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
         raise SafeGeneError(
             f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
             f"its byte range ({e - b} bytes); the header lies"
@@ -118,7 +120,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
     ):
         raise SafeGeneError(f"{bad} (__metadata__ must map strings to strings)")
-    entries = {name: _entry(name, info, base, path) for name, info in header.items()}
+    entries = {name: _entry(name, info, base, size, path) for name, info in header.items()}
     end = base
     for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
         if e.begin != end:
@@ -161,6 +163,8 @@ def all_finite(t: torch.Tensor) -> bool:
     finite (NaN/Inf inside, or finite values overflowing) is the exact element check run."""
     if not t.is_floating_point() or t.numel() == 0:
         return True
+    if t.element_size() == 1:  # float8: no reductions on CPU; exact in float16
+        t = t.to(torch.float16)
     if bool(torch.isfinite(t.sum())):  # native-dtype sum: fast, accumulates in float32 inside
         return True
     return bool(torch.isfinite(t).all())

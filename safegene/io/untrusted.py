@@ -88,9 +88,10 @@ def parse_json(raw: str | bytes, where: str, *, unique_keys: bool = False) -> An
         raise SafeGeneError(f"{where}: malformed JSON ({exc})") from None
 
 
-def read_json(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
-    """The JSON value in the regular file `path` (bounded: see `read_bytes`, `parse_json`)."""
-    return parse_json(read_bytes(path, limit), str(path))
+def read_json(path: str | os.PathLike, what: str = "", limit: int = MAX_JSON_BYTES) -> Any:
+    """The JSON value in the regular file `path` (bounded: see `read_bytes`, `parse_json`);
+    errors name it as `what PATH` ("coefficients file /x/c.json")."""
+    return parse_json(read_bytes(path, limit), f"{what} {path}".strip())
 
 
 def check_regular_files(directory: str | os.PathLike) -> None:
