@@ -568,7 +568,7 @@ def _check_common(args) -> None:
 
 
 _TERMINATING = (signal.SIGTERM, signal.SIGHUP)
-_MAX_MESSAGE = 500  # characters of an error line (a message may quote hostile input)
+_MAX_MESSAGE = 4000  # characters of an error line (a message may quote hostile input)
 
 
 def _on_terminate(signum, frame) -> None:

@@ -44,7 +44,6 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
-from safegene.io.untrusted import read_text
 from safegene.methods import methods as methods_registry
 
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
@@ -139,8 +138,8 @@ def _path(raw: Any, where: str, root: Path, problems: _Problems, *, kind: str) -
 
 
 def _task_file_has_answers(path: Path) -> bool:
-    from safegene.evaluate.data import MAX_DATA_BYTES, lines
-    from safegene.io.untrusted import parse_json, read_text
+    from safegene.evaluate.data import lines
+    from safegene.io.untrusted import MAX_DATA_BYTES, parse_json, read_text
 
     try:
         for line in lines(read_text(path, MAX_DATA_BYTES)):
@@ -258,6 +257,8 @@ def load_recipe(path: str | Path) -> CompareRecipe:
     path = Path(path)
     if not os.path.lexists(path):
         raise SafeGeneError(f"recipe not found: {path}")
+    from safegene.io.untrusted import read_text  # (safegene.io imports torch)
+
     raw = parse_yaml(read_text(path, MAX_RECIPE_BYTES), str(path))
     if not isinstance(raw, dict):
         raise SafeGeneError(f"recipe {path} must be a YAML mapping")

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from safegene.errors import SafeGeneError
-from safegene.io.untrusted import MAX_DATA_BYTES, parse_json, read_bytes, read_json
 
 SPLITS = ("harmful", "benign", "task")
 MATCH_METHODS = ("auto", "exact", "normalised", "numeric")
@@ -74,6 +73,8 @@ def _read_text(path: Path) -> tuple[str, str]:
         raise SafeGeneError(f"data file not found: {path}")
     if path.is_dir():
         raise SafeGeneError(f"data file is a directory: {path}")
+    from safegene.io.untrusted import MAX_DATA_BYTES, read_bytes
+
     raw = read_bytes(path, MAX_DATA_BYTES)
     digest = hashlib.sha256(raw).hexdigest()
     try:
@@ -132,6 +133,8 @@ def _rows_to_set(
 
 
 def _read_jsonl(path: Path, text: str):
+    from safegene.io.untrusted import parse_json
+
     for lineno, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
@@ -144,6 +147,8 @@ def _read_jsonl(path: Path, text: str):
 
 
 def _read_json(path: Path, text: str):
+    from safegene.io.untrusted import parse_json
+
     data = parse_json(text, str(path))
     if not isinstance(data, list):
         raise SafeGeneError(f"{path}: expected a JSON list of objects (or use JSONL)")
@@ -212,6 +217,8 @@ def zoo_index(zoo_dir: str | Path) -> dict:
     index = zoo_dir / "zoo.json"
     if not index.is_file():
         raise SafeGeneError(f"not a zoo directory (no zoo.json): {zoo_dir}")
+    from safegene.io.untrusted import read_json
+
     try:
         return read_json(index)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

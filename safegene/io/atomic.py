@@ -199,8 +199,8 @@ def atomic_dir(final: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     try:
         remove_stale_temps(final)
         tmp = temp_sibling(final)
-        tmp.mkdir()
-        try:
+        try:  # (mkdir inside: a signal right after it still removes the directory)
+            tmp.mkdir()
             yield tmp
             _fsync_tree(tmp)
             _swap_in(tmp, final, replace)

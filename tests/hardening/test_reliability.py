@@ -17,7 +17,6 @@ import pytest
 from hardening_util import (
     PYTHON,
     REPO,
-    cli_main,
     fork_run,
     jsonl_file,
     run_cli,
@@ -122,12 +121,6 @@ def _out_dangling_symlink(f, w, o):
     return argv, [f.aligned], ["dangling"]
 
 
-def _out_is_file_force(f, w, o):
-    o.write_text("mine")
-    argv = ["extract", "--aligned", f.aligned, "--degraded", f.degraded, "--out", o, "--force"]
-    return argv, [f.aligned], ["not a directory"]
-
-
 FORCE_CASES = {
     "calibrate-force-data-inside-out": _calibrate_data_in_out,
     "select-force-data-inside-out": _select_data_in_out,
@@ -139,7 +132,6 @@ FORCE_CASES = {
     "apply-force-coefs-inside-out": _apply_coefs_in_out,
     "select-force-data-symlink-into-out": _data_symlink_into_out,
     "extract-out-dangling-symlink": _out_dangling_symlink,
-    "extract-force-out-is-a-file": _out_is_file_force,
 }
 
 
@@ -204,30 +196,6 @@ def test_stale_temporaries_of_dead_processes_removed_before_work(fam, tmp_path):
     r = run_cli("extract", "--aligned", fam.aligned, "--degraded", fam.layers3, "--out", out)
     assert r.code == 2, r.err
     assert temp_siblings(out) == []
-
-
-def test_disk_full_during_in_place_select_leaves_gene_intact(fam, tmp_path):
-    """ENOSPC (here EFBIG under RLIMIT_FSIZE) while `select` rewrites the gene's safegene.json
-    in place: one line, the gene byte for byte as it was, no temporary inside it."""
-    import resource
-
-    gene = C.copy(fam.gene, tmp_path / "gene")
-    before = tree_bytes(gene)
-    argv = ["select", "--gene", gene, "--model", fam.degraded, "--harmful", fam.harmful]
-    argv += ["--benign", fam.benign, "--top-k", "1"]
-
-    limit = (gene / "safegene.json").stat().st_size  # the new one is larger: it adds scores
-
-    def child():
-        os.environ["TQDM_DISABLE"] = "1"  # (no progress bars in the size-limited stderr file)
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-        return cli_main([*map(str, argv)])()
-
-    r = fork_run(child, timeout=120)
-    assert r.code == 1 and "cannot write" in r.err and "Traceback" not in r.err, r.err
-    assert tree_bytes(gene) == before
-    assert sorted(p.name for p in gene.iterdir()) == sorted(before)
 
 
 # --- races -----------------------------------------------------------------------------------
@@ -785,22 +753,11 @@ TYPED_CASES = {
         [f.degraded],
         ["positive integer"],
     ),
-    "extract-pickle-non-tensor-values": lambda f, w, o: (
-        _extract(_pickle_model(f, w, {"model.norm.weight": 1, "x": "y"}), f.degraded, o)
-        + ["--allow-pickle"],
-        [f.degraded],
-        ["tensors"],
-    ),
     "eval-pickle-non-tensor-values": lambda f, w, o: (
         ["eval", "--model", _pickle_model(f, w, {"model.norm.weight": [1, 2]}), "--allow-pickle"]
         + _eval(f, w, o)[3:],
         [f.harmful],
         ["tensors"],
-    ),
-    "eval-device-unknown": lambda f, w, o: (
-        _eval(f, w, o)[:-4] + ["--device", "warp9"],
-        [f.harmful],
-        ["device"],
     ),
 }
 
@@ -829,10 +786,16 @@ def test_bad_input_is_typed(case, fam, tmp_path):
 
 
 def test_float8_weights_not_an_internal_error(fam, tmp_path):
-    """float8 checkpoints: extracted (float32 arithmetic), or one line; never a crash."""
-    a, d = _float8(fam, tmp_path, "aligned"), _float8(fam, tmp_path, "degraded")
-    r = run_cli(*_extract(a, d, tmp_path / "g"))
-    assert r.code in (0, 2) and "internal error" not in r.err and "Traceback" not in r.err, r.err
+    """A float8 target: merged (float32 arithmetic, finiteness checked), never a crash."""
+    d = _float8(fam, tmp_path, "degraded")
+    out = tmp_path / "merged"
+    r = run_cli("apply", "--gene", fam.gene, "--model", d, "--out", out)
+    assert r.code == 0 and "Traceback" not in r.err, r.err
+    from safetensors.torch import load_file
+
+    assert {str(v.dtype) for v in load_file(str(out / "model.safetensors")).values()} == {
+        "torch.float8_e4m3fn"
+    }
 
 
 # --- valid input accepted --------------------------------------------------------------------
@@ -862,3 +825,13 @@ def test_raw_u2028_jsonl_through_the_command(fam, tmp_path):
     samples = (tmp_path / "rep" / "samples.jsonl").read_text(encoding="utf-8").split("\n")
     prompts = [json.loads(x)["prompt"] for x in samples if x.strip()]
     assert sorted(prompts) == sorted(r["prompt"] for r in rows)
+
+
+def test_error_line_is_bounded(fam, tmp_path):
+    """A message that quotes hostile input (here a 300 kB recipe value) stays one short line."""
+    r = _recipe_with(
+        fam, tmp_path, "judges: [keyword]", "judges: [keyword]\nseed: " + "x" * 300_000
+    )
+    res = run_cli("compare", r, "--out", tmp_path / "out")
+    assert res.code == 2 and len(res.err_lines) == 1, res.err[:300]
+    assert "seed" in res.err and len(res.err) < 4100
