@@ -39,7 +39,14 @@ from safegene.io import (
     matches_hash,
 )
 from safegene.io.hub import hub_source, model_name
-from safegene.io.lora import AdapterWriter, LoraAdapter, adapter_base_model, read_adapter
+from safegene.io.lora import (
+    AdapterWriter,
+    LoraAdapter,
+    adapter_base_model,
+    check_adapter_fits,
+    read_adapter,
+)
+from safegene.io.untrusted import read_json
 
 FORMS = ("merged", "adapter", "combined")
 APPLY_RECORD = "safegene_apply.json"
@@ -50,12 +57,9 @@ APPLY_RECORD = "safegene_apply.json"
 
 def read_coefficients_file(path: str | os.PathLike):
     """JSON file: a number, a per-layer list, or a dict (gene.py schema)."""
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SafeGeneError(f"coefficients file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise SafeGeneError(f"unreadable coefficients file {path}: {exc}") from exc
+    if not os.path.lexists(path):
+        raise SafeGeneError(f"coefficients file not found: {path}")
+    return read_json(path, "coefficients file")
 
 
 def resolve_coefficients(gene: Gene, coefficients) -> dict[str, float]:
@@ -177,16 +181,8 @@ def _check_family(gene: Gene, reader: ModelReader, task: LoraAdapter | None) -> 
         tensors={t: m.shape for t, m in gene.modules.items()},
         what=f"target {reader.path}",
     )
-    for mod in task.modules if task else {}:
-        weight = mod + ".weight"
-        if weight not in shapes:
-            raise SafeGeneError(f"the adapter {task.path} targets {mod!r}, which the target lacks")
-        a, b = task.shape(mod)
-        if (b[0], a[1]) != tuple(shapes[weight]) or a[0] != b[1]:
-            raise SafeGeneError(
-                f"the adapter's factors for {mod!r} do not fit its shape "
-                f"{tuple(shapes[weight])} in the target"
-            )
+    if task is not None:
+        check_adapter_fits(task, shapes, "the target")
 
 
 # --- the three forms -------------------------------------------------------------------------

@@ -200,18 +200,19 @@ def encode_chat_pairs(
 ):
     """Token ids of chat(prompt) + target (+ end of turn), and how many leading tokens are the
     prompt."""
+    from safegene.evaluate.chat import render_chat
     from safegene.evaluate.generate import chat_texts
 
     heads = chat_texts(tokenizer, prompts, template)
     out = []
     for prompt, head, target in zip(prompts, heads, targets, strict=True):
         try:
-            full = tokenizer.apply_chat_template(
+            full = render_chat(
+                tokenizer,
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": target}],
-                tokenize=False,
-                chat_template=template,
+                template,
             )
-        except Exception:  # a template without an assistant turn
+        except SafeGeneError:  # a template without an assistant turn (or one that fails)
             full = None
         if not full or not full.startswith(head):
             full = head + target + (tokenizer.eos_token or "")

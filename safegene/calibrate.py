@@ -337,7 +337,10 @@ def calibrate(
     t0 = time.perf_counter()
     fit, compute = with_overrides(overrides, fit or FitSettings(), compute or ComputeSettings())
     if out is not None:
-        check_output_path(out, force, inputs=(getattr(gene, "path", gene), model, adapter, aligned))
+        gene_path = getattr(gene, "path", gene)
+        check_output_path(
+            out, force, inputs=(gene_path, model, adapter, aligned, harmful, task, benign)
+        )
     with opened(gene) as g:
         deltas = g.linear_deltas()
         check_attachable(g, deltas, model)

@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import signal
 import sys
 import traceback
 import warnings
 
 from safegene import __version__
-from safegene.errors import SafeGeneError, SafeGeneWarning
+from safegene.errors import Interrupted, SafeGeneError, SafeGeneWarning
 from safegene.flags import HelpFormatter, add_settings, settings_from
 from safegene.settings import (
     DEGRADE_COMPUTE,
@@ -378,8 +379,11 @@ def _card_argument(p) -> None:
 
 def _run_apply(args) -> int:
     from safegene.apply import apply_gene, read_coefficients_file
-    from safegene.io import parse_size
+    from safegene.io import check_output_path, parse_size
 
+    check_output_path(
+        args.out, args.force, inputs=(args.coefs, args.gene, args.model, args.adapter)
+    )
     coefs = (
         args.coef
         if args.coef is not None
@@ -470,6 +474,9 @@ def _run_zoo_build(args) -> int:
     _show_zoo_progress()
     if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
         raise SafeGeneError("--jobs and --threads must be at least 1")
+    from safegene.io.atomic import claim
+
+    claim(args.out)  # a second build into the same directory stops here (held for the run)
     out = build_zoo(
         args.out,
         args.size,
@@ -675,41 +682,66 @@ def _show_warning(
 def _check_common(args) -> None:
     """Options several commands share, checked before any work (a bad one is bad input)."""
     device = getattr(args, "device", None)
-    if isinstance(device, str) and device != "auto":
-        import torch
+    if isinstance(device, str):
+        from safegene.models import device_problem
 
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError, ValueError):
-            raise SafeGeneError(f"unknown --device {device!r} (e.g. cpu, cuda, cuda:1)") from None
-        if kind == "cuda" and not torch.cuda.is_available():
-            raise SafeGeneError(f"--device {device}: no CUDA device is available here")
+        problem = device_problem(device)
+        if problem:
+            raise SafeGeneError(f"--device: {problem}")
     threads = getattr(args, "threads", None)
     if threads is not None and threads < 1:
         raise SafeGeneError(f"--threads must be at least 1 (got {threads})")
 
 
+_TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+_MAX_MESSAGE = 4000  # characters of an error line (a message may quote hostile input)
+
+
+def _on_terminate(signum, frame) -> None:
+    """SIGTERM/SIGHUP: raise Interrupted (a KeyboardInterrupt), so the clean-up of Ctrl-C runs;
+    further ones are ignored while it runs."""
+    for s in _TERMINATING:
+        signal.signal(s, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> None:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in _TERMINATING:
+        if signal.getsignal(s) is not signal.SIG_IGN:  # nohup's choice is kept
+            signal.signal(s, _on_terminate)
+
+
+def _one_line(text: str) -> str:
+    parts = [line.strip() for line in text.splitlines() if line.strip()] or [""]
+    line = " ".join([parts[0], "; ".join(parts[1:])]).strip()
+    return line if len(line) <= _MAX_MESSAGE else line[: _MAX_MESSAGE - 1] + "…"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _install_signal_handlers()
     try:
         _check_common(args)
         _resolve_models(args)
-        with warnings.catch_warnings():
+        from safegene.io.atomic import holding_claims
+
+        with warnings.catch_warnings(), holding_claims():
             warnings.showwarning = _show_warning
             return int(args.func(args) or 0)
     except SafeGeneError as exc:
         if args.debug:
             raise
-        parts = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
-        print(
-            "safegene: error: " + " ".join([parts[0], "; ".join(parts[1:])]).strip(),  # one line
-            file=sys.stderr,
-        )
+        print("safegene: error: " + _one_line(str(exc)), file=sys.stderr)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("safegene: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        print(f"safegene: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
     except OSError as exc:  # the machine, not the input: a full disk, a quota, a read-only place
         if args.debug or exc.errno not in _WRITE_ERRNOS:
             return _internal_error(exc, args.debug)

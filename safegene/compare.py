@@ -89,18 +89,7 @@ def run_compare(
     from safegene.evaluate import ModelSpec, evaluate_model
 
     recipe = recipe if isinstance(recipe, CompareRecipe) else load_recipe(recipe)
-    out = check_output_path(
-        out,
-        force,
-        inputs=(
-            recipe.aligned,
-            *recipe.degraded,
-            recipe.base,
-            *(t.model for t in recipe.tasks),
-            *(t.adapter for t in recipe.tasks),
-            (recipe.guard or {}).get("model"),
-        ),
-    )  # inputs stay intact
+    out = check_output_path(out, force, inputs=recipe.input_paths())  # inputs stay intact
     settings, judges, common, task_sets = _eval_setup(recipe, progress)
     judge_info = [j.describe() for j in judges]
     t0 = time.time()

@@ -12,3 +12,12 @@ class SafeGeneError(Exception):
 
 class SafeGeneWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI prints it as one line)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (`timeout`, `docker stop`, Slurm, Kubernetes, a closed terminal),
+    raised like Ctrl-C's KeyboardInterrupt so that every clean-up that runs for SIGINT runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum

@@ -143,9 +143,14 @@ def parse_name(name: str, model_type: str | None = None) -> TensorName:
 def num_layers(config: dict) -> int:
     """Decoder layer count from a config dict (text_config for multimodal wrappers)."""
     cfg = config.get("text_config") or config
+    if not isinstance(cfg, dict):
+        raise SafeGeneError("config.json: text_config is not an object")
     for key in ("num_hidden_layers", "n_layer", "num_layers"):
         if key in cfg:
-            return int(cfg[key])
+            n = cfg[key]
+            if not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= 100_000:
+                raise SafeGeneError(f"config.json: {key} must be a positive integer, got {n!r}")
+            return n
     raise SafeGeneError("config.json gives no layer count (num_hidden_layers)")
 
 
@@ -159,9 +164,17 @@ def fingerprint(config: dict, shapes: dict[str, tuple[int, ...]]) -> dict:
         n: list(s) for n, s in sorted(shapes.items()) if parse_name(n, model_type).layer is not None
     }
     digest = hashlib.sha256(json.dumps(layer_shapes, sort_keys=True).encode()).hexdigest()
+    n = num_layers(config)
+    layers = {parse_name(name, model_type).layer for name in layer_shapes}
+    if layers and layers != set(range(n)):
+        raise SafeGeneError(
+            f"config.json says {n} layers but the weights hold layers "
+            f"{min(layers)}..{max(layers)} ({len(layers)} of them): the checkpoint disagrees "
+            "with its config"
+        )
     return {
         "model_type": model_type,
-        "num_layers": num_layers(config),
+        "num_layers": n,
         "hidden_size": cfg.get("hidden_size"),
         "layer_tensors_sha256": digest,
     }

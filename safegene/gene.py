@@ -90,6 +90,7 @@ from safegene.io import (
 )
 from safegene.io.hub import hub_source, model_name
 from safegene.io.lora import ADAPTER_CONFIG, AdapterWriter, LoraAdapter, read_adapter
+from safegene.io.untrusted import read_json
 
 FORMAT = "safegene-gene"
 CARD_FILE = "README.md"  # the model card (safegene.card)
@@ -366,10 +367,7 @@ class Gene:
 
 def _read_meta(file: Path) -> dict:
     """safegene.json, validated: SafeGeneError naming the file and the field otherwise."""
-    try:
-        meta = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise SafeGeneError(f"unreadable {file}: {exc}") from exc
+    meta = read_json(file)
     if (
         not isinstance(meta, dict)
         or meta.get("format") != FORMAT
@@ -609,6 +607,11 @@ def gene_tensors(
         chosen = [p for p in chosen if p.param == "weight"]
     if not chosen:
         raise SafeGeneError(f"no tensors match --modules {sorted(wanted)}")
+    empty = [p.name for p in chosen if 0 in tuple(shapes[p.name])]
+    if empty:  # its delta is nothing, but its factors would be as large as its other side
+        raise SafeGeneError(
+            f"tensor {empty[0]!r} has no elements (shape {list(shapes[empty[0]])}): not a weight"
+        )
     return chosen
 
 

@@ -35,11 +35,29 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
         ) from None
 
 
+def device_problem(device) -> str | None:
+    """What is wrong with a device name (`cpu`, `cuda`, `cuda:1`, `auto`), if anything."""
+    if device == "auto":
+        return None
+    if not isinstance(device, str):
+        return f"expected a device name, got {device!r}"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        return f"unknown device {device!r} (e.g. cpu, cuda, cuda:1)"
+    if kind == "cuda" and not torch.cuda.is_available():
+        return f"device {device}: no CUDA device is available here"
+    return None
+
+
 def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
     """A Hugging Face model directory with a config and safetensors weights, or a clear error."""
     path = Path(path)
     if not path.is_dir():
         raise SafeGeneError(f"model directory not found: {path}")
+    from safegene.io.untrusted import check_regular_files
+
+    check_regular_files(path)
     if not (path / "config.json").is_file():
         raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {path}")
     if not any(path.glob("*.safetensors")):
@@ -51,6 +69,11 @@ def check_model_dir(path: str | Path, *, allow_pickle: bool = False) -> Path:
                 f"{path} holds only pickle weights ({pickles[0]}); convert them to safetensors "
                 "or pass --allow-pickle to load them with weights_only=True"
             )
+    from safegene.io.reader import ModelReader
+
+    # the one validation of weights, for every loader: safetensors headers and shard index, or
+    # (allow_pickle) a weights_only load that must give a flat dict of tensors
+    ModelReader(path, allow_pickle=allow_pickle).close()
     return path
 
 
@@ -60,6 +83,9 @@ def check_adapter_dir(path: str | Path) -> Path:
         raise SafeGeneError(f"not a PEFT adapter directory (no adapter_config.json): {path}")
     if not (path / "adapter_model.safetensors").is_file():
         raise SafeGeneError(f"no adapter_model.safetensors in {path}")
+    from safegene.io.lora import read_adapter
+
+    read_adapter(path).close()  # the one adapter validation (config, factors)
     return path
 
 
@@ -88,6 +114,10 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = check_model_dir(path, allow_pickle=allow_pickle)
+    if adapter is not None:
+        from safegene.io.lora import validate_adapter
+
+        validate_adapter(adapter, path, allow_pickle=allow_pickle)  # as `apply` checks it
     torch_dtype = parse_dtype(dtype) if isinstance(dtype, (str, type(None))) else dtype
     kwargs = dict(trust_remote_code=False, use_safetensors=not allow_pickle, weights_only=True)
     if torch_dtype is not None:

@@ -36,6 +36,7 @@ dtype: float32
 from __future__ import annotations
 
 import itertools
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,21 @@ class CompareRecipe:
     dtype: str = "float32"
     source: Path | None = None
 
+    def input_paths(self) -> tuple[Path | None, ...]:
+        """Every file and directory the recipe reads (itself included): what an output must
+        never touch."""
+        return (
+            self.source,
+            self.aligned,
+            *self.degraded,
+            self.base,
+            self.harmful_test,
+            self.benign_test,
+            self.harmful_shots,
+            *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test)),
+            (self.guard or {}).get("model"),
+        )
+
 
 def grid(params: dict[str, list]) -> list[dict[str, Any]]:
     """The cartesian product of a method's grids; an empty list drops that parameter."""
@@ -122,17 +138,17 @@ def _path(raw: Any, where: str, root: Path, problems: Problems, *, kind: str) ->
 
 
 def _task_file_has_answers(path: Path) -> bool:
-    import json
+    from safegene.evaluate.data import lines
+    from safegene.io.untrusted import MAX_DATA_BYTES, parse_json, read_text
 
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
+    try:
+        for line in lines(read_text(path, MAX_DATA_BYTES)):
             if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    return False
+                row = parse_json(line, str(path))
                 if not isinstance(row, dict) or row.get("answer") in (None, ""):
                     return False
+    except SafeGeneError:
+        return False
     return True
 
 
@@ -210,17 +226,42 @@ def _is_type(value: Any, typ: type) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+MAX_RECIPE_BYTES = 1024 * 1024
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without anchors and aliases: an alias bomb (a billion laughs) is refused
+    at its first alias instead of expanding into gigabytes."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML document `text` (safe types only, no aliases, bounded nesting), or one
+    SafeGeneError naming `where`."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise SafeGeneError(f"recipe {where} is nested too deeply") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SafeGeneError(f"recipe {where} is not valid YAML: {first}") from None
+
+
 def load_recipe(path: str | Path) -> CompareRecipe:
     """Parse and validate a recipe; every problem is reported, one line each, in one error."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SafeGeneError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise SafeGeneError(
-            f"recipe {path} is not valid YAML: {str(exc).splitlines()[0]}"
-        ) from None
+    from safegene.io.untrusted import read_text  # (safegene.io imports torch)
+
+    raw = parse_yaml(read_text(path, MAX_RECIPE_BYTES), str(path))
     if not isinstance(raw, dict):
         raise SafeGeneError(f"recipe {path} must be a YAML mapping")
     root, problems = path.resolve().parent, Problems(str(path))
@@ -309,11 +350,12 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         problems.add("judges", "expected a list of judge names")
         judges = []
     for j in judges:
-        if j not in KNOWN_JUDGES:
+        if not isinstance(j, str) or j not in KNOWN_JUDGES:
             problems.add(
                 "judges", f"unknown judge {j!r}; choose from {', '.join(sorted(KNOWN_JUDGES))}"
             )
 
+    judges = [j for j in judges if isinstance(j, str)]
     guard = None
     if "guard" in judges:
         g = raw.get("guard") or {}
@@ -324,7 +366,7 @@ def load_recipe(path: str | Path) -> CompareRecipe:
                 "model": _path(g["model"], "guard.model", root, problems, kind="dir"),
                 "format": g.get("format", "llamaguard3"),
             }
-            if guard["format"] not in GUARD_FORMATS:
+            if not isinstance(guard["format"], str) or guard["format"] not in GUARD_FORMATS:
                 problems.add("guard.format", f"choose from {', '.join(sorted(GUARD_FORMATS))}")
 
     registered = methods_registry()
@@ -351,6 +393,17 @@ def load_recipe(path: str | Path) -> CompareRecipe:
     seed = raw.get("seed", 0)
     if not _is_type(seed, int):
         problems.add("seed", f"expected an integer, got {seed!r}")
+    from safegene.models import device_problem, parse_dtype
+
+    problem = device_problem(raw.get("device", "cpu"))
+    if problem:
+        problems.add("device", problem)
+    try:
+        if not isinstance(raw.get("dtype", "float32"), str):
+            raise SafeGeneError(f"expected a dtype name, got {raw.get('dtype')!r}")
+        parse_dtype(raw.get("dtype", "float32"))
+    except SafeGeneError as exc:
+        problems.add("dtype", str(exc))
     problems.raise_if_any()
     return CompareRecipe(
         aligned=aligned,

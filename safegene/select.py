@@ -27,9 +27,10 @@ import torch
 
 from safegene.attach import GeneAttachment, check_attachable, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError
-from safegene.gene import Gene, opened, save_gene
+from safegene.gene import GENE_FILE, Gene, opened, save_gene
 from safegene.groups import group_order, groups_to_selection, parse_group
 from safegene.io import check_output_path
+from safegene.io.atomic import claimed
 from safegene.settings import (
     SELECT_COMPUTE,
     ComputeSettings,
@@ -271,10 +272,14 @@ def select(
     settings, compute = with_overrides(
         overrides, settings or SelectSettings(), compute or SELECT_COMPUTE
     )
+    gene_path = Path(getattr(gene, "path", gene))
     if out is not None:
-        check_output_path(out, force, inputs=(getattr(gene, "path", gene), model, adapter, aligned))
+        check_output_path(
+            out, force, inputs=(gene_path, model, adapter, aligned, harmful, benign, task)
+        )
+    in_place = gene_path / GENE_FILE if out is None else None  # (of two such runs, one writes)
     paths = {"harmful": harmful, "benign": benign, "task": task}
-    with opened(gene) as g:
+    with claimed(in_place), opened(gene) as g:
         deltas = g.linear_deltas()
         check_attachable(g, deltas, model)
         data = {s: _draw(p, s, settings) for s, p in paths.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.io import check_output_path
 from safegene.methods import Param, Run, register_method
 
 
@@ -31,6 +32,7 @@ def interpolate(
     progress: bool | None = None,
 ) -> Path:
     """Write (1 − t)·θ_task + t·θ_aligned for a task model (full, or `aligned` + `adapter`)."""
+    check_output_path(out, force, inputs=(task_model, adapter, aligned))
     with ExitStack() as stack:
         task = open_task_model(stack, task_model, adapter)
         ref = open_same_family(stack, task, aligned, "aligned")

@@ -17,6 +17,7 @@ import torch
 
 from safegene.baselines.sparsify import dare, tensor_generator, ties_trim
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.io import check_output_path
 from safegene.methods import Param, Run, register_method
 
 
@@ -58,6 +59,7 @@ def resta(
     With several degraded models the safety vector is taken against their mean, as the gene is.
     DARE masks are seeded per tensor (sparsify.tensor_generator): reruns give the same bytes.
     """
+    check_output_path(out, force, inputs=(task_model, adapter, aligned, *degraded))
     with ExitStack() as stack:
         task = open_task_model(stack, task_model, adapter)
         ref = open_same_family(stack, task, aligned, "aligned")

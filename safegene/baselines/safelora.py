@@ -108,7 +108,7 @@ def safelora(
     lora_B ← C·lora_B in the projected modules (the paper's form, loadable with stock PEFT on
     the same base); for a full fine-tune it is a checkpoint with W_aligned + C·ΔW there.
     `out/safelora.json` records every module's similarity and which were projected."""
-    check_output_path(out, force, inputs=(task_model, adapter))
+    check_output_path(out, force, inputs=(task_model, adapter, aligned, base))
     with ExitStack() as stack:
         task = open_task_model(stack, task_model, adapter)
         ref = open_same_family(stack, task, aligned, "aligned")

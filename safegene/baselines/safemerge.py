@@ -20,6 +20,7 @@ import torch
 from safegene.baselines.safelora import module_similarities
 from safegene.baselines.sparsify import dare, tensor_generator
 from safegene.baselines.stream import open_same_family, open_task_model, write_transformed
+from safegene.io import check_output_path
 from safegene.methods import Param, Run, register_method
 
 
@@ -54,6 +55,7 @@ def safemerge(
 ) -> Path:
     """Merge the drifted modules of a task model (full, or `aligned` + `adapter`) with the
     aligned weights; write the full checkpoint to `out`."""
+    check_output_path(out, force, inputs=(task_model, adapter, aligned, base))
     with ExitStack() as stack:
         task = open_task_model(stack, task_model, adapter)
         ref = open_same_family(stack, task, aligned, "aligned")

@@ -214,7 +214,12 @@ def run_eval_command(args) -> int:
                 "(a Jinja chat template)"
             )
     # the report must not replace or land inside the model, adapter or guard (inputs stay intact)
-    check_output_path(args.out, args.force, inputs=(spec.path, spec.adapter, args.guard_model))
+    data_files = [d.source for d in datasets]
+    check_output_path(
+        args.out,
+        args.force,
+        inputs=(spec.path, spec.adapter, args.guard_model, args.template, args.zoo, *data_files),
+    )
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")
     if args.num_processes > 1 and not in_distributed_env():

@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,11 +60,24 @@ class EvalSet:
 # --- files ---------------------------------------------------------------------------------------
 
 
+MAX_PROMPT_CHARS = 200_000  # a prompt longer than any model's context is bad input
+
+
+def lines(text: str) -> list[str]:
+    """The lines of a data file, split at line feeds only (CRLF too). `str.splitlines` also
+    splits at U+2028, U+0085 and others, which may stand raw inside a JSON string or a prompt."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _read_text(path: Path) -> tuple[str, str]:
     """(text, sha256 of the bytes) of a UTF-8 file, or one clear error."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SafeGeneError(f"data file not found: {path}")
-    raw = path.read_bytes()
+    if path.is_dir():
+        raise SafeGeneError(f"data file is a directory: {path}")
+    from safegene.io.untrusted import MAX_DATA_BYTES, read_bytes
+
+    raw = read_bytes(path, MAX_DATA_BYTES)
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8-sig")
@@ -126,13 +140,12 @@ def _rows_to_set(
 
 
 def _read_jsonl(path: Path, text: str):
-    for lineno, line in enumerate(text.splitlines(), 1):
+    from safegene.io.untrusted import parse_json
+
+    for lineno, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SafeGeneError(f"{path}:{lineno}: malformed JSON ({exc.msg})") from None
+        row = parse_json(line, f"{path}:{lineno}")
         if not isinstance(row, dict):
             raise SafeGeneError(
                 f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}"
@@ -141,10 +154,9 @@ def _read_jsonl(path: Path, text: str):
 
 
 def _read_json(path: Path, text: str):
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SafeGeneError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from None
+    from safegene.io.untrusted import parse_json
+
+    data = parse_json(text, str(path))
     if not isinstance(data, list):
         raise SafeGeneError(f"{path}: expected a JSON list of objects (or use JSONL)")
     for i, row in enumerate(data):
@@ -190,7 +202,7 @@ def load_file(
     elif suffix in (".csv", ".tsv"):
         rows, kind = _read_csv(path, text, "\t" if suffix == ".tsv" else ","), suffix[1:]
     else:
-        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        prompts = [line.strip() for line in lines(text) if line.strip()]
         if split == "task":
             raise SafeGeneError(
                 f"{path}: task data needs answers; a plain-text file has only prompts "
@@ -212,8 +224,10 @@ def zoo_index(zoo_dir: str | Path) -> dict:
     index = zoo_dir / "zoo.json"
     if not index.is_file():
         raise SafeGeneError(f"not a zoo directory (no zoo.json): {zoo_dir}")
+    from safegene.io.untrusted import read_json
+
     try:
-        return json.loads(index.read_text(encoding="utf-8"))
+        return read_json(index)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SafeGeneError(f"{index}: malformed zoo index ({exc})") from None
 
@@ -418,9 +432,30 @@ def _check_split(split: str) -> None:
         raise SafeGeneError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
 
 
+def _check_text(text: str, what: str) -> None:
+    """A prompt or answer the tokenizer and the report writer can take: valid Unicode (no lone
+    surrogate) and at most MAX_PROMPT_CHARS characters."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise SafeGeneError(
+            f"{what} is {len(text)} characters long (at most {MAX_PROMPT_CHARS}); shorten it"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SafeGeneError(
+            f"{what} holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character "
+            f"{exc.start}: not valid Unicode"
+        ) from None
+
+
 def _finish(split, name, source, prompts, answers, digest, match, meta) -> EvalSet:
     if not prompts:
         raise SafeGeneError(f"no prompts in {source}")
+    for i, p in enumerate(prompts):
+        _check_text(p, f"{source}: prompt {i + 1}")
+    for i, a in enumerate(answers or []):
+        if isinstance(a, str):
+            _check_text(a, f"{source}: answer {i + 1}")
     if split == "task":
         missing = [i for i, a in enumerate(answers or []) if a is None or not str(a).strip()]
         if answers is None or missing:

@@ -55,22 +55,14 @@ def chat_texts(tokenizer, prompts: list[str], template: str | None = None) -> li
         raise SafeGeneError(
             "the tokenizer has no chat template; pass --template FILE (a Jinja chat template)"
         )
-    try:
-        return [
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}],
-                tokenize=False,
-                add_generation_prompt=True,
-                chat_template=template,
-            )
-            for p in prompts
-        ]
-    except SafeGeneError:
-        raise
-    except Exception as exc:  # jinja2 TemplateError and friends
-        raise SafeGeneError(
-            f"the chat template failed to render: {type(exc).__name__}: {exc}"
-        ) from None
+    from safegene.evaluate.chat import render_chat
+
+    return [
+        render_chat(
+            tokenizer, [{"role": "user", "content": p}], template, add_generation_prompt=True
+        )
+        for p in prompts
+    ]
 
 
 def plan_batches(lengths: list[int], batch_size: int) -> list[list[int]]:

@@ -224,9 +224,11 @@ def guard_input(fmt: str, prompt: str, response: str, tokenizer=None) -> str:
     """The text a causal guard model completes, in format `fmt`."""
     if fmt == "llamaguard3":
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
+            from safegene.evaluate.chat import render_chat
+
+            return render_chat(
+                tokenizer,
                 [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-                tokenize=False,
             )
         return llamaguard3_prompt(prompt, response)
     if fmt == "harmbench":

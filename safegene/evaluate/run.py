@@ -304,13 +304,12 @@ def load_template(path: str | Path | None) -> str | None:
     """A Jinja chat template from a file (`--template`), or None."""
     if path is None:
         return None
+    from safegene.io.untrusted import read_text
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise SafeGeneError(f"chat template file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise SafeGeneError(f"{p} is not UTF-8 text") from None
+    text = read_text(p, 1024 * 1024)  # (a regular file of at most 1 MB)
     if not text.strip():
         raise SafeGeneError(f"chat template file is empty: {p}")
     return text

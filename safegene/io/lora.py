@@ -18,6 +18,7 @@ lora_alpha of a module come from rank_pattern / alpha_pattern as PEFT looks them
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -28,6 +29,7 @@ import torch
 from safegene.errors import SafeGeneError
 from safegene.family import parse_name
 from safegene.io.reader import ModelReader
+from safegene.io.untrusted import read_json
 from safegene.io.writer import SpooledWriter
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -51,10 +53,7 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     file = path / ADAPTER_CONFIG
     if not file.is_file():
         raise SafeGeneError(f"not a PEFT adapter directory (no {ADAPTER_CONFIG}): {path}")
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError) as exc:
-        raise SafeGeneError(f"unreadable {file}: {exc}") from exc
+    config = read_json(file)
     if not isinstance(config, dict):
         raise SafeGeneError(f"unreadable {file}: not a JSON object")
     if config.get("peft_type") != "LORA":
@@ -64,14 +63,53 @@ def read_adapter_config(path: str | os.PathLike) -> dict:
     for key, what in UNSUPPORTED:
         if config.get(key):
             raise SafeGeneError(f"the adapter {path} uses {what}, which cannot be combined exactly")
+    problem = _config_problem(config)
+    if problem:
+        raise SafeGeneError(f"invalid {file}: {problem}")
     return config
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _config_problem(config: dict) -> str | None:
+    """What is wrong with the values of a LoRA config (PEFT would fail on them, or later), if
+    anything: r and rank_pattern positive integers, lora_alpha and alpha_pattern finite numbers,
+    target_modules a string or a list of strings."""
+    if "r" in config and not (_is_int(config["r"]) and config["r"] > 0):
+        return f"r must be a positive integer, got {config['r']!r}"
+    if "lora_alpha" in config and not _is_number(config["lora_alpha"]):
+        return f"lora_alpha must be a number, got {config['lora_alpha']!r}"
+    for key, ok in (
+        ("rank_pattern", lambda v: _is_int(v) and v > 0),
+        ("alpha_pattern", _is_number),
+    ):
+        pattern = config.get(key) or {}
+        if not isinstance(pattern, dict):
+            return f"{key} must be a mapping"
+        bad = [(k, v) for k, v in pattern.items() if not ok(v)]
+        if bad:
+            return f"{key}[{bad[0][0]!r}] is invalid: {bad[0][1]!r}"
+    targets = config.get("target_modules")
+    if targets is not None and not (
+        isinstance(targets, str)
+        or isinstance(targets, list)
+        and all(isinstance(t, str) for t in targets)
+    ):
+        return f"target_modules must be a string or a list of strings, got {targets!r}"
+    return None
 
 
 def _tolerant_config(path: str | os.PathLike) -> dict:
     """An adapter's config as far as it reads ({} when absent or unreadable)."""
     try:
-        config = json.loads((Path(path) / ADAPTER_CONFIG).read_text())
-    except (OSError, ValueError):
+        config = read_json(Path(path) / ADAPTER_CONFIG)
+    except (OSError, SafeGeneError):
         return {}
     return config if isinstance(config, dict) else {}
 
@@ -86,6 +124,8 @@ def max_lora_rank(path: str | os.PathLike) -> int | None:
     """The largest rank an adapter's config declares (r and rank_pattern), e.g. for vLLM."""
     config = _tolerant_config(path)
     if not config:
+        return None
+    if _config_problem(config):
         return None
     ranks = [config.get("r") or 0, *(config.get("rank_pattern") or {}).values()]
     return max(int(r) for r in ranks)
@@ -140,7 +180,15 @@ class LoraAdapter:
                 if b_key not in self.reader:
                     raise SafeGeneError(f"the adapter {self.path} has {name} but no {b_key}")
                 module = key.removeprefix(PEFT_PREFIX)
-                rank = self.reader.entry(name).shape[0]
+                a_shape, b_shape = self.reader.entry(name).shape, self.reader.entry(b_key).shape
+                if len(a_shape) != 2 or len(b_shape) != 2 or a_shape[0] != b_shape[1]:
+                    raise SafeGeneError(
+                        f"the adapter {self.path}: the factors of {module!r} have the shapes "
+                        f"{list(a_shape)} and {list(b_shape)}, which do not multiply"
+                    )
+                rank = a_shape[0]
+                if rank == 0:
+                    raise SafeGeneError(f"the adapter {self.path}: {module!r} has rank 0")
                 modules[module] = LoraModule(name, b_key, lora_scaling(self.config, module, rank))
             elif ".lora_B." not in name:
                 raise SafeGeneError(
@@ -176,6 +224,35 @@ def read_adapter(path: str | os.PathLike) -> LoraAdapter:
     """Open a PEFT LoRA adapter; refuses what cannot be merged exactly (DoRA, modules_to_save,
     LoRA biases, fan_in_fan_out, embeddings)."""
     return LoraAdapter(path)
+
+
+def check_adapter_fits(adapter: LoraAdapter, shapes: dict[str, tuple[int, ...]], what: str) -> None:
+    """Every module the adapter adapts exists in the model (`shapes`: its tensors' shapes) with
+    the shape its factors multiply to; the first mismatch is named. The one check of an adapter
+    against a model, for every command (PEFT itself would drop an unknown module silently)."""
+    for mod in adapter.modules:
+        weight = mod + ".weight"
+        if weight not in shapes:
+            raise SafeGeneError(f"the adapter {adapter.path} targets {mod!r}, which {what} lacks")
+        a, b = adapter.shape(mod)
+        if (b[0], a[1]) != tuple(shapes[weight]):
+            raise SafeGeneError(
+                f"the adapter's factors for {mod!r} do not fit its shape "
+                f"{tuple(shapes[weight])} in {what}"
+            )
+
+
+def validate_adapter(
+    path: str | os.PathLike, model: str | os.PathLike, *, allow_pickle: bool = False
+) -> None:
+    """`read_adapter(path)` (its config and factors) and `check_adapter_fits` on the model
+    directory `model`: what every command checks before PEFT loads an adapter."""
+    adapter = read_adapter(path)
+    try:
+        with ModelReader(model, allow_pickle=allow_pickle) as reader:
+            check_adapter_fits(adapter, reader.shapes(), f"the model {model}")
+    finally:
+        adapter.close()
 
 
 # --- writing -----------------------------------------------------------------------------------

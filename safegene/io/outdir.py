@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from safegene.errors import SafeGeneError
-from safegene.io.atomic import atomic_dir
+from safegene.io.atomic import atomic_dir, claim_output, remove_stale_temps
 
 # Files a model directory carries besides its weights: config, tokenizer, chat template, ...
 MODEL_SIDE_FILES = (
@@ -36,34 +36,105 @@ MODEL_SIDE_FILES = (
 )
 
 
-def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple = ()) -> Path:
-    """Validate an output path before any work: refuses an existing one without force, and
-    any path that is (or contains, or lies inside) an input, since inputs are never modified."""
-    out = Path(out).absolute()
+_MAX_WALK = 200_000  # entries looked at under one input or an existing output
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every entry under the directory `root` (symlinks not followed), at most _MAX_WALK."""
+    n = 0
+    for parent, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            n += 1
+            if n > _MAX_WALK:
+                raise SafeGeneError(f"{root} holds more than {_MAX_WALK} files; cannot check it")
+            yield Path(parent) / name
+
+
+def _real(p: Path) -> Path:
+    """`p` with every symlink resolved (a symlink loop resolves as far as it goes)."""
+    return Path(os.path.realpath(p))
+
+
+def _inode(p: Path) -> tuple[int, int] | None:
+    try:
+        st = p.stat()  # through a symlink: what it points to
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if not os.path.isdir(p) else None
+
+
+def input_footprint(inputs) -> tuple[set[Path], set[tuple[int, int]]]:
+    """What an input is made of, for the overlap check: every path it occupies (as given,
+    resolved, and where each symlink inside it points) and the inode of every file in it (to
+    find hard links). `inputs` are paths (files or directories) or None; a string that is not an
+    existing path (a Hub id, a zoo split, `hf:...`) counts as given."""
+    paths: set[Path] = set()
+    inodes: set[tuple[int, int]] = set()
     for src in inputs:
         if src is None:
             continue
-        src = Path(src).absolute()
-        for o, i in ((out, src), (out.resolve(), src.resolve())):  # as given, and through symlinks
+        src = Path(src)
+        paths |= {src.absolute(), _real(src)}
+        if (ino := _inode(src)) is not None:
+            inodes.add(ino)
+        if src.is_dir():
+            for p in _walk(_real(src)):
+                if p.is_symlink():
+                    paths.add(_real(p))
+                if (ino := _inode(p)) is not None:
+                    inodes.add(ino)
+    return paths, inodes
+
+
+def _overlap(out: Path, paths: set[Path], inodes: set[tuple[int, int]]) -> str | None:
+    """The input `out` would touch (be, contain, lie inside, or hold a hard link of), if any."""
+    for o in (out, _real(out)):
+        for i in paths:
             if o == i or i in o.parents or o in i.parents:
-                raise SafeGeneError(f"output {out} overlaps the input {src}; choose another --out")
-    if out.exists() and not force:
-        raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
+                return str(i)
+    if out.is_dir():
+        for p in _walk(out):
+            if not p.is_symlink() and _inode(p) in inodes:
+                return f"{p} (a hard link of an input file)"
+    elif _inode(out) in inodes:
+        return f"{out} (a hard link of an input file)"
+    return None
+
+
+def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple = ()) -> Path:
+    """Validate and claim an output path before any work: refuses any path that is, contains,
+    lies inside (as given or through symlinks) or holds a hard link of an input (models, genes,
+    adapters, data files, recipes: inputs are never modified, `--force` or not), an existing one
+    without force, and a path that cannot be a directory. Claims `out` for this process
+    (`atomic.claim`: a second run writing the same output is refused) and removes the
+    temporaries dead processes left beside it."""
+    out = Path(out).absolute()
+    paths, inodes = input_footprint(inputs)
+    hit = _overlap(out, paths, inodes)
+    if hit is not None:
+        raise SafeGeneError(f"output {out} overlaps the input {hit}; choose another --out")
+    if out.is_symlink() and not out.exists():
+        raise SafeGeneError(f"output is a dangling symlink: {out}")
     if out.exists() and not out.is_dir():
         raise SafeGeneError(f"output exists and is not a directory: {out}")
     if not out.parent.is_dir():
         raise SafeGeneError(f"parent directory of the output does not exist: {out.parent}")
+    claim_output(out)
+    if out.exists() and not force:
+        raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
+    remove_stale_temps(out)
     return out
 
 
 @contextlib.contextmanager
 def atomic_output_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """`check_output_path(out, force)`, then `atomic_dir(out)`: a fresh hidden sibling directory
-    that becomes `out` when the block succeeds (with `force`, replacing the old `out` only then).
+    that becomes `out` when the block succeeds (with `force`, replacing the old `out` only then;
+    without it, refusing an `out` that appeared meanwhile).
 
     On any exception the temporary directory is removed and `out` is left as it was.
     """
-    with atomic_dir(check_output_path(out, force)) as tmp:
+    with atomic_dir(check_output_path(out, force), replace=force) as tmp:
         yield tmp
 
 

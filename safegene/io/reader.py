@@ -9,7 +9,6 @@ so holding a reader costs nothing and reading a whole model costs one tensor of 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from safegene.errors import SafeGeneError
 from safegene.io.safetensors_format import TensorEntry, read_header, read_tensor
+from safegene.io.untrusted import check_regular_files, read_json
 from safegene.io.workspace import Workspace
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -25,13 +25,19 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 
 def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
     """The safetensors files of a checkpoint: from `<prefix>.safetensors.index.json` if present,
-    else `<prefix>.safetensors`, else the directory's only `*.safetensors` files."""
+    else `<prefix>.safetensors`, else the directory's only `*.safetensors` files. Both a single
+    file and an index is ambiguous (transformers loads the one, this reader would read the
+    other), so it is refused."""
     index = path / f"{prefix}.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
+    single = path / f"{prefix}.safetensors"
+    if os.path.lexists(index) and os.path.lexists(single):
+        raise SafeGeneError(
+            f"{path} holds both {single.name} and {index.name}: which weights are meant is "
+            "ambiguous (loaders disagree); remove one"
+        )
+    if os.path.lexists(index):
+        raw = read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
         if not isinstance(weight_map, dict):
             raise SafeGeneError(f"malformed shard index {index}: weight_map is not an object")
         bad = [
@@ -46,8 +52,7 @@ def find_weight_files(path: Path, prefix: str = "model") -> list[Path]:
         if missing:
             raise SafeGeneError(f"{index} names a missing shard: {missing[0]}")
         return files
-    single = path / f"{prefix}.safetensors"
-    if single.is_file():
+    if os.path.lexists(single):
         return [single]
     return sorted(path.glob("*.safetensors"))
 
@@ -57,10 +62,11 @@ def find_pickle_files(path: Path) -> list[Path]:
     else `pytorch_model.bin`, else every *.bin/*.pt/*.pth/*.ckpt in the directory."""
     index = path / "pytorch_model.bin.index.json"
     if index.is_file():
-        try:
-            names = set(json.loads(index.read_text())["weight_map"].values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise SafeGeneError(f"malformed shard index {index}: {exc}") from exc
+        raw = read_json(index)
+        weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+        if not isinstance(weight_map, dict):
+            raise SafeGeneError(f"malformed shard index {index}: weight_map is not an object")
+        names = set(weight_map.values())
         if any(not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..") for n in names):
             raise SafeGeneError(f"{index} names a shard outside its directory")
         return sorted(path / n for n in names)
@@ -78,9 +84,11 @@ def _load_pickle(path: Path) -> dict:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors come in many types
         raise SafeGeneError(
-            f"cannot load {path} as plain tensors (weights_only=True): {exc}"
-        ) from exc
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            f"refused to unpickle {path} as plain tensors (weights_only=True): {exc}"
+        ) from None
+    if not isinstance(sd, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()
+    ):
         raise SafeGeneError(f"{path} does not hold a flat state dict of tensors")
     return sd
 
@@ -111,6 +119,7 @@ class ModelReader:
         self.workspace = workspace if workspace is not None else Workspace()
         if not self.path.is_dir():
             raise SafeGeneError(f"directory not found: {self.path}")
+        check_regular_files(self.path)
         if need_config and not (self.path / "config.json").is_file():
             raise SafeGeneError(f"not a Hugging Face model directory (no config.json): {self.path}")
         files = find_weight_files(self.path, prefix)
@@ -176,10 +185,10 @@ class ModelReader:
         return sum(e.nbytes for e in self._entries.values())
 
     def config(self) -> dict:
-        try:
-            return json.loads((self.path / "config.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise SafeGeneError(f"unreadable config.json in {self.path}: {exc}") from exc
+        config = read_json(self.path / "config.json")
+        if not isinstance(config, dict):
+            raise SafeGeneError(f"{self.path / 'config.json'} is not a JSON object")
+        return config
 
     # --- data -----------------------------------------------------------------------------
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:

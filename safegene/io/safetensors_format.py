@@ -15,10 +15,12 @@ import math
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from safegene.errors import SafeGeneError
+from safegene.io.untrusted import open_regular, parse_json
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -58,45 +60,76 @@ class TensorEntry:
         return math.prod(self.shape)
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
-    """(entries by name, __metadata__) of one safetensors file; a SafeGeneError if malformed."""
-    path = os.fspath(path)
+MAX_DIM = 2**31 - 1  # no real tensor dimension comes near; a hostile header's does
+
+
+def _entry(name: str, info: Any, base: int, size: int, path: str) -> TensorEntry:
+    """One header entry checked as the safetensors library checks it."""
     try:
-        with open(path, "rb") as f:
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise TypeError
+        dtype = DTYPES[info["dtype"]]
+        b, e = info["data_offsets"]
+        shape = tuple(info["shape"])
+    except (KeyError, TypeError, ValueError):
+        raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}") from None
+    ints = (b, e, *shape)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints):
+        raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}")
+    if any(s > MAX_DIM for s in shape):
+        raise SafeGeneError(
+            f"tensor {name!r} in {path} declares the shape {list(shape)}: a dimension above "
+            f"{MAX_DIM} is refused"
+        )
+    if base + e > size or b > e:
+        raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
+    if e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
+        raise SafeGeneError(
+            f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
+            f"its byte range ({e - b} bytes); the header lies"
+        )
+    return TensorEntry(name, path, dtype, shape, base + b, base + e)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorEntry], dict]:
+    """(entries by name, __metadata__) of one safetensors file, validated by the safetensors
+    library's own rules (so that every reader of the file sees the same tensors): a header of at
+    most 100 MB that is a JSON object without repeated keys, `__metadata__` a string-to-string
+    map, every entry exactly dtype/shape/data_offsets, the byte ranges back to back from 0 with
+    nothing after the last one. Anything else is a SafeGeneError naming the file."""
+    path = os.fspath(path)
+    bad = f"not a readable safetensors file: {path}"
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
             raw = f.read(8)
             if len(raw) != 8:
-                raise ValueError("file shorter than 8 bytes")
+                raise SafeGeneError(f"{bad} (file shorter than 8 bytes)")
             (n,) = struct.unpack("<Q", raw)
-            if n > _MAX_HEADER:
-                raise ValueError(f"header length {n} is implausible")
-            header = json.loads(f.read(n))
-        size = os.path.getsize(path)
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise SafeGeneError(f"not a readable safetensors file: {path} ({exc})") from exc
+            size = os.fstat(f.fileno()).st_size
+            if n > _MAX_HEADER or 8 + n > size:
+                raise SafeGeneError(f"{bad} (header length {n} is implausible)")
+            header = parse_json(f.read(n), bad, unique_keys=True)
+    except OSError as exc:
+        raise SafeGeneError(f"{bad} ({exc})") from exc
     base = 8 + n
     if not isinstance(header, dict):
-        raise SafeGeneError(
-            f"not a readable safetensors file: {path} (the header is not a JSON object)"
-        )
+        raise SafeGeneError(f"{bad} (the header is not a JSON object)")
     meta = header.pop("__metadata__", None) or {}
-    entries = {}
-    for name, info in header.items():
-        try:
-            dtype = DTYPES[info["dtype"]]
-            b, e = info["data_offsets"]
-            shape = tuple(int(s) for s in info["shape"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}") from exc
-        if not (isinstance(b, int) and isinstance(e, int)) or b < 0 or any(s < 0 for s in shape):
-            raise SafeGeneError(f"malformed safetensors header for {name!r} in {path}")
-        if base + e > size or b > e:
-            raise SafeGeneError(f"tensor {name!r} lies outside the file {path} (truncated?)")
-        if e - b != math.prod(shape) * torch.empty((), dtype=dtype).element_size():
-            raise SafeGeneError(
-                f"tensor {name!r} in {path}: its shape {list(shape)} does not match "
-                f"its byte range ({e - b} bytes); the header lies"
-            )
-        entries[name] = TensorEntry(name, path, dtype, shape, base + b, base + e)
+    if not isinstance(meta, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
+    ):
+        raise SafeGeneError(f"{bad} (__metadata__ must map strings to strings)")
+    entries = {name: _entry(name, info, base, size, path) for name, info in header.items()}
+    end = base
+    for e in sorted(entries.values(), key=lambda e: (e.begin, e.end)):
+        if e.begin != end:
+            what = "overlaps another" if e.begin < end else "leaves a gap before it"
+            raise SafeGeneError(f"{bad} (the byte range of {e.name!r} {what})")
+        end = e.end
+    if end != size:
+        where = "lie outside the file (truncated?)" if end > size else "are followed by stray bytes"
+        raise SafeGeneError(f"{bad} (the tensors {where})")
     return entries, meta
 
 
@@ -130,6 +163,8 @@ def all_finite(t: torch.Tensor) -> bool:
     finite (NaN/Inf inside, or finite values overflowing) is the exact element check run."""
     if not t.is_floating_point() or t.numel() == 0:
         return True
+    if t.element_size() == 1:  # float8: no reductions on CPU; exact in float16
+        t = t.to(torch.float16)
     if bool(torch.isfinite(t.sum())):  # native-dtype sum: fast, accumulates in float32 inside
         return True
     return bool(torch.isfinite(t).all())

@@ -10,6 +10,7 @@ else `model-00001-of-0000N.safetensors` plus `model.safetensors.index.json`.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -27,16 +28,23 @@ def parse_size(text: str | int) -> int:
         return text
     s = str(text).strip().upper().replace("IB", "B")
     units = {"KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4, "B": 1}
+    bad = SafeGeneError(f"cannot read size {text!r}; write e.g. 2GB or 500MB")
     for unit, mult in units.items():
         if s.endswith(unit):
             try:
-                return int(float(s[: -len(unit)]) * mult)
+                value = float(s[: -len(unit)]) * mult
             except ValueError:
-                break
+                raise bad from None
+            if not math.isfinite(value) or value < 1 or value > 2**62:
+                raise SafeGeneError(f"size {text!r} is out of range (1 byte to 4 EB)")
+            return int(value)
     try:
-        return int(s)
+        value = int(s)
     except ValueError:
-        raise SafeGeneError(f"cannot read size {text!r}; write e.g. 2GB or 500MB") from None
+        raise bad from None
+    if value < 1:
+        raise SafeGeneError(f"size {text!r} is out of range (1 byte to 4 EB)")
+    return value
 
 
 def plan_shards(

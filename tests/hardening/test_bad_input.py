@@ -993,10 +993,16 @@ def _other_zoo(o: Path) -> Path:
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input(case, fam, tmp_path):
+    check_case(CASES[case], case, fam, tmp_path)
+
+
+def check_case(make, case: str, fam, tmp_path, timeout: float = 120) -> None:
+    """Run one case: one line on stderr, exit 2, within `timeout`; its inputs (and an `out`
+    that existed) byte for byte as they were, no output and no temporary left."""
     w = tmp_path / "w"
     w.mkdir()
     out = tmp_path / "out"
-    argv, inputs, words = CASES[case](fam, w, out)
+    argv, inputs, words = make(fam, w, out)
     existed = out.exists()
     inputs = (
         [fam.gene, fam.gene_sel, *inputs]
@@ -1004,7 +1010,7 @@ def test_bad_input(case, fam, tmp_path):
         else inputs
     )
     before = snapshot(*inputs, *([out] if existed else []))
-    r = run_cli(*argv, timeout=120)
+    r = run_cli(*argv, timeout=timeout)
     assert not r.timed_out, f"{case}: hung"
     assert r.code == 2, f"{case}: exit {r.code}\nstderr: {r.err[-3000:]}"
     lines = r.err_lines
