@@ -97,7 +97,8 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
         return out
 
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
-        out = run.keep / f"{tag}-{fit}-calibrated{suffix}"
+        preset = "" if fit == "default" else f"-{fit}"
+        out = run.keep / f"{tag}{preset}-calibrated{suffix}"
         calibrate(source(), task.model, shots=s["shots"], out=out, **kw, **FIT_PRESETS[fit], **data)
         return express(out, task, d)
 

@@ -219,6 +219,7 @@ def run_eval_command(args) -> int:
         args.out,
         args.force,
         inputs=(spec.path, spec.adapter, args.guard_model, args.template, args.zoo, *data_files),
+        claim=not in_distributed_env(),  # one claim per run: the launching process's, not a rank's
     )
     if args.num_processes < 1:
         raise SafeGeneError(f"--num-processes must be at least 1, got {args.num_processes}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from safegene.errors import SafeGeneError
+from safegene.io.atomic import HELD_BY_LAUNCHER, held_claims
 
 
 @dataclass
@@ -123,6 +124,7 @@ def spawn(argv: list[str], num_processes: int, *, cpu: bool) -> int:
         )
         if cpu:
             env["ACCELERATE_USE_CPU"] = "true"
+        env[HELD_BY_LAUNCHER] = os.pathsep.join(held_claims())  # the ranks write our output
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
         procs.append(subprocess.Popen([sys.executable, "-m", "safegene", *argv], env=env))
     code = 0

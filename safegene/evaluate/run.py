@@ -403,8 +403,8 @@ def run_eval(
     from safegene.evaluate.report import build_report, write_report
     from safegene.io import check_output_path
 
-    check_output_path(out, force)
     dist = dist or current_dist(settings.device)
+    check_output_path(out, force, claim=dist.is_main)  # rank 0 writes the report
     t0 = time.time()
     samples = evaluate_model(spec, datasets, judges, settings, dist=dist)
     if not dist.is_main:

@@ -71,10 +71,23 @@ def lock_sibling(final: Path) -> Path:
 _CLAIMS: dict[Path, tuple[int, int]] = {}  # final -> (fd of its lock file, pid that took it)
 
 
+# The claims a launching process holds for the ranks it starts (`evaluate.parallel.spawn`):
+# a rank does not claim again what its launcher holds.
+HELD_BY_LAUNCHER = "SAFEGENE_HELD_CLAIMS"
+
+
+def held_claims() -> list[str]:
+    """The outputs this process holds claims on (for the processes it launches)."""
+    return [str(f) for f, (_, pid) in _CLAIMS.items() if pid == os.getpid()]
+
+
 def claim(final: str | os.PathLike) -> Path:
     """Claim the output `final` for this process (idempotent): an exclusive `flock` on its
-    `.NAME.lock` sibling. A SafeGeneError when another live process holds it."""
+    `.NAME.lock` sibling. A SafeGeneError when another live process holds it (unless it is the
+    process that launched this one: HELD_BY_LAUNCHER)."""
     final = Path(final).absolute()
+    if str(final) in os.environ.get(HELD_BY_LAUNCHER, "").split(os.pathsep):
+        return final
     held = _CLAIMS.get(final)
     if held is not None and held[1] == os.getpid():
         return final

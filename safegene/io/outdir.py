@@ -101,13 +101,16 @@ def _overlap(out: Path, paths: set[Path], inodes: set[tuple[int, int]]) -> str |
     return None
 
 
-def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple = ()) -> Path:
+def check_output_path(
+    out: str | os.PathLike, force: bool = False, inputs: tuple = (), *, claim: bool = True
+) -> Path:
     """Validate and claim an output path before any work: refuses any path that is, contains,
     lies inside (as given or through symlinks) or holds a hard link of an input (models, genes,
     adapters, data files, recipes: inputs are never modified, `--force` or not), an existing one
     without force, and a path that cannot be a directory. Claims `out` for this process
     (`atomic.claim`: a second run writing the same output is refused) and removes the
-    temporaries dead processes left beside it."""
+    temporaries dead processes left beside it. `claim=False`: checked only (the ranks of a
+    data-parallel run, whose launching process holds the claim or whose rank 0 writes)."""
     out = Path(out).absolute()
     paths, inodes = input_footprint(inputs)
     hit = _overlap(out, paths, inodes)
@@ -119,7 +122,8 @@ def check_output_path(out: str | os.PathLike, force: bool = False, inputs: tuple
         raise SafeGeneError(f"output exists and is not a directory: {out}")
     if not out.parent.is_dir():
         raise SafeGeneError(f"parent directory of the output does not exist: {out.parent}")
-    claim_output(out)
+    if claim:
+        claim_output(out)
     if out.exists() and not force:
         raise SafeGeneError(f"output already exists: {out} (pass --force to replace it)")
     remove_stale_temps(out)
