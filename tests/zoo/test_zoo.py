@@ -140,7 +140,7 @@ def _metrics_for(recipe, models) -> dict:
         ("aligned", "over_refusal", 0.06),
         ("base", "harmful_rate", 0.8),
         ("degraded-small", "harmful_rate", 0.2),
-        ("task-arith", "accuracy", 0.79),
+        ("task-arith", "accuracy", 0.89),
         ("task-howto-lora", "accuracy", 0.9),
         ("task-howto", "harmful_rate", 0.97),  # a wipe-out
         ("task-classify-lora", "harmful_rate", 0.5),  # no weak LoRA left: the spread fails
