@@ -273,7 +273,8 @@ def run_cell(
 
     from safegene.compare import eval_context, method_variants, setting_label
     from safegene.evaluate import ModelSpec, evaluate_model
-    from safegene.methods import Run, Variant
+    from safegene.methods import Run
+    from safegene.methods import methods as registered
 
     t0 = time.time()
     recipe = cell_recipe(zoo_dir, zoo, target, config)
@@ -324,16 +325,13 @@ def run_cell(
 
     draws = []
     if SAFEGENE in methods and config.shot_draws > 1:
-        chosen = methods[SAFEGENE]["settings"][methods[SAFEGENE]["chosen"]]["setting"]
-        draws.append(methods[SAFEGENE]["settings"][methods[SAFEGENE]["chosen"]]["test"])
+        best = methods[SAFEGENE]["settings"][methods[SAFEGENE]["chosen"]]
+        chosen = best["setting"]
+        draws.append(best["test"])
         for d in range(1, config.shot_draws):
             r = Run(replace(recipe, seed=d), work / f"genes-draw{d}")
             r.keep.mkdir(exist_ok=True)
-            from safegene.methods import methods as registry
-
-            v: Variant = next(
-                registry()[SAFEGENE].variants(r, spec, {**chosen, "ablations": False})
-            )
+            v = next(registered()[SAFEGENE].variants(r, spec, {**chosen, "ablations": False}))
             path, adapter = v.build(work / f"draw-{d}")
             draws.append(evaluate(SAFEGENE, path, adapter)["test"])
             shutil.rmtree(work / f"draw-{d}", ignore_errors=True)
