@@ -5,12 +5,13 @@ The card is huggingface_hub's own (`ModelCard` rendered from a Jinja template wi
 cache; a local path is named in the text instead, since the Hub accepts only ids there),
 `library_name` (peft for adapters, transformers for checkpoints), `tags`; then what the output is
 made of, in tables: its sources and their content hashes, the selection, the coefficients, the
-calibration data (by sha256) and an evaluation summary where the writer has one.
+calibration data (by sha256); `safegene eval --card` adds the evaluation summary afterwards.
 
 - `gene_card(meta, base_model)`, `output_card(form, record, gene_meta, base_model)`,
   `degrade_card(record, base_model)`: a `Card` (pure: metadata, title, sections);
 - `render(card, template=None) -> str`: the README text (a user's template file, too: its
-  errors are SafeGeneError naming the file and line); `write_card(directory, card, template)`.
+  errors are SafeGeneError naming the file and line); `write_card(directory, card, template)`;
+- `add_evaluation(directory, report)`: an eval report's summary as the card's Evaluation section.
 """
 
 from __future__ import annotations
@@ -136,15 +137,82 @@ def _coefficients_section(coefficients, calibration: dict | None) -> str | None:
     return "\n\n".join(parts)
 
 
-def _evaluation_section(evaluation: dict | None) -> str | None:
-    """Rows of {name: {metric: value}} (e.g. a report's summaries), where the writer has them."""
-    if not evaluation:
+def _pct(rate: float | None, ci, n) -> str | None:
+    if rate is None:
         return None
-    metrics = sorted({m for v in evaluation.values() for m in v})
-    return table(["", *metrics], [[n, *(v.get(m) for m in metrics)] for n, v in evaluation.items()])
+    lo, hi = ci or (None, None)
+    interval = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+    return f"{100 * rate:.1f}%{interval} (n={n})"
 
 
-def gene_card(meta: dict, base_model: str | None, evaluation: dict | None = None) -> Card:
+def evaluation_section(report: dict) -> str:
+    """The Evaluation section from an `eval` report: one row per model, harmful rate (primary
+    judge), over-refusal and each task's accuracy (never pooled across tasks), with intervals."""
+    rows, tasks = [], []
+    for m in report["models"]:
+        for t in m["summary"].get("task_accuracy_by_task") or {}:
+            if t not in tasks:
+                tasks.append(t)
+    for m in report["models"]:
+        s = m["summary"]
+        by_task = s.get("task_accuracy_by_task") or {}
+        rows.append(
+            [
+                m["name"],
+                _pct(s["harmful_rate"], s.get("harmful_rate_ci"), s.get("harmful_rate_n")),
+                _pct(s["over_refusal"], s.get("over_refusal_ci"), s.get("over_refusal_n")),
+                *(
+                    _pct(by_task[t]["rate"], by_task[t].get("ci"), by_task[t]["n"])
+                    if t in by_task
+                    else None
+                    for t in tasks
+                ),
+            ]
+        )
+    judges = {m["summary"].get("judge") for m in report["models"]} - {None}
+    head = ["model", f"harmful ({', '.join(sorted(judges)) or 'judge'})", "over-refusal"]
+    return (
+        table([*head, *(f"accuracy: {t}" for t in tasks)], rows)
+        + "\n\nFrom `safegene eval` (95 % intervals; the prompts and every generation are in its "
+        "report directory)."
+    )
+
+
+def with_evaluation(text: str, section: str) -> str:
+    """A card's text with its `## Evaluation` section replaced by `section` (or appended)."""
+    lines = text.rstrip("\n").split("\n")
+    start = next((i for i, line in enumerate(lines) if line.strip() == "## Evaluation"), None)
+    if start is None:
+        return "\n".join([*lines, "", "## Evaluation", "", section]) + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    tail = ["", *lines[end:]] if end < len(lines) else []
+    return "\n".join([*lines[:start], "## Evaluation", "", section, *tail]) + "\n"
+
+
+def safegene_card(directory: str | os.PathLike) -> Path:
+    """The README.md of a SafeGene output `directory`, or a SafeGeneError saying why not."""
+    path = Path(directory) / CARD_FILE
+    if not path.is_file():
+        raise SafeGeneError(f"--card: {directory} has no model card ({CARD_FILE})")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    metadata = text.split("---", 2)[1] if text.startswith("---") else ""
+    if "safegene" not in metadata:
+        raise SafeGeneError(f"--card: {path} is not a card SafeGene wrote (no safegene tag)")
+    return path
+
+
+def add_evaluation(directory: str | os.PathLike, report: dict) -> Path:
+    """Write `report`'s evaluation into the model card of a SafeGene output `directory`
+    (atomically; the rest of the card is kept)."""
+    from safegene.io.atomic import write_text_atomic
+
+    path = safegene_card(directory)
+    text = path.read_text(encoding="utf-8")
+    write_text_atomic(path, with_evaluation(text, evaluation_section(report)))
+    return path
+
+
+def gene_card(meta: dict, base_model: str | None) -> Card:
     """The card of a gene directory (its safegene.json `meta`)."""
     kind = meta.get("kind", "lora")
     comp = meta.get("compression") or {}
@@ -196,7 +264,6 @@ def gene_card(meta: dict, base_model: str | None, evaluation: dict | None = None
     card.add(
         "Coefficients", _coefficients_section(meta.get("coefficients"), meta.get("calibration"))
     )
-    card.add("Evaluation", _evaluation_section(evaluation))
     return card
 
 
@@ -207,9 +274,7 @@ _FORMS = {
 }
 
 
-def output_card(
-    form: str, record: dict, gene_meta: dict, base_model: str | None, evaluation=None
-) -> Card:
+def output_card(form: str, record: dict, gene_meta: dict, base_model: str | None) -> Card:
     """The card of `apply`'s output (`record`: its safegene_apply.json)."""
     what, library = _FORMS[form]
     card = Card(
@@ -236,7 +301,6 @@ def output_card(
         "Coefficients",
         _coefficients_section(record.get("coefficients"), gene_meta.get("calibration")),
     )
-    card.add("Evaluation", _evaluation_section(evaluation))
     return card
 
 

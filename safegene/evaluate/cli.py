@@ -128,6 +128,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("report")
     r.add_argument("--out", required=True, metavar="REPORT_DIR", help="the report directory")
     r.add_argument("--force", action="store_true", help="replace an existing --out")
+    r.add_argument(
+        "--card",
+        action="store_true",
+        help="also write the evaluation summary into the model card (README.md) of the evaluated "
+        "SafeGene output: the --adapter directory, else the --model directory",
+    )
     r.add_argument("--bootstrap", type=int, default=2000, metavar="B", help="bootstrap resamples")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument(
@@ -205,6 +211,10 @@ def run_eval_command(args) -> int:
     check_model_dir(spec.path, allow_pickle=args.allow_pickle)
     if spec.adapter:
         check_adapter_dir(spec.adapter)
+    if args.card:  # before any work: the card to update must be one SafeGene wrote
+        from safegene.card import safegene_card
+
+        safegene_card(spec.adapter or spec.path)
     if template is None:  # fail before loading weights or spawning processes
         from safegene.models import load_tokenizer
 
@@ -254,6 +264,10 @@ def run_eval_command(args) -> int:
         dtype=args.dtype,
     )
     report = run_eval(spec, datasets, judges, settings, args.out, force=args.force, dist=dist)
+    if report is not None and args.card:
+        from safegene.card import add_evaluation
+
+        print(f"card: {add_evaluation(spec.adapter or spec.path, report)}")
     if report is not None:
         for m in report["models"]:
             s = m["summary"]
