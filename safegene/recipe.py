@@ -5,7 +5,8 @@ method registry (safegene.methods: each method declares them in its own file).
 
 ```yaml
 family:
-  aligned: models/aligned          # paths are relative to the recipe file
+  aligned: models/aligned          # paths are relative to the recipe file; a model may also be a
+                                   # cached Hub id: meta-llama/Llama-3.1-8B-Instruct[@revision]
   degraded: [models/degraded]      # one or more
   base: models/base                # needed by SafeLoRA and SafeMERGE
 data:
@@ -44,6 +45,7 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
+from safegene.io.hub import is_hub_id, resolve_model
 from safegene.methods import methods as methods_registry
 
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
@@ -131,6 +133,12 @@ def _path(raw: Any, where: str, root: Path, problems: Problems, *, kind: str) ->
         problems.add(where, f"expected a path, got {raw!r}")
         return None
     path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+    if kind == "dir" and not path.exists() and is_hub_id(raw):  # owner/name[@rev], cached
+        try:
+            return resolve_model(raw)
+        except SafeGeneError as exc:
+            problems.add(where, str(exc))
+            return None
     exists = path.is_dir() if kind == "dir" else path.is_file()
     if not exists:
         problems.add(where, f"{'directory' if kind == 'dir' else 'file'} not found: {path}")
