@@ -28,8 +28,9 @@ from safegene.baselines.stream import (
     write_transformed,
 )
 from safegene.card import method_card, write_card
+from safegene.family import num_layers
 from safegene.io import ModelReader, atomic_output_dir, check_output_path, save_tensors
-from safegene.io.lora import ADAPTER_WEIGHTS, write_adapter_config
+from safegene.io.lora import ADAPTER_WEIGHTS, adapter_config, write_adapter_config
 from safegene.methods import Param, Run, register_method
 
 RECORD = "safelora.json"
@@ -150,23 +151,32 @@ def _write_projected_adapter(
     force: bool,
     record: dict,
 ) -> None:
+    """The task LoRA with lora_B <- C·(s·lora_B) in the chosen modules, every module's PEFT
+    scale s folded into lora_B and the config written with scaling 1 (r = the largest rank), so
+    PEFT and vLLM (which ignores rank/alpha patterns) both load it exactly, whatever the user's
+    config held (rank_pattern above r, alpha_pattern, rsLoRA)."""
     lora = task.lora
-    tensors = {}
-    for key in lora.reader.names():
-        t = lora.reader.get(key)
-        for module, (_, key_b, _) in lora.modules.items():
-            if key == key_b and module + ".weight" in chosen:
-                v = aligned.get(module + ".weight", torch.float32) - base.get(
-                    module + ".weight", torch.float32
-                )
-                t = project(v, t.float()).to(t.dtype)
-        tensors[key] = t
+    tensors, ranks = {}, {}
+    for module, (key_a, key_b, _) in lora.modules.items():
+        a, b, scale = lora.factors(module)
+        b = b.mul_(scale)
+        if module + ".weight" in chosen:
+            v = aligned.get(module + ".weight", torch.float32) - base.get(
+                module + ".weight", torch.float32
+            )
+            b = project(v, b)
+        dtype = lora.reader.entry(key_b).dtype
+        tensors[key_a], tensors[key_b] = lora.reader.get(key_a), b.to(dtype)
+        ranks[module] = a.shape[0]
+    name = lora.config.get("base_model_name_or_path")
+    config = adapter_config(
+        ranks, name, num_layers(task.reader.config()), lora.config.get("revision")
+    )
     with atomic_output_dir(out, force) as tmp:
         save_tensors(tmp / ADAPTER_WEIGHTS, tensors)
-        write_adapter_config(tmp, lora.config)
+        write_adapter_config(tmp, config)
         (tmp / RECORD).write_text(json.dumps(record, indent=1) + "\n")
-        base = lora.config.get("base_model_name_or_path")
-        write_card(tmp, method_card("SafeLoRA", {RECORD: record}, base, "peft"))
+        write_card(tmp, method_card("SafeLoRA", {RECORD: record}, name, "peft"))
 
 
 @register_method(

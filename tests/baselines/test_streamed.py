@@ -189,3 +189,48 @@ def test_existing_output_is_kept_without_force(family, tmp_path):
     (tmp_path / "o").mkdir()
     with pytest.raises(SafeGeneError, match="already exists"):
         interpolate(family["task"], family["aligned"], tmp_path / "o", t=0.5, progress=False)
+
+
+def test_safelora_adapter_is_vllm_safe_whatever_the_users_config(family, tmp_path):
+    """A user's LoRA whose rank_pattern goes above r and whose scales differ per module (PEFT
+    reads the patterns; vLLM ignores them): the output folds every scale into lora_B, so its
+    config has r = the largest rank and one global scale of 1, and loads exactly in PEFT."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from safegene.io.lora import read_adapter
+
+    user = get_peft_model(
+        perturbed(build_model("llama", seed=0), seed=1),
+        LoraConfig(
+            r=2,
+            lora_alpha=3,
+            rank_pattern={"v_proj": 6},
+            alpha_pattern={"v_proj": 24},
+            target_modules=["q_proj", "v_proj"],
+            init_lora_weights=False,
+        ),
+    )
+    user.save_pretrained(tmp_path / "user")
+    out = safelora(family["aligned"], family["aligned"], family["base"], tmp_path / "o",
+                   adapter=tmp_path / "user", number=1, progress=False)  # fmt: skip
+    cfg = json.loads((out / "adapter_config.json").read_text())
+    assert cfg["r"] == 6 and cfg["lora_alpha"] == 6
+    assert set(cfg["rank_pattern"].values()) == {2} and cfg["alpha_pattern"] == cfg["rank_pattern"]
+    ad = read_adapter(out)
+    assert {m.scale for m in ad.modules.values()} == {1.0}  # vLLM's global alpha / r, too
+    ad.close()
+    model = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
+    got = PeftModel.from_pretrained(model, out).merge_and_unload().state_dict()
+    model = AutoModelForCausalLM.from_pretrained(family["aligned"], dtype=torch.float32)
+    ref = PeftModel.from_pretrained(model, tmp_path / "user").merge_and_unload().state_dict()
+    projected = set(json.loads((out / "safelora.json").read_text())["projected"])
+    assert len(projected) == 1
+    a, b = state(family["aligned"]), state(family["base"])
+    for name in ref:
+        want = (
+            a[name] + project(a[name] - b[name], ref[name] - a[name])
+            if name in projected
+            else ref[name]
+        )
+        assert torch.allclose(got[name], want, atol=1e-5), name
