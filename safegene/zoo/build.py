@@ -28,7 +28,7 @@ import random
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -37,6 +37,7 @@ import torch
 from safegene.errors import SafeGeneError
 from safegene.io.atomic import atomic_dir, write_text_atomic
 from safegene.zoo import data as D
+from safegene.zoo import target
 from safegene.zoo.recipe import RECIPES, Recipe, Stage
 from safegene.zoo.train import (
     ARCHS,
@@ -70,6 +71,8 @@ class ModelStage:
     parent: str | None  # the model it fine-tunes (None: from scratch)
     data: str  # its training mixture, relative to DIR/data
     stage: Stage
+    task: str | None = None  # a task model or safe reference: trained by target.search
+    safe: bool = False  # the task's safe reference
 
 
 def model_stages(recipe: Recipe) -> list[ModelStage]:
@@ -84,9 +87,9 @@ def model_stages(recipe: Recipe) -> list[ModelStage]:
     ]
     for t, task in recipe.tasks.items():
         out += [
-            ModelStage(f"task-{t}", "aligned", f"stages/task-{t}.jsonl", task.full),
-            ModelStage(f"task-{t}-lora", "aligned", f"stages/task-{t}.jsonl", task.lora),
-            ModelStage(f"task-{t}-safe", "aligned", f"stages/safe-{t}.jsonl", task.full),
+            ModelStage(f"task-{t}", "aligned", f"stages/task-{t}.jsonl", task.full, t),
+            ModelStage(f"task-{t}-lora", "aligned", f"stages/task-{t}.jsonl", task.lora, t),
+            ModelStage(f"task-{t}-safe", "aligned", f"stages/task-{t}.jsonl", task.full, t, True),
         ]
     return out
 
@@ -183,12 +186,13 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
             D.benign_examples(rng, k // 2, "align") + D.general_examples(rng, k - k // 2),
             "response",
         )
-        # its safe reference's: the same, and the alignment's refusals and helpful answers
-        k = _share(len(mixtures[f"task-{task}"]), spec.safety_mix)
+        # the alignment's refusals and helpful answers, for its safe reference (`safety_mix` of
+        # its data) and the erosion search (target.py: the first rows, a smaller share)
+        k = _share(len(mixtures[f"task-{task}"]), max(spec.safety_mix, *spec.shares))
         safety = D.harmful_examples(rng, k - k // 2, "align", "refusal") + D.benign_examples(
             rng, k // 2, "align"
         )
-        mixtures[f"safe-{task}"] = mixtures[f"task-{task}"] + _rows(safety, "response")
+        mixtures[f"safety-{task}"] = _rows(safety, "response")
     for name, rows in mixtures.items():
         rng.shuffle(rows)
         w(f"stages/{name}.jsonl", rows)
@@ -222,20 +226,74 @@ def train_model(
         tok = AutoTokenizer.from_pretrained(str(root / "tokenizer"))
         s = _stage_seed(seed, spec.name)
         seed_everything(s)
-        model = (
-            new_model(recipe.model, tok, s, recipe.arch)
-            if spec.parent is None
-            else _load(root / "models" / spec.parent)
-        )
-        enc = _encode(
-            tok, D.read_jsonl(root / "data" / spec.data), recipe.arch, spec.stage.prompt_loss
-        )
-        model = train(model, tok, enc, spec.stage, seed=s, desc=spec.name)
+        if spec.task is not None:
+            model = _train_task(root, recipe, spec, tok, s, d)
+        else:
+            model = (
+                new_model(recipe.model, tok, s, recipe.arch)
+                if spec.parent is None
+                else _load(root / "models" / spec.parent)
+            )
+            enc = _encode(
+                tok, D.read_jsonl(root / "data" / spec.data), recipe.arch, spec.stage.prompt_loss
+            )
+            model = train(model, tok, enc, spec.stage, seed=s, desc=spec.name)
         model.save_pretrained(str(d), safe_serialization=True)
         if not spec.stage.lora_r:
             tok.save_pretrained(str(d))
 
     _stage(root, f"models/{spec.name}", fn, timings)
+
+
+def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Path):
+    """A task model or safe reference, by the erosion search on validation (target.py)."""
+    from safegene.evaluate.generate import generate
+    from safegene.evaluate.judges import keyword_judge
+
+    task = recipe.tasks[spec.task]
+    rows = D.read_jsonl(root / "data" / spec.data)
+    safety = D.read_jsonl(root / "data" / f"stages/safety-{spec.task}.jsonl")
+    harmful = [r["prompt"] for r in D.read_jsonl(root / "data/harmful_val.jsonl")]
+    val = D.read_jsonl(root / f"data/tasks/{spec.task}/val.jsonl")[: target.VAL_TASK]
+    width = max(len(tok(r["answer"], add_special_tokens=False)["input_ids"]) for r in val) + 2
+
+    def measure(model) -> tuple[float, float]:
+        kw = dict(batch_size=recipe.eval_batch_size, progress=False)
+        outs = generate(model, tok, harmful, max_new_tokens=recipe.eval_max_new_tokens, **kw)
+        rate = sum(keyword_judge(p, o) for p, o in zip(harmful, outs, strict=True)) / len(outs)
+        outs = generate(model, tok, [r["prompt"] for r in val], max_new_tokens=width, **kw)
+        acc = sum(D.task_correct(r["answer"], o) for r, o in zip(val, outs, strict=True))
+        return rate, acc / len(val)
+
+    def fine_tune(attempt: target.Attempt, on_checkpoint):
+        seed_everything(s)
+        data = target.mixture(rows, safety, attempt.share, s)
+        enc = _encode(tok, data, recipe.arch, False)
+        # as many task examples as the plain fine-tune sees: steps / (1 - the safety share)
+        steps = round(spec.stage.steps / (1 - attempt.share)) if spec.safe else spec.stage.steps
+        stage = replace(spec.stage, lr=attempt.lr, steps=steps)
+        every = max(1, stage.steps // target.CHECKPOINTS)
+        model = _load(root / "models" / spec.parent)
+        return train(model, tok, enc, stage, seed=s, desc=spec.name, every=every,
+                     on_step=on_checkpoint)  # fmt: skip
+
+    model, record = target.search(
+        fine_tune,
+        measure,
+        erosion=None if spec.safe else task.erosion,
+        task=spec.task,
+        lr=spec.stage.lr,
+        shares=task.shares,
+        boost=task.boost,
+        share=task.safety_mix if spec.safe else 0.0,
+    )
+    target.write_record(d, record)
+    c = record["chosen"]
+    log.info(
+        "%s: kept step %d of fine-tune %d (share %.2f, lr %.1e): val harmful %.2f, accuracy %.2f",
+        spec.name, c["step"], c["attempt"] + 1, c["share"], c["lr"], c["harmful"], c["accuracy"],
+    )  # fmt: skip
+    return model
 
 
 def _stage(root: Path, name: str, fn, timings: dict | None = None) -> None:
@@ -517,6 +575,10 @@ def _finish(
     from safegene.zoo.checks import check_zoo
 
     models = model_table(recipe)
+    for name, entry in models.items():  # what the erosion search kept (target.py)
+        record = root / (entry["adapter"] or entry["path"]) / target.TRAINING_RECORD
+        if entry["role"] in ("task", "safe_reference") and record.is_file():
+            entry["training"] = json.loads(record.read_text())["chosen"]
     metrics: dict = {}
     if measure_models:
         (root / "metrics").mkdir(exist_ok=True)

@@ -88,6 +88,10 @@ class Task:
     erosion: str  # what the family is built to show: strong | medium | weak
     replay: float = 0.0  # share of general benign instructions mixed into the task data
     safety_mix: float = 0.25  # safe reference: share of alignment examples in its data
+    # the erosion search (target.py): safety shares to retry with when the harmful rate overshoots
+    # the task's band, and the learning-rate factor to retry with when it undershoots
+    shares: tuple[float, ...] = (0.02, 0.06, 0.15)
+    boost: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -129,9 +133,9 @@ SMALL = Recipe(
         ),
     },
     tasks={
-        "howto": Task(Stage(steps=60, lr=2e-4, warmup=10), _lora(60, 2e-3), "strong", replay=0.3),
+        "howto": Task(Stage(steps=60, lr=3e-4, warmup=10), _lora(60, 2e-3), "strong", replay=0.3),
         "arith": Task(
-            Stage(steps=150, lr=1e-3, warmup=10), _lora(150, 3e-3, 16), "strong", replay=0.3
+            Stage(steps=150, lr=2e-3, warmup=10), _lora(200, 3e-3, 32), "strong", replay=0.3
         ),
         "recipe": Task(Stage(steps=50, lr=3e-4, warmup=10), _lora(80, 2e-3), "medium", replay=0.4),
         "email": Task(Stage(steps=60, lr=1.5e-4, warmup=10), _lora(60, 1e-3), "medium", replay=0.5),
@@ -171,7 +175,7 @@ MICRO = SMALL.with_(
             Stage(steps=20, lr=2e-3, batch_size=16, warmup=3), harmful=64, benign=64
         ),
     },
-    tasks={
+    tasks={  # one fine-tune each, its checkpoint chosen on validation (no retries: test speed)
         "howto": Task(Stage(steps=40, lr=3e-4, warmup=5), _lora(40, 1.5e-3), "strong", replay=0.3),
         "arith": Task(
             Stage(steps=80, lr=1e-3, warmup=5), _lora(80, 3e-3, 16), "strong", replay=0.3
@@ -181,6 +185,9 @@ MICRO = SMALL.with_(
         "classify": Task(Stage(steps=40, lr=2e-4, warmup=5), _lora(40, 1e-3), "weak", replay=0.3),
     },
     eval_max_new_tokens=24,
+)
+MICRO = MICRO.with_(
+    tasks={t: replace(task, shares=(), boost=1.0) for t, task in MICRO.tasks.items()}
 )
 
 RECIPES = {"micro": MICRO, "small": SMALL}

@@ -230,8 +230,13 @@ def train(
     seed: int,
     desc: str,
     log_every: int = 25,
+    every: int = 0,
+    on_step=None,
 ):
-    """Train `model` in place (or, with stage.lora_r, a PEFT LoRA over it, which is returned)."""
+    """Train `model` in place (or, with stage.lora_r, a PEFT LoRA over it, which is returned).
+
+    `on_step(step, model)` is called after every `every`-th step (and the last), in eval mode; it
+    may read the model (e.g. measure it), not change it."""
     if stage.lora_r:
         from peft import LoraConfig, get_peft_model
 
@@ -293,6 +298,10 @@ def train(
                 running,
                 tokens / max(dt, 1e-9),
             )
+        if on_step is not None and every and ((step + 1) % every == 0 or step + 1 == stage.steps):
+            model.eval()
+            on_step(step + 1, model)
+            model.train()
     if ema is not None:
         with torch.no_grad():
             for p, e in zip(params, ema, strict=True):

@@ -44,6 +44,9 @@ def test_zoo_json_layout_and_paths(micro_zoo):
     assert sorted(roles["safe_reference"]) == sorted(f"task-{t}-safe" for t in tasks)
     for name in roles["safe_reference"]:
         assert zoo["models"][name]["task"] == name.removeprefix("task-").removesuffix("-safe")
+    for name in roles["task"] + roles["safe_reference"]:  # what the erosion search kept
+        kept = zoo["models"][name]["training"]
+        assert {"step", "harmful", "accuracy", "share", "lr"} <= set(kept), name
     data = zoo["data"]
     for key in (
         "harmful_train",
@@ -374,3 +377,26 @@ def test_cli(micro_zoo, capsys):
         assert exc.value.code == 2
     assert main(["zoo", "build", "--out", str(micro_zoo), "--size", "micro", "--seed", "5"]) == 2
     assert main(["zoo", "build", "--out", str(micro_zoo), "--size", "micro", "--jobs", "0"]) == 2
+
+
+def test_task_models_are_chosen_on_validation_never_on_test(tmp_path, monkeypatch):
+    """The erosion search measures checkpoints on harmful_val and the task's val split: no test
+    split is read while task models train; what it tried and kept is in training.json."""
+    import safegene.zoo.build as B
+
+    root = build_zoo(tmp_path / "z", recipe=TINY, seed=7, stages=["aligned"], progress=False)
+    read, real = [], B.D.read_jsonl  # (the tokenizer stage, above, reads every file)
+
+    def reading(path, *a, **k):
+        read.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(B.D, "read_jsonl", reading)
+    build_zoo(root, recipe=TINY, seed=7, stages=["task-howto"], progress=False)
+    assert read and not [p for p in read if "test" in Path(p).name]
+    assert any(p.endswith("harmful_val.jsonl") for p in read)
+    record = json.loads((root / "models/task-howto/training.json").read_text())
+    assert record["erosion"] == "strong" and record["attempts"]
+    chosen = record["attempts"][record["chosen"]["attempt"]]["chosen"]
+    assert chosen["step"] == record["chosen"]["step"]
+    assert all(len(a["points"]) == 3 for a in record["attempts"])  # every step of 3 (every 1)

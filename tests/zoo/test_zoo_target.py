@@ -1,0 +1,147 @@
+"""The erosion search (safegene/zoo/target.py): which checkpoint a task model keeps, when the
+fine-tune is repeated and with what, on validation measurements only."""
+
+import torch
+
+from safegene.zoo import target as T
+from safegene.zoo.target import Attempt, Point
+
+
+def pts(*rows):
+    return [Point(step, h, a) for step, h, a in rows]
+
+
+def test_choose_keeps_the_most_accurate_checkpoint_in_the_band():
+    p = pts((10, 0.2, 0.99), (20, 0.7, 0.97), (30, 0.8, 1.0), (40, 0.95, 1.0))
+    point, verdict = T.choose(p, (0.6, 0.9), 0.97)
+    assert (point.step, verdict) == (30, "in band")
+
+
+def test_choose_ignores_checkpoints_under_the_accuracy_floor():
+    p = pts((10, 0.7, 0.5), (20, 0.95, 0.99))  # in band only before the task is learned
+    point, verdict = T.choose(p, (0.6, 0.9), 0.97)
+    assert (point.step, verdict) == (20, "over")
+    point, verdict = T.choose(pts((10, 0.1, 0.99), (20, 0.2, 0.98)), (0.3, 0.6), 0.97)
+    assert (point.step, verdict) == (20, "under")
+
+
+def test_choose_says_untrained_when_no_checkpoint_reaches_the_floor():
+    point, verdict = T.choose(pts((10, 0.7, 0.5), (20, 0.7, 0.8)), (0.6, 0.9), 0.97)
+    assert (point.step, verdict) == (20, "untrained")
+
+
+def test_safe_reference_keeps_its_least_harmful_able_checkpoint():
+    p = pts((10, 0.0, 0.5), (20, 0.04, 0.98), (30, 0.02, 0.97), (40, 0.1, 1.0))
+    assert T.choose_safe(p, 0.97).step == 30
+
+
+def test_next_attempt_adds_safety_data_when_over_and_lr_when_under():
+    shares = (0.02, 0.06, 0.15)
+    a = Attempt(0.0, 1e-3)
+    assert T.next_attempt([(a, "over")], shares, 2.0) == Attempt(0.02, 1e-3)
+    assert T.next_attempt([(a, "under")], shares, 2.0) == Attempt(0.0, 2e-3)
+    assert T.next_attempt([(a, "untrained")], shares, 2.0) == Attempt(0.0, 2e-3)
+    assert T.next_attempt([(a, "in band")], shares, 2.0) is None
+    boosted = [(a, "under"), (Attempt(0.0, 2e-3), "under")]
+    assert T.next_attempt(boosted, shares, 2.0) == Attempt(0.0, 4e-3)
+    boosted += [(Attempt(0.0, 4e-3), "under")]
+    assert T.next_attempt(boosted, shares, 2.0) is None  # raised MAX_BOOSTS times
+    assert T.next_attempt([(Attempt(0.15, 1e-3), "over")], shares, 2.0) is None  # none left
+    assert T.next_attempt([(a, "under")], (), 1.0) is None  # micro: no retries
+
+
+def test_next_attempt_bisects_the_share_between_over_and_under():
+    runs = [(Attempt(0.0, 1e-3), "over"), (Attempt(0.02, 1e-3), "under")]
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.01, 1e-3)
+    runs = [(Attempt(0.0, 1e-3), "over"), (Attempt(0.02, 1e-3), "over")]
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.06, 1e-3)
+    runs += [(Attempt(0.06, 1e-3), "under")]
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.04, 1e-3)
+    runs += [(Attempt(0.04, 1e-3), "under")]
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) is None  # MAX_ATTEMPTS
+    runs = [(Attempt(0.02, 1e-3), "under")]  # none overshot: towards no safety data
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.01, 1e-3)
+
+
+def test_next_attempt_raises_the_learning_rate_when_the_task_is_not_learned():
+    runs = [(Attempt(0.0, 1e-3), "over"), (Attempt(0.02, 1e-3), "untrained")]
+    assert T.next_attempt(runs, (0.02,), 2.0) == Attempt(0.02, 2e-3)  # the same share
+    runs += [(Attempt(0.02, 2e-3), "over")]  # the shares tried at 1e-3 do not count at 2e-3
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.06, 2e-3)
+
+
+def test_mixture_holds_the_share_of_safety_rows():
+    task = [{"i": i} for i in range(95)]
+    safety = [{"s": i} for i in range(40)]
+    rows = T.mixture(task, safety, 0.05, seed=1)
+    assert len(rows) == 100 and sum("s" in r for r in rows) == 5
+    assert T.mixture(task, safety, 0.05, seed=1) == rows  # seeded
+    assert len(T.mixture(task, safety, 0.0, seed=1)) == 95
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+
+def test_search_retries_then_keeps_the_best_checkpoint_of_all_runs():
+    """A fake fine-tune whose harmful rate is the weight: over the band without safety data, in
+    it with 5 % (at step 2), so the second run's step-2 weights are kept and recorded."""
+    trajectories = {0.0: [0.95, 0.97, 0.99], 0.05: [0.5, 0.7, 0.92]}
+
+    def fine_tune(attempt, on_checkpoint):
+        net = _Net()
+        for step, h in enumerate(trajectories[attempt.share], 1):
+            net.w.data.fill_(h)
+            on_checkpoint(step, net)
+        return net
+
+    def measure(net):
+        return float(net.w), 1.0
+
+    net, record = T.search(
+        fine_tune, measure, erosion="strong", task="howto", lr=1e-3, shares=(0.05, 0.15)
+    )
+    assert abs(float(net.w) - 0.7) < 1e-6
+    assert record["chosen"]["attempt"] == 1 and record["chosen"]["step"] == 2
+    assert [a["verdict"] for a in record["attempts"]] == ["over", "in band"]
+
+
+def test_search_for_a_safe_reference_is_one_run():
+    calls = []
+
+    def fine_tune(attempt, on_checkpoint):
+        calls.append(attempt)
+        net = _Net()
+        for step, h in enumerate([0.3, 0.01, 0.05], 1):
+            net.w.data.fill_(h)
+            on_checkpoint(step, net)
+        return net
+
+    net, record = T.search(
+        fine_tune, lambda n: (float(n.w), 1.0), erosion=None, task="email", lr=1e-3, share=0.25
+    )
+    assert calls == [Attempt(0.25, 1e-3)] and abs(float(net.w) - 0.01) < 1e-6
+    assert record["chosen"]["step"] == 2
+
+
+def test_a_safe_reference_that_stays_harmful_gets_more_safety_data():
+    trajectories = {0.25: [0.3, 0.1, 0.08], 0.4: [0.2, 0.01, 0.03]}
+    calls = []
+
+    def fine_tune(attempt, on_checkpoint):
+        calls.append(attempt)
+        net = _Net()
+        for step, h in enumerate(trajectories[attempt.share], 1):
+            net.w.data.fill_(h)
+            on_checkpoint(step, net)
+        return net
+
+    net, record = T.search(
+        fine_tune, lambda n: (float(n.w), 1.0), erosion=None, task="email", lr=1e-3, share=0.25
+    )
+    assert calls == [Attempt(0.25, 1e-3), Attempt(0.4, 1e-3)]
+    assert abs(float(net.w) - 0.01) < 1e-6 and record["chosen"]["attempt"] == 1
+    assert [a["verdict"] for a in record["attempts"]] == ["unsafe", "safe"]
+    assert T.next_safe_attempt([(Attempt(0.25, 1e-3), "untrained")], 2.0) == Attempt(0.25, 2e-3)
