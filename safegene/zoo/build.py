@@ -575,7 +575,7 @@ def _finish(
     from safegene.zoo.checks import check_zoo
 
     models = model_table(recipe)
-    for name, entry in models.items():  # what the erosion search kept (target.py)
+    for entry in models.values():  # what the erosion search kept (target.py)
         record = root / (entry["adapter"] or entry["path"]) / target.TRAINING_RECORD
         if entry["role"] in ("task", "safe_reference") and record.is_file():
             entry["training"] = json.loads(record.read_text())["chosen"]

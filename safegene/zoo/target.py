@@ -19,7 +19,8 @@ does what a practitioner's early stopping does, on validation data only (never a
 A safe reference (the task data with `Task.safety_mix` of safety data, trained for
 steps / (1 - share) so that it sees as many task examples) keeps its least harmful checkpoint at
 the floor; when that is still above SAFE_MAX on validation it is fine-tuned once more with
-SAFE_MORE × the share (when it lost the task: with the learning rate × `Task.boost`). What was tried and chosen is written beside the weights as `training.json`.
+SAFE_MORE × the share (when it lost the task: with the learning rate × `Task.boost`). What was
+tried and chosen is written beside the weights as `training.json`.
 """
 
 from __future__ import annotations
