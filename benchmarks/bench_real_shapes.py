@@ -17,6 +17,10 @@ apply's merged tensors vs W_degraded + α·B·A computed directly.
 
 Run:  OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_real_shapes.py \\
           --configs qwen2.5-7b --layers 2 --prompts 8 --length 64
+On a GPU (issue 16's device check; the peak of torch's CUDA allocator per step joins the table,
+and the budget applies to it):
+      python benchmarks/bench_real_shapes.py --device cuda --configs llama-3.1-8b --layers 2 \\
+          --prompts 32 --length 256
 Everything lives under --root (default /tmp/safegene-real) and is deleted at the end (--keep).
 """
 
@@ -198,6 +202,18 @@ print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.perf_cou
 """
 
 
+# On a GPU the step runs through this instead of `-m safegene`: the CLI in-process, then the peak
+# of torch's CUDA allocator (what the step's tensors held) written to $BENCH_CUDA_PEAK.
+_CUDA_RUNNER = """
+import json, os, sys, torch
+from safegene.cli import main
+rc = main(sys.argv[1:])
+with open(os.environ["BENCH_CUDA_PEAK"], "w") as f:
+    json.dump(torch.cuda.max_memory_allocated(), f)
+sys.exit(rc)
+"""
+
+
 def measure(cmd: list[str]) -> tuple[float, float]:
     """(wall s, peak RSS GB) of one fresh child process."""
     p = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True)
@@ -213,25 +229,29 @@ def weight_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.glob("*.safetensors"))
 
 
-def steps(root: Path, prompts: int) -> dict[str, list[str]]:
+def steps(root: Path, prompts: int, device: str = "cpu") -> dict[str, list[str]]:
+    """Each step's command. On cuda, select, calibrate and eval run with `--device cuda --dtype
+    bf16` through _CUDA_RUNNER (extract and apply stream on the CPU whatever the device)."""
     sg = [sys.executable, "-m", "safegene"]
+    gpu = [sys.executable, "-c", _CUDA_RUNNER] if device == "cuda" else sg
+    on = ["--device", "cuda", "--dtype", "bf16"] if device == "cuda" else []
     a, d = str(root / "aligned"), str(root / "degraded")
     data = ["--harmful", str(root / "harmful.jsonl"), "--task", str(root / "task.jsonl")]
     batch = ["--batch-size", str(prompts)]  # every prompt in one batch: the worst case
     return {
         "extract": sg + ["extract", "--aligned", a, "--degraded", d, "--out", str(root / "gene"),
                          "--rank", "4"],
-        "select": sg + ["select", "--gene", str(root / "gene"), "--model", d, *data, "--top-k", "1",
-                        "--out", str(root / "gene-sel"), *batch],
-        "calibrate": sg + ["calibrate", "--gene", str(root / "gene-sel"), "--model", d, *data,
-                           "--shots", str(prompts), "--steps", "1", "--out",
-                           str(root / "gene-cal"), *batch],
+        "select": gpu + ["select", "--gene", str(root / "gene"), "--model", d, *data, "--top-k",
+                         "1", "--out", str(root / "gene-sel"), *batch, *on],
+        "calibrate": gpu + ["calibrate", "--gene", str(root / "gene-sel"), "--model", d, *data,
+                            "--shots", str(prompts), "--steps", "1", "--out",
+                            str(root / "gene-cal"), *batch, *on],
         "apply": sg + ["apply", "--gene", str(root / "gene-cal"), "--model", d, "--out",
                        str(root / "merged"), "--coef", "0.5"],  # (one fit step may keep α = 0)
-        "eval": sg + ["eval", "--model", str(root / "merged"), "--harmful",
-                      str(root / "harmful.jsonl"), "--judge", "keyword", "--max-new-tokens", "4",
-                      "--batch-size", str(prompts), "--device", "cpu", "--no-progress",
-                      "--bootstrap", "100", "--out", str(root / "report")],
+        "eval": gpu + ["eval", "--model", str(root / "merged"), "--harmful",
+                       str(root / "harmful.jsonl"), "--judge", "keyword", "--max-new-tokens", "4",
+                       "--batch-size", str(prompts), "--no-progress", "--bootstrap", "100",
+                       "--out", str(root / "report"), *(on or ["--device", "cpu"])],
     }  # fmt: skip
 
 
@@ -291,7 +311,14 @@ class ModelFiles:
 
 
 def run_config(
-    root: Path, name: str, layers: int, prompts: int, length: int, width=1.0, vocab=None
+    root: Path,
+    name: str,
+    layers: int,
+    prompts: int,
+    length: int,
+    width=1.0,
+    vocab=None,
+    device: str = "cpu",
 ) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     me = [sys.executable, str(HERE)]
@@ -304,16 +331,22 @@ def run_config(
     weights = weight_bytes(root / "aligned")
     result = {"config": name, "layers": layers, "prompts": prompts, "length": length, **info,
               "weights_gb": weights / GB, "steps": {}}  # fmt: skip
-    for step, cmd in steps(root, prompts).items():
+    peak_file = root / "cuda_peak.json"
+    os.environ["BENCH_CUDA_PEAK"] = str(peak_file)
+    for step, cmd in steps(root, prompts, device).items():
+        peak_file.unlink(missing_ok=True)
         wall, rss = measure(cmd)
         result["steps"][step] = {"wall_s": round(wall, 1), "peak_rss_gb": round(rss, 2)}
-        print(f"  {name} {step}: {wall:.1f} s, {rss:.2f} GB", flush=True)
+        if peak_file.exists():
+            result["steps"][step]["peak_cuda_gb"] = round(json.loads(peak_file.read_text()) / GB, 2)
+        print(f"  {name} {step}: {wall:.1f} s, {rss:.2f} GB", result["steps"][step], flush=True)
     subprocess.run([*me, "_check", str(root)], check=True)
     result["check"] = json.loads((root / "check.json").read_text())
     budget = weights / GB + 2.0
     result["budget_gb"] = round(budget, 2)
+    peak = "peak_cuda_gb" if device == "cuda" else "peak_rss_gb"
     result["within_budget"] = all(
-        result["steps"][s]["peak_rss_gb"] <= budget for s in ("select", "calibrate")
+        result["steps"][s][peak] <= budget for s in ("select", "calibrate")
     )
     return result
 
@@ -328,7 +361,11 @@ def table(results: list[dict]) -> str:
         "|---|---|---|---|" + "---|" * len(names) + "---|---|---|",
     ]
     for r in results:
-        cells = [f"{r['steps'][s]['wall_s']} / {r['steps'][s]['peak_rss_gb']}" for s in names]
+        cells = [
+            f"{r['steps'][s]['wall_s']} / {r['steps'][s]['peak_rss_gb']}"
+            + (f" (GPU {r['steps'][s]['peak_cuda_gb']})" if "peak_cuda_gb" in r["steps"][s] else "")
+            for s in names
+        ]
         lines.append(
             f"| {r['config']} | {r['layers']} | {r['prompts']} × {r['tokens_per_example']:.0f} "
             f"| {r['weights_gb']:.2f} | "
@@ -350,13 +387,21 @@ def main(argv=None) -> int:
     p.add_argument("--root", default="/tmp/safegene-real")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints under --root")
     p.add_argument("--json", help="also write the results here")
+    p.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: select, calibrate and eval on the GPU in bf16, with their peak CUDA memory",
+    )
     args = p.parse_args(argv)
     results = []
     for name in args.configs:
         root = Path(args.root) / name
         shutil.rmtree(root, ignore_errors=True)
         try:
-            results.append(run_config(root, name, args.layers, args.prompts, args.length))
+            results.append(
+                run_config(root, name, args.layers, args.prompts, args.length, device=args.device)
+            )
         finally:
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)

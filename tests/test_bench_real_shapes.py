@@ -21,3 +21,15 @@ def test_real_config_at_reduced_size(tmp_path, name):
     assert r["check"]["loss_max_abs_diff"] < 1e-4 and r["check"]["merged_tensors"] > 0
     assert r["check"]["merged_max_bf16_ulps"] <= 1.0
     assert r["within_budget"], r["steps"]
+
+
+def test_cuda_steps_run_select_calibrate_and_eval_on_the_gpu_in_bf16():
+    spec = importlib.util.spec_from_file_location("bench_real_shapes", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    on = ["--device", "cuda", "--dtype", "bf16"]
+    for step, cmd in bench.steps(Path("/r"), 32, "cuda").items():
+        gpu = step in ("select", "calibrate", "eval")
+        assert (cmd[-4:] == on) == gpu, step
+        assert (bench._CUDA_RUNNER in cmd) == gpu, step  # its CUDA peak is recorded
+    assert "cuda" not in " ".join(bench.steps(Path("/r"), 32)["eval"])
