@@ -474,10 +474,7 @@ def _run_zoo_build(args) -> int:
     _show_zoo_progress()
     if args.jobs is not None and args.jobs < 1 or args.threads is not None and args.threads < 1:
         raise SafeGeneError("--jobs and --threads must be at least 1")
-    from safegene.io.atomic import claim
-
-    claim(args.out)  # a second build into the same directory stops here (held for the run)
-    out = build_zoo(
+    out = build_zoo(  # (it claims --out: a second build into it stops with one line)
         args.out,
         args.size,
         args.seed,

@@ -154,15 +154,18 @@ def holding_claims() -> Iterator[None]:
 
 @contextlib.contextmanager
 def claimed(final: str | os.PathLike | None) -> Iterator[None]:
-    """`claim(final)` for the block, released after it (None: nothing is claimed)."""
+    """`claim(final)` for the block, released after it unless this process held it before
+    (None: nothing is claimed)."""
     if final is None:
         yield
         return
+    before = _CLAIMS.get(Path(final).absolute())
     claim(final)
     try:
         yield
     finally:
-        release(final)
+        if before is None or before[1] != os.getpid():
+            release(final)
 
 
 @atexit.register

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from safegene.errors import SafeGeneError
-from safegene.io.atomic import atomic_dir, write_text_atomic
+from safegene.io.atomic import atomic_dir, claimed, write_text_atomic
 from safegene.zoo import data as D
 from safegene.zoo import target
 from safegene.zoo.recipe import RECIPES, Recipe, Stage
@@ -188,7 +188,7 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         )
         # the alignment's refusals and helpful answers, for its safe reference (`safety_mix` of
         # its data) and the erosion search (target.py: the first rows, a smaller share)
-        k = _share(len(mixtures[f"task-{task}"]), max(spec.safety_mix, *spec.shares))
+        k = _share(len(mixtures[f"task-{task}"]), max((spec.safety_mix, *spec.shares)))
         safety = D.harmful_examples(rng, k - k // 2, "align", "refusal") + D.benign_examples(
             rng, k // 2, "align"
         )
@@ -469,17 +469,18 @@ def build_zoo(
             raise SafeGeneError(f"unknown zoo architecture {arch!r}; choose one of {sorted(ARCHS)}")
         recipe = RECIPES[size].with_(arch=arch)
     root = Path(out)
-    _claim(root, recipe, seed)
     threads = threads or recipe.threads
     jobs = jobs or max(1, min(2, (os.cpu_count() or 1) // threads))
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        _run_stages(root, recipe, seed, stages, jobs, threads)
-        if stages is None:
-            _finish(root, recipe, seed, measure_models, jobs, threads)
-    finally:
-        torch.set_num_threads(prev_threads)
+    with claimed(root):  # a second build into `out` (another process) stops here, one line
+        _claim(root, recipe, seed)
+        torch.set_num_threads(threads)
+        try:
+            _run_stages(root, recipe, seed, stages, jobs, threads)
+            if stages is None:
+                _finish(root, recipe, seed, measure_models, jobs, threads)
+        finally:
+            torch.set_num_threads(prev_threads)
     return root
 
 

@@ -835,3 +835,35 @@ def test_error_line_is_bounded(fam, tmp_path):
     res = run_cli("compare", r, "--out", tmp_path / "out")
     assert res.code == 2 and len(res.err_lines) == 1, res.err[:300]
     assert "seed" in res.err and len(res.err) < 4100
+
+
+def test_build_zoo_api_claims_its_directory(tmp_path):
+    """The Python API holds the same claim as the CLI: a build into a directory another live
+    process is writing stops before any stage, and a claim this process held is kept after."""
+    import subprocess
+    import sys
+
+    from safegene.errors import SafeGeneError
+    from safegene.io.atomic import claim, held_claims, release
+    from safegene.zoo import build_zoo
+
+    out = tmp_path / "zoo"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from safegene.io.atomic import claim; "
+         f"claim({str(out)!r}); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SafeGeneError, match="another process"):
+            build_zoo(out, "micro", stages=["data"], progress=False)
+        assert not (out / "data").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    claim(out)
+    try:
+        build_zoo(out, "micro", stages=["data"], progress=False)
+        assert str(out.absolute()) in held_claims()  # the caller's claim survives the build
+    finally:
+        release(out)
