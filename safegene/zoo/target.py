@@ -105,10 +105,9 @@ def next_attempt(runs: list[tuple[Attempt, str]], shares: tuple, boost: float) -
     """The next fine-tune after `runs` ((attempt, verdict) so far; None: stop).
 
     Not learned (or under the band without safety data): the learning rate × `boost` (at most
-    MAX_BOOSTS times). Over
-    or under the band: the safety share moves — up the `shares` ladder while every share tried at
-    this learning rate overshot, then to the midpoint between the largest share that overshot and
-    the smallest that undershot (towards 0 when none overshot)."""
+    MAX_BOOSTS times). Over or under the band: the safety share moves — up the `shares` ladder
+    while every share tried at this learning rate overshot, then to the midpoint between the
+    largest share that overshot and the smallest that undershot (towards 0 when none did)."""
     attempt, verdict = runs[-1]
     if verdict == "in band" or len(runs) >= MAX_ATTEMPTS:
         return None
