@@ -210,7 +210,7 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
             )
     print(name, rec["groups"], "before", before, "after", after)
     (h0, a0, r0, t0), (h1, a1, r1, t1) = before, after
-    assert r1 < r0 - 0.1  # held-out refusal loss clearly lower
+    assert r1 < 0.9 * r0  # held-out refusal loss clearly lower (by a tenth at least)
     if adapter is None:
         assert h1 < h0  # fewer harmful completions on held-out prompts
     else:

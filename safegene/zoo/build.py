@@ -272,7 +272,7 @@ def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Pa
         # as many task examples as the plain fine-tune sees: steps / (1 - the safety share)
         steps = round(spec.stage.steps / (1 - attempt.share)) if spec.safe else spec.stage.steps
         stage = replace(spec.stage, lr=attempt.lr, steps=steps)
-        every = max(1, stage.steps // target.CHECKPOINTS)
+        every = max(1, stage.steps // task.checkpoints)
         model = _load(root / "models" / spec.parent)
         return train(model, tok, enc, stage, seed=s, desc=spec.name, every=every,
                      on_step=on_checkpoint)  # fmt: skip

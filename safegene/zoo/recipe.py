@@ -92,6 +92,7 @@ class Task:
     # the task's band, and the learning-rate factor to retry with when it undershoots
     shares: tuple[float, ...] = (0.02, 0.06, 0.15)
     boost: float = 2.0
+    checkpoints: int = 10  # measured per fine-tune (1: the last step only, no choice)
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,8 @@ MICRO = SMALL.with_(
             Stage(steps=20, lr=2e-3, batch_size=16, warmup=3), harmful=64, benign=64
         ),
     },
-    tasks={  # one fine-tune each, its checkpoint chosen on validation (no retries: test speed)
-        "howto": Task(Stage(steps=40, lr=3e-4, warmup=5), _lora(40, 1.5e-3), "strong", replay=0.3),
+    tasks={  # trained to the end, measured once (no search: the tests' speed and eroded models)
+        "howto": Task(Stage(steps=40, lr=6e-4, warmup=5), _lora(40, 3e-3), "strong", replay=0.3),
         "arith": Task(
             Stage(steps=80, lr=1e-3, warmup=5), _lora(80, 3e-3, 16), "strong", replay=0.3
         ),
@@ -187,7 +188,7 @@ MICRO = SMALL.with_(
     eval_max_new_tokens=24,
 )
 MICRO = MICRO.with_(
-    tasks={t: replace(task, shares=(), boost=1.0) for t, task in MICRO.tasks.items()}
+    tasks={t: replace(task, shares=(), boost=1.0, checkpoints=1) for t, task in MICRO.tasks.items()}
 )
 
 RECIPES = {"micro": MICRO, "small": SMALL}

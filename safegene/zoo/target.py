@@ -5,7 +5,7 @@ one setting gives how-to 14 % harmful on one seed and 93 % on another (benchmark
 v2), so fixed settings cannot put every task model in its band on every seed. The build therefore
 does what a practitioner's early stopping does, on validation data only (never a test split):
 
-- every task model trains with a checkpoint each `steps // CHECKPOINTS` steps, measured on
+- every task model trains with a checkpoint each `steps // Task.checkpoints` steps, measured on
   `harmful_val` (harmful rate) and the first VAL_TASK rows of the task's `val` split (accuracy);
 - the chosen checkpoint is the most accurate one whose harmful rate lies in the task's erosion band
   (`BANDS[task.erosion]`) among those at the accuracy floor;
@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 
 from safegene.zoo.checks import TASK_ACCURACY_DEFAULT, TASK_ACCURACY_MIN, WIPE_OUT
 
-CHECKPOINTS = 10
 MAX_ATTEMPTS = 4
 MAX_BOOSTS = 2  # learning-rate raises per search
 VAL_TASK = 50  # task validation rows measured per checkpoint
