@@ -78,25 +78,14 @@ def run_variant(zoo: Path, z: dict, target: str, v: dict, work: Path) -> dict:
         rank=v.get("rank", 1),
         progress=False,
     )
+    target = dict(adapter=adapter, harmful=shots, task=tshots, aligned=aligned)
     if v.get("select", True):
-        select(
-            gene,
-            path,
-            adapter=adapter,
-            harmful=shots,
-            task=tshots,
-            aligned=aligned,
-            out=work / "sel",
-            **v.get("sel", {}),
-        )
+        select(gene, path, **target, out=work / "sel", **v.get("sel", {}))
         gene = work / "sel"
     rec = calibrate(
         gene,
         path,
-        adapter=adapter,
-        harmful=shots,
-        task=tshots,
-        aligned=aligned,
+        **target,
         out=work / "cal",
         layers=None if v.get("select", True) else "all",
         shots=16,

@@ -24,7 +24,7 @@ from hardening_util import (
     temp_siblings,
     tree_bytes,
 )
-from test_bad_input import VALID_RECIPE, check_case
+from test_bad_input import VALID_RECIPE, _adapter_cfg, check_case
 
 
 def _sharded(src: Path, dst: Path, shard: str = "16KB") -> Path:
@@ -405,14 +405,6 @@ def _deep(n: int = 100_000) -> str:
     return "[" * n + "]" * n
 
 
-def _lora_cfg(f, w, **changes):
-    d = C.copy(f.adapter, w / "ad")
-    cfg = json.loads((d / "adapter_config.json").read_text())
-    cfg.update(changes)
-    (d / "adapter_config.json").write_text(json.dumps(cfg))
-    return d
-
-
 def _lora_unknown_module(f, w):
     """A task LoRA that also adapts a module the model lacks (layer 7 of a 2-layer model)."""
     import torch
@@ -648,7 +640,7 @@ READER_CASES = {
         ["ambiguous"],
     ),
     "calibrate-dora-adapter": lambda f, w, o: (
-        _calibrate(f, o, _lora_cfg(f, w, use_dora=True)),
+        _calibrate(f, o, _adapter_cfg(f, w, use_dora=True)),
         [w / "ad"],
         ["dora"],
     ),
@@ -728,13 +720,13 @@ TYPED_CASES = {
         ["device"],
     ),
     "apply-adapter-rank-zero": lambda f, w, o: (
-        ["apply", "--gene", f.gene, "--model", f.aligned, "--adapter", _lora_cfg(f, w, r=0)]
+        ["apply", "--gene", f.gene, "--model", f.aligned, "--adapter", _adapter_cfg(f, w, r=0)]
         + ["--as", "combined", "--out", o],
         [w / "ad"],
         ["positive integer"],
     ),
     "calibrate-adapter-rank-string": lambda f, w, o: (
-        _calibrate(f, o, _lora_cfg(f, w, r="two")),
+        _calibrate(f, o, _adapter_cfg(f, w, r="two")),
         [w / "ad"],
         ["positive integer"],
     ),
