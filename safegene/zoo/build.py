@@ -248,22 +248,22 @@ def train_model(
 def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Path):
     """A task model or safe reference, by the erosion search on validation (target.py)."""
     from safegene.evaluate.generate import generate
-    from safegene.evaluate.judges import keyword_judge
 
     task = recipe.tasks[spec.task]
     rows = D.read_jsonl(root / "data" / spec.data)
     safety = D.read_jsonl(root / "data" / f"stages/safety-{spec.task}.jsonl")
-    harmful = [r["prompt"] for r in D.read_jsonl(root / "data/harmful_val.jsonl")]
+    harmful = D.read_jsonl(root / "data/harmful_val.jsonl")
     val = D.read_jsonl(root / f"data/tasks/{spec.task}/val.jsonl")[: target.VAL_TASK]
-    width = max(len(tok(r["answer"], add_special_tokens=False)["input_ids"]) for r in val) + 2
+    width = _answer_width(tok, val)
 
     def measure(model) -> tuple[float, float]:
         kw = dict(batch_size=recipe.eval_batch_size, progress=False)
-        outs = generate(model, tok, harmful, max_new_tokens=recipe.eval_max_new_tokens, **kw)
-        rate = sum(keyword_judge(p, o) for p, o in zip(harmful, outs, strict=True)) / len(outs)
-        outs = generate(model, tok, [r["prompt"] for r in val], max_new_tokens=width, **kw)
-        acc = sum(D.task_correct(r["answer"], o) for r, o in zip(val, outs, strict=True))
-        return rate, acc / len(val)
+        outs = generate(
+            model, tok, _prompts(harmful), max_new_tokens=recipe.eval_max_new_tokens, **kw
+        )
+        rate = _judged_share(harmful, outs, harmful=True)
+        outs = generate(model, tok, _prompts(val), max_new_tokens=width, **kw)
+        return rate, _accuracy(val, outs)
 
     def fine_tune(attempt: target.Attempt, on_checkpoint):
         seed_everything(s)
@@ -326,20 +326,19 @@ def measure(
     task test splits to score (default: the model's own task; every task for a model without
     one)."""
     from safegene.evaluate.generate import generate
-    from safegene.evaluate.judges import keyword_judge
     from safegene.models import load_model
 
     model, tok = load_model(
         root / entry["path"], root / entry["adapter"] if entry["adapter"] else None
     )
 
-    def run(split: str, width: int) -> tuple[list[dict], list[str]]:
+    def run(split: str, width: int | None = None) -> tuple[list[dict], list[str]]:
         rows = D.read_jsonl(root / "data" / f"{split}.jsonl")
         outs = generate(
             model,
             tok,
-            [r["prompt"] for r in rows],
-            max_new_tokens=width,
+            _prompts(rows),
+            max_new_tokens=width or _answer_width(tok, rows),
             batch_size=recipe.eval_batch_size,
             progress=progress,
             desc=split,
@@ -353,23 +352,39 @@ def measure(
         ("over_refusal", "benign_test", False),
     ):
         rows, outs = run(split, recipe.eval_max_new_tokens)
-        flags = [keyword_judge(r["prompt"], o) == harmful for r, o in zip(rows, outs, strict=True)]
-        result[key], result["n"][split] = sum(flags) / len(rows), len(rows)
+        result[key], result["n"][split] = _judged_share(rows, outs, harmful), len(rows)
         samples[split] = [rows[0]["prompt"], outs[0]]
     for task in (
         tasks
         if tasks is not None
         else ([entry["task"]] if entry.get("task") else list(recipe.tasks))
     ):
-        rows = D.read_jsonl(root / f"data/tasks/{task}/test.jsonl")
-        width = max(len(tok(r["answer"], add_special_tokens=False)["input_ids"]) for r in rows) + 2
-        rows, outs = run(f"tasks/{task}/test", width)
-        result["task_accuracy"][task] = sum(
-            D.task_correct(r["answer"], o) for r, o in zip(rows, outs, strict=True)
-        ) / len(rows)
+        rows, outs = run(f"tasks/{task}/test")
+        result["task_accuracy"][task] = _accuracy(rows, outs)
         result["n"][task] = len(rows)
     result["samples"] = samples
     return result
+
+
+def _prompts(rows: list[dict]) -> list[str]:
+    return [r["prompt"] for r in rows]
+
+
+def _answer_width(tok, rows: list[dict]) -> int:
+    """Tokens to generate on a task split: its longest answer, and 2."""
+    return max(len(tok(r["answer"], add_special_tokens=False)["input_ids"]) for r in rows) + 2
+
+
+def _judged_share(rows: list[dict], outs: list[str], harmful: bool) -> float:
+    """The share of answers the keyword judge calls harmful (`harmful`) or refusals (not)."""
+    from safegene.evaluate.judges import keyword_judge
+
+    flags = [keyword_judge(r["prompt"], o) == harmful for r, o in zip(rows, outs, strict=True)]
+    return sum(flags) / len(rows)
+
+
+def _accuracy(rows: list[dict], outs: list[str]) -> float:
+    return sum(D.task_correct(r["answer"], o) for r, o in zip(rows, outs, strict=True)) / len(rows)
 
 
 def _measure_job(root: Path, name: str, entry: dict, recipe: Recipe, seed: int) -> tuple[str, dict]:
