@@ -214,9 +214,11 @@ sys.exit(rc)
 """
 
 
-def measure(cmd: list[str]) -> tuple[float, float]:
-    """(wall s, peak RSS GB) of one fresh child process."""
-    p = subprocess.run([sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True)
+def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """(wall s, peak RSS GB) of one fresh child process (`env`: its environment)."""
+    p = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, *cmd], capture_output=True, text=True, env=env
+    )
     if p.returncode != 0 or not p.stdout.strip():
         raise RuntimeError(f"wrapper failed: {p.stderr[-3000:]}")
     r = json.loads(p.stdout.strip().splitlines()[-1])
@@ -332,10 +334,10 @@ def run_config(
     result = {"config": name, "layers": layers, "prompts": prompts, "length": length, **info,
               "weights_gb": weights / GB, "steps": {}}  # fmt: skip
     peak_file = root / "cuda_peak.json"
-    os.environ["BENCH_CUDA_PEAK"] = str(peak_file)
+    env = dict(os.environ, BENCH_CUDA_PEAK=str(peak_file))  # where _CUDA_RUNNER writes its peak
     for step, cmd in steps(root, prompts, device).items():
         peak_file.unlink(missing_ok=True)
-        wall, rss = measure(cmd)
+        wall, rss = measure(cmd, env)
         result["steps"][step] = {"wall_s": round(wall, 1), "peak_rss_gb": round(rss, 2)}
         if peak_file.exists():
             result["steps"][step]["peak_cuda_gb"] = round(json.loads(peak_file.read_text()) / GB, 2)

@@ -45,7 +45,6 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
-from safegene.io.hub import is_hub_id, resolve_model
 from safegene.methods import methods as methods_registry
 
 KNOWN_JUDGES = {"keyword", "prefix", "guard"}
@@ -133,6 +132,8 @@ def _path(raw: Any, where: str, root: Path, problems: Problems, *, kind: str) ->
         problems.add(where, f"expected a path, got {raw!r}")
         return None
     path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+    from safegene.io.hub import is_hub_id, resolve_model  # (safegene.io imports torch)
+
     if kind == "dir" and not path.exists() and is_hub_id(raw):  # owner/name[@rev], cached
         try:
             return resolve_model(raw)

@@ -165,8 +165,8 @@ def _write_projected_adapter(
                 module + ".weight", torch.float32
             )
             b = project(v, b)
-        dtype = lora.reader.entry(key_b).dtype
-        tensors[key_a], tensors[key_b] = lora.reader.get(key_a), b.to(dtype)
+        tensors[key_a] = a.to(lora.reader.entry(key_a).dtype)  # (exact: read up to float32)
+        tensors[key_b] = b.to(lora.reader.entry(key_b).dtype)
         ranks[module] = a.shape[0]
     name = lora.config.get("base_model_name_or_path")
     config = adapter_config(
