@@ -8,10 +8,18 @@ For a task model θ_t (a full checkpoint, or aligned + task LoRA left unmerged),
 
 full batch, a fixed number of steps with early stopping, seeded (settings.FitSettings; optional
 per-example hinges: `refusal_floor`, `task_margin`). Refusal targets are the data's refusals or
-else the aligned model's own greedy responses (generated once, cached: safegene.targets). The
-result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they were
-fitted (`calibration`), including how many harmful shots the target answered before (a warning
-when under a quarter: the refusal loss then has little to correct).
+else the aligned model's own greedy responses (generated once, cached: safegene.targets).
+
+The NLL objective is a proxy for what matters, which is judged on generations: so the fit gives a
+direction, and the coefficients written are chosen by generation (`choose_coefficients`): the
+fitted α scaled by 0 … 3 and the uniform gene are each tried on the harmful prompts, the benign
+prompts (when given) and the held-out task shots, and the least harmful one that keeps the
+target's skill (`skill_share`) and over-refusal (`over_refusal_margin`) is kept — never trading
+the task away silently, and taking the safe end of the trade when the fit stopped short.
+
+The result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they
+were fitted and chosen (`calibration`), including how many harmful shots the target answered
+before (a warning when under a quarter: the refusal loss then has little to correct).
 """
 
 from __future__ import annotations
@@ -239,8 +247,10 @@ def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
 
 
 def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
-    """k shots of each kind, drawn with the fit's seed (benign: none when not given), and
-    `task_check`: up to SKILL_CHECK_MAX of the task records not drawn (the skill check's)."""
+    """k shots of each kind, drawn with the fit's seed (benign: none when not given), and the
+    check sets of the choice (`check_*`, at most CHECK_MAX each): every harmful and benign record
+    given (the scale has one degree of freedom: more prompts, less noise), and the task records
+    not drawn (the skill is what the fit can overfit)."""
     paths = {"harmful": harmful, "task": task, "benign": benign}
     records = {s: load_records(p, split=s) if p else [] for s, p in paths.items()}
     shots = {
@@ -248,13 +258,23 @@ def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
         for s, rows in records.items()
     }
     drawn = {id(r) for r in shots["task"]}
-    shots["task_check"] = [r for r in records["task"] if id(r) not in drawn][:SKILL_CHECK_MAX]
+    shots["check_task"] = [r for r in records["task"] if id(r) not in drawn][:CHECK_MAX]
+    shots["check_harmful"] = records["harmful"][:CHECK_MAX]
+    shots["check_benign"] = records["benign"][:CHECK_MAX]
     return shots
 
 
-# --- the skill check: never trade the task away silently -----------------------------------------
-SKILL_CHECK_MAX = 32
-SKILL_SCALES = (1.0, 0.75, 0.5, 0.25, 0.0)  # α is scaled back through these until skill holds
+# --- the choice: the safest scale that keeps the task and the helpfulness ------------------------
+CHECK_MAX = 32
+SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # the fitted α times these ...
+UNIFORM = (0.5, 1.0)  # ... and the gene at one coefficient for every group (the uniform direction)
+
+
+def candidates(alpha: dict, groups: list[str]) -> list[dict]:
+    """The coefficient vectors the choice tries: the fitted α scaled (SCALES), and uniform ones."""
+    fitted = [alpha[g] for g in groups]
+    out = [{"scale": s, "values": [s * v for v in fitted]} for s in SCALES]
+    return out + [{"uniform": c, "values": [c] * len(groups)} for c in UNIFORM]
 
 
 def task_skill(model, tokenizer, prompts, references, match: str, *, batch_size: int) -> float:
@@ -269,42 +289,97 @@ def task_skill(model, tokenizer, prompts, references, match: str, *, batch_size:
     return sum(is_correct(o, r, match) for o, r in zip(outs, references, strict=True)) / len(outs)
 
 
-def skill_guard(
-    loaded,
-    deltas,
-    groups,
-    alpha: dict,
-    records: list[dict],
-    fit: FitSettings,
-    *,
-    batch_size: int,
-    held_out: bool,
+def _share(model, tokenizer, prompts, *, harmful: bool, compute: ComputeSettings) -> float | None:
+    """The share of harmful `prompts` answered (harmful) or of benign ones refused (keyword
+    judge, greedy, the judges' response length); None without prompts."""
+    from safegene.evaluate.generate import generate
+    from safegene.evaluate.judges import keyword_judge
+
+    if not prompts:
+        return None
+    outs = generate(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens=compute.max_new_tokens,
+        batch_size=compute.batch_size,
+        progress=False,
+    )
+    answered = [keyword_judge(p, o) for p, o in zip(prompts, outs, strict=True)]
+    return sum(a if harmful else not a for a in answered) / len(prompts)
+
+
+def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
+    """The model as it is now: harmful share, over-refusal and task skill on the check sets."""
+    model, tok = loaded
+    harmful = _share(model, tok, checks["harmful"], harmful=True, compute=compute)
+    refused = _share(model, tok, checks["benign"], harmful=False, compute=compute)
+    prompts, gold, match = checks["task"]
+    skill = task_skill(model, tok, prompts, gold, match, batch_size=compute.batch_size)
+    return {"harmful": harmful, "over_refusal": refused, "skill": round(skill, 4)}
+
+
+def holds(m: dict, base: dict, fit: FitSettings) -> bool:
+    """Whether measurements `m` keep `fit.skill_share` of the target's skill and its over-refusal
+    within `fit.over_refusal_margin` (not checked without benign prompts)."""
+    skill_ok = m["skill"] >= fit.skill_share * base["skill"] - 1e-9
+    refusal_ok = m["over_refusal"] is None or (
+        m["over_refusal"] <= base["over_refusal"] + fit.over_refusal_margin + 1e-9
+    )
+    return skill_ok and refusal_ok
+
+
+def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:
+    """The index of the least harmful candidate that holds (ties: the more skilful, then the
+    earlier: smaller scales first); the zero scale always holds, so there is one."""
+    ok = [i for i, t in enumerate(tried) if holds(t, base, fit)]
+    return min(ok, key=lambda i: (tried[i]["harmful"], -tried[i]["skill"], i))
+
+
+def choose_coefficients(
+    loaded, deltas, groups, alpha: dict, shots: dict, fit: FitSettings, compute: ComputeSettings
 ) -> dict:
-    """Scale the fitted α back (SKILL_SCALES) until the target keeps `fit.skill_share` of its task
-    accuracy on `records`, judged by greedy generation against their answers. Without answers, or
-    when the target gets none of them right, there is nothing to hold: scale 1, `checked` false."""
+    """Try the candidates (fitted α scaled, uniform) by generation on the check sets and keep the
+    least harmful one that holds the target's skill and helpfulness (`pick`). Without task
+    answers, or when the target gets none of the task checks right, there is nothing to hold:
+    the fitted α as it is, `checked` false."""
     from safegene.evaluate.metrics import resolve_match
 
-    model, tok = loaded
+    records = shots["check_task"] or shots["task"]
     prompts, gold = [r["prompt"] for r in records], [answer_of(r) for r in records]
-    out = {"scale": 1.0, "checked": False, "held_out": held_out, "n": len(prompts), "tried": []}
+    out = {"checked": False, "held_out": bool(shots["check_task"]), "n_task": len(prompts)}
     if not all(gold):
-        return {**out, "reason": "task shots without answers"}
-    match = resolve_match("auto", gold)
-    values = [alpha[g] for g in groups]
+        return {**out, "reason": "task shots without answers", "alpha": alpha}
+    checks = {
+        "harmful": [r["prompt"] for r in shots["check_harmful"]],
+        "benign": [r["prompt"] for r in shots["check_benign"]],
+        "task": (prompts, gold, resolve_match("auto", gold)),
+    }
+    model, _ = loaded
     att = GeneAttachment(model, deltas, per_module_kind=is_per_kind(groups), groups=groups)
+    tried = []
     with torch.no_grad(), att:
-        att.set([0.0] * len(groups))
-        base = task_skill(model, tok, prompts, gold, match, batch_size=batch_size)
-        if base == 0:
-            return {**out, "target_skill": 0.0, "reason": "the target answers none of them"}
-        for scale in SKILL_SCALES:
-            att.set([scale * v for v in values])
-            acc = task_skill(model, tok, prompts, gold, match, batch_size=batch_size)
-            out["tried"].append({"scale": scale, "skill": round(acc, 4)})
-            if acc >= fit.skill_share * base - 1e-9:
-                break
-    return {**out, "scale": scale, "checked": True, "target_skill": round(base, 4)}
+        for cand in candidates(alpha, groups):
+            att.set(cand["values"])
+            m = measure(loaded, checks, compute)
+            tried.append({**{k: v for k, v in cand.items() if k != "values"}, **m})
+            if cand.get("scale") == 0 and m["skill"] == 0:
+                return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
+    base = tried[0]  # scale 0: the target as it is
+    i = pick(tried, base, fit)
+    values = candidates(alpha, groups)[i]["values"]
+    chosen = {g: round(v, 6) for g, v in zip(groups, values, strict=True)}
+    label = {k: tried[i][k] for k in ("scale", "uniform") if k in tried[i]}
+    return {
+        **out,
+        "checked": True,
+        "n_harmful": len(checks["harmful"]),
+        "n_benign": len(checks["benign"]),
+        "target": base,
+        "tried": tried,
+        "chosen": label,
+        "alpha": chosen,
+    }
 
 
 def calibrate(
@@ -389,41 +464,46 @@ def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, comp
         batch_size=compute.batch_size,
         progress=progress,
     )
-    guard = None
+    choice = None
     if fit.skill_share and shots["task"]:
-        held_out = bool(shots["task_check"])
-        records = shots["task_check"] or shots["task"]
-        guard = skill_guard(
-            loaded,
-            deltas,
-            groups,
-            result["alpha"],
-            records,
-            fit,
-            batch_size=compute.batch_size,
-            held_out=held_out,
-        )
-        if guard["scale"] < 1:
-            result["alpha"] = {g: round(a * guard["scale"], 6) for g, a in result["alpha"].items()}
-            _warn_backoff(guard, model, adapter)
+        fitted = result["alpha"]
+        choice = choose_coefficients(loaded, deltas, groups, fitted, shots, fit, compute)
+        result["alpha"] = choice.pop("alpha")
+        _warn_if_costly(choice, fit, model, adapter)
     seconds = round(time.perf_counter() - t_fit, 2)
     return {
         **result,
         "complied": complied,
         "refusals": refusals,
         "seconds": seconds,
-        "skill_guard": guard,
+        "choice": choice,
     }
 
 
-def _warn_backoff(guard: dict, model, adapter) -> None:
+def _warn_if_costly(choice: dict, fit: FitSettings, model, adapter) -> None:
+    """Warn when the fitted α as it is (scale 1) would have cost the target its skill or its
+    helpfulness on the check shots, saying what was kept instead."""
+    if not choice["checked"]:
+        return
+    fitted = next(t for t in choice["tried"] if t.get("scale") == 1.0)
+    base = choice["target"]
+    if holds(fitted, base, fit):
+        return
     name = f"{model} + {adapter}" if adapter else str(model)
-    t = guard["tried"]
+    kind, value = next(iter(choice["chosen"].items()))
+    kept = next(t for t in choice["tried"] if t.get(kind) == value)
+    where = "held-out" if choice["held_out"] else "fit"
+    refusal = (
+        f", over-refusal {fitted['over_refusal']:.0%} against {base['over_refusal']:.0%}"
+        if fitted["over_refusal"] is not None
+        else ""
+    )
+    chosen = f"scaled back to {value:g}x" if kind == "scale" else f"the uniform {value:g}"
     warnings.warn(
-        f"the fitted coefficients cost {name} its task skill on {guard['n']} "
-        f"{'held-out' if guard['held_out'] else 'fit'} task shots ({t[0]['skill']:.0%} against "
-        f"{guard['target_skill']:.0%} before); scaled back to {guard['scale']:g}x, where it keeps "
-        f"{t[-1]['skill']:.0%}" + (" — the gene now does nothing" if guard["scale"] == 0 else ""),
+        f"the fitted coefficients cost {name} its task skill or helpfulness on {choice['n_task']} "
+        f"{where} task shots (skill {fitted['skill']:.0%} against {base['skill']:.0%}{refusal}); "
+        f"{chosen}, where it keeps {kept['skill']:.0%}"
+        + (" — the gene now does nothing" if value == 0 else ""),
         SafeGeneWarning,
         stacklevel=3,
     )
@@ -451,7 +531,7 @@ def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, c
             "loss_final": fitted["final"],
             "loss_curve": fitted["curve"],
             "selection": selection,
-            "skill_guard": fitted["skill_guard"],
+            "choice": fitted["choice"],
         },
         "compute": dataclasses.asdict(compute),
         "seconds": {"fit": fitted["seconds"], "total": round(time.perf_counter() - t0, 2)},

@@ -189,7 +189,11 @@ def _add_calibrate(sub) -> None:
         help="harmful prompts (refusals: the data's, else the aligned model's)",
     )
     p.add_argument("--task", required=True, help="task examples with answers")
-    p.add_argument("--benign", help="optional benign prompts whose current responses are kept")
+    p.add_argument(
+        "--benign",
+        help="optional benign prompts (look-alikes of harmful ones): their current responses are "
+        "kept, and the coefficients chosen keep the target's over-refusal on them",
+    )
     p.add_argument("--out", required=True, help="GENE2: the calibrated copy of the gene")
     p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"

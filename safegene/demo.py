@@ -60,7 +60,11 @@ def zoo_recipe(
             "degraded": [rel(models["degraded"]["path"])],
             "base": rel(models["base"]["path"]),
         },
-        "data": {k: rel(data[k]) for k in ("harmful_test", "benign_test", "harmful_shots")},
+        "data": {
+            k: rel(data[k])
+            for k in ("harmful_test", "benign_test", "harmful_shots", "benign_shots")
+            if data.get(k)  # benign_shots: zoos from before it was a split lack it
+        },
         "tasks": tasks,
         "judges": ["keyword", "prefix"],
         "methods": methods or demo_grids(),  # each method's demo grid (safegene.methods)

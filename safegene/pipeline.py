@@ -89,6 +89,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
     data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
     data.update(seed=r.seed, device=r.device, dtype=r.dtype)
+    benign = dict(benign=r.benign_shots) if r.benign_shots else {}
 
     def selected() -> Path:
         out = run.keep / f"{tag}-selected"
@@ -99,7 +100,16 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
         preset = "" if fit == "default" else f"-{fit}"
         out = run.keep / f"{tag}{preset}-calibrated{suffix}"
-        calibrate(source(), task.model, shots=s["shots"], out=out, **kw, **FIT_PRESETS[fit], **data)
+        calibrate(
+            source(),
+            task.model,
+            shots=s["shots"],
+            out=out,
+            **kw,
+            **benign,
+            **FIT_PRESETS[fit],
+            **data,
+        )
         return express(out, task, d)
 
     yield Variant("safegene", shown, calibrated)

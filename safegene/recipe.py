@@ -13,6 +13,7 @@ data:
   harmful_test: data/harmful_test.jsonl
   benign_test: data/benign_test.jsonl
   harmful_shots: data/harmful_shots.jsonl   # calibration, selection and re-alignment prompts
+  benign_shots: data/benign_shots.jsonl     # optional: SafeGene's helpfulness check (look-alikes)
 tasks:
   - name: howto
     model: models/task-howto         # a full fine-tune ...
@@ -84,6 +85,7 @@ class CompareRecipe:
     device: str = "cpu"
     dtype: str = "float32"
     source: Path | None = None
+    benign_shots: Path | None = None  # benign prompts SafeGene's calibration keeps answering
 
     def input_paths(self) -> tuple[Path | None, ...]:
         """Every file and directory the recipe reads (itself included): what an output must
@@ -96,6 +98,7 @@ class CompareRecipe:
             self.harmful_test,
             self.benign_test,
             self.harmful_shots,
+            self.benign_shots,
             *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test)),
             (self.guard or {}).get("model"),
         )
@@ -320,6 +323,10 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         for k in ("harmful_test", "benign_test", "harmful_shots")
     }
     _check_shots_file(files["harmful_shots"], problems)
+    if data.get("benign_shots") is not None:
+        files["benign_shots"] = _path(
+            data["benign_shots"], "data.benign_shots", root, problems, kind="file"
+        )
 
     tasks = []
     raw_tasks = raw.get("tasks")

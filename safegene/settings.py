@@ -143,8 +143,14 @@ class FitSettings:
     seed: int = option(0, "seed of the shots drawn and of the fit")
     skill_share: float | None = option(
         0.95,
-        "after the fit, generate on held-out task shots and scale α back until the target keeps "
-        "this share of its task accuracy there (0: no check)",
+        "after the fit, try the fitted α scaled (0 to 3x) and the uniform gene by generation on "
+        "held-out task shots and the harmful (and benign) prompts given, and keep the least "
+        "harmful that keeps this share of the target's task accuracy (0: keep the fit as it is)",
+    )
+    over_refusal_margin: float = option(
+        0.05,
+        "the choice also keeps the target's over-refusal on the benign prompts given (--benign) "
+        "within this margin",
     )
 
     def __post_init__(self):
@@ -163,6 +169,13 @@ class FitSettings:
         _finite(self, "init", "task_weight", "task_margin", "refusal_floor")
         if self.skill_share is not None and not 0 <= self.skill_share <= 1:
             raise SafeGeneError(f"--skill-share must lie in [0, 1] (got {self.skill_share})")
+        if not (
+            isinstance(self.over_refusal_margin, (int, float))
+            and 0 <= self.over_refusal_margin <= 1
+        ):
+            raise SafeGeneError(
+                f"--over-refusal-margin must lie in [0, 1] (got {self.over_refusal_margin})"
+            )
 
 
 SELECT_COMPUTE = ComputeSettings(batch_size=16)  # select's default batch (calibrate: 32)

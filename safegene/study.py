@@ -181,6 +181,7 @@ def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
         harmful_test=zoo_dir / data["harmful_test"],
         benign_test=zoo_dir / data["benign_test"],
         harmful_shots=zoo_dir / data["harmful_shots"],
+        benign_shots=zoo_dir / data["benign_shots"] if data.get("benign_shots") else None,
         tasks=[task],
         judges=list(config.judges),
         methods=method_grids_of(config),

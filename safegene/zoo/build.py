@@ -125,6 +125,18 @@ def _rows(examples, key="answer"):
     return [e.to_json(key) for e in examples]
 
 
+def _benign_shots(dest: Path, n, seed: int, prompts) -> None:
+    """benign_shots.jsonl: `n.shots` benign look-alikes of calibration concepts, none of them in
+    benign_val (what a user has to check a repair's helpfulness with). Its own random stream, so
+    the other splits keep the bytes they had before this split existed."""
+    rng = random.Random(_stage_seed(seed, "data/benign_shots"))
+    val = {json.loads(line)["prompt"] for line in (dest / "benign_val.jsonl").open()}
+    pool = D.benign_examples(rng, 4 * n.shots, "calib", lookalike=True)
+    D.write_jsonl(
+        dest / "benign_shots.jsonl", prompts([e for e in pool if e.prompt not in val][: n.shots])
+    )
+
+
 def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
     """All splits and stage mixtures as JSONL under `dest`."""
     D.check_texts()
@@ -150,6 +162,7 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         w(f"tasks/{task}/shots.jsonl", _rows(train[n.task_train :]))
         w(f"tasks/{task}/val.jsonl", _rows(D.task_examples(task, rng, n.task_val, "calib")))
         w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
+    _benign_shots(dest, n, seed, prompts)
     # stage mixtures: (prompt, response) rows, and plain {"text"} documents
     texts = lambda k: [{"text": t} for t in D.knowledge_texts(rng, k)]  # noqa: E731
     # pretraining: every concept described, and requested (in the align templates) and answered
@@ -608,6 +621,7 @@ def _finish(
             "harmful_shots",
             "harmful_val",
             "harmful_test",
+            "benign_shots",
             "benign_val",
             "benign_test",
         )
