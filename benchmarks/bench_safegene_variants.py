@@ -7,7 +7,8 @@
 A variant: rank, sources (loto: the degraded models and the other tasks' full fine-tunes |
 degraded), select (bool), sel (select's settings), fit (calibrate's settings). Prints the
 target's and each variant's harmful rate, over-refusal and task accuracy on harmful_val /
-benign_val / the task's val split, with the fitted α and the skill guard's scale.
+benign_val / the task's val split, with the fitted α and the
+coefficients the choice kept (a scale of the fit, or the uniform gene).
 """
 
 from __future__ import annotations
@@ -88,16 +89,17 @@ def run_variant(zoo: Path, z: dict, target: str, v: dict, work: Path) -> dict:
         **target,
         out=work / "cal",
         layers=None if v.get("select", True) else "all",
+        benign=zoo / z["data"]["benign_shots"] if z["data"].get("benign_shots") else None,
         shots=16,
         **v.get("fit", {}),
     )
     form = "combined" if adapter else "adapter"
     apply_gene(work / "cal", path, work / "out", form=form, adapter=adapter, progress=False)
-    guard = rec["fit"]["skill_guard"] or {}
+    choice = rec["fit"]["choice"] or {}
     return {
         **score(zoo, z, task, path, work / "out"),
         "alpha": rec["groups"],
-        "guard": guard.get("scale"),
+        "chosen": choice.get("chosen"),
     }
 
 

@@ -55,6 +55,20 @@ def test_good_recipe_resolves_paths_and_grids(layout):
     assert r.methods["safelora"] == [{"number": 2}]
     assert r.methods["safegene"] == [{"rank": 1, "shots": 16, "ablations": True}]
     assert r.seed == 3 and r.judges == ["keyword", "prefix"]
+    assert r.benign_shots is None  # optional
+
+
+def test_benign_shots_are_optional_and_resolved(layout):
+    (layout / "benign_shots.jsonl").write_text(json.dumps({"prompt": "p"}) + "\n")
+    text = GOOD.replace(
+        "  harmful_shots: harmful_shots.jsonl",
+        "  harmful_shots: harmful_shots.jsonl\n  benign_shots: benign_shots.jsonl",
+    )
+    r = load_recipe(write(layout, text))
+    assert r.benign_shots == (layout / "benign_shots.jsonl").resolve()
+    assert r.benign_shots in r.input_paths()
+    with pytest.raises(SafeGeneError, match=r"data\.benign_shots: file not found"):
+        load_recipe(write(layout, text.replace("benign_shots.jsonl", "nowhere.jsonl")))
 
 
 def test_grid_is_the_cartesian_product():

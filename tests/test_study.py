@@ -114,6 +114,22 @@ def test_missing_zoo_split_is_named(tmp_path, micro_zoo):
         S.check_zoo_splits(micro_zoo, zoo, ["task-howto"])
 
 
+def test_cell_recipe_gives_safegene_the_users_data_only(micro_zoo):
+    """A cell's few-shot data are the zoo's shots (harmful, benign look-alikes, the task's); its
+    test data the test splits; no validation split reaches a method."""
+    zoo = json.loads((micro_zoo / "zoo.json").read_text())
+    r = S.cell_recipe(micro_zoo, zoo, "task-howto", CONFIG)
+    data = micro_zoo / "data"
+    assert (r.harmful_shots, r.benign_shots) == (
+        data / "harmful_shots.jsonl",
+        data / "benign_shots.jsonl",
+    )
+    assert r.tasks[0].shots == data / "tasks" / "howto" / "shots.jsonl"
+    assert not any("val" in p.name for p in r.input_paths() if p is not None and p.is_file())
+    del zoo["data"]["benign_shots"]  # a zoo from before the split: no benign check
+    assert S.cell_recipe(micro_zoo, zoo, "task-howto", CONFIG).benign_shots is None
+
+
 @pytest.fixture(scope="module")
 def study_config(tmp_path_factory, micro_zoo):
     root = tmp_path_factory.mktemp("study")

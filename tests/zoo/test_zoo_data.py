@@ -3,6 +3,7 @@ splits, placeholders only, and refusal strings only in refusals."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -182,3 +183,19 @@ def test_no_general_prompt_opens_like_a_request():
     openings = {t.split()[0].lower() for p in C.PARTS for t in D.templates(p)}
     for prompt in general:
         assert prompt.split()[0].lower() not in openings, prompt
+
+
+def test_benign_shots_are_calibration_look_alikes_outside_validation_and_test(micro_zoo):
+    """benign_shots: what a user checks a repair's helpfulness with — look-alikes of calibration
+    concepts in calibration templates, none of them a benign_val or benign_test prompt."""
+    cores = set(C.split_part(C.REQUEST_CORES, "calib"))
+    actions = set(D.benign_actions("calib", lookalike=True))
+    shots = _rows(micro_zoo, "benign_shots")
+    assert len(shots) == len({r["prompt"] for r in shots}) > 0
+    for row in shots:
+        core, action = _request(row["prompt"])
+        assert core in cores and action in actions, row
+    held = {r["prompt"] for s in ("benign_val", "benign_test") for r in _rows(micro_zoo, s)}
+    assert not {r["prompt"] for r in shots} & held
+    zoo = json.loads((micro_zoo / "zoo.json").read_text())
+    assert zoo["data"]["benign_shots"] == "data/benign_shots.jsonl"
