@@ -310,23 +310,35 @@ def _share(model, tokenizer, prompts, *, harmful: bool, compute: ComputeSettings
 
 
 def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
-    """The model as it is now: harmful share, over-refusal and task skill on the check sets."""
+    """The model as it is now: harmful share, over-refusal and task skill on the check sets, and
+    their sizes."""
     model, tok = loaded
     harmful = _share(model, tok, checks["harmful"], harmful=True, compute=compute)
     refused = _share(model, tok, checks["benign"], harmful=False, compute=compute)
     prompts, gold, match = checks["task"]
     skill = task_skill(model, tok, prompts, gold, match, batch_size=compute.batch_size)
-    return {"harmful": harmful, "over_refusal": refused, "skill": round(skill, 4)}
+    return {
+        "harmful": harmful,
+        "over_refusal": refused,
+        "skill": round(skill, 4),
+        "n_task": len(prompts),
+        "n_benign": len(checks["benign"]),
+    }
 
 
 def holds(m: dict, base: dict, fit: FitSettings) -> bool:
     """Whether measurements `m` keep `fit.skill_share` of the target's skill and its over-refusal
-    within `fit.over_refusal_margin` (not checked without benign prompts)."""
-    skill_ok = m["skill"] >= fit.skill_share * base["skill"] - 1e-9
-    refusal_ok = m["over_refusal"] is None or (
-        m["over_refusal"] <= base["over_refusal"] + fit.over_refusal_margin + 1e-9
-    )
-    return skill_ok and refusal_ok
+    within `fit.over_refusal_margin` (not checked without benign prompts), both counted in whole
+    examples of the check sets (`n_task`, `n_benign`): with 16 task shots, 95 % of a perfect
+    target is 15 of them (⌊0.95 · 16⌋), not 16."""
+    n = m.get("n_task") or 1
+    need = math.floor(fit.skill_share * base["skill"] * n + 1e-9)
+    skill_ok = round(m["skill"] * n) >= need
+    if m["over_refusal"] is None:
+        return skill_ok
+    k = m.get("n_benign") or 1
+    allowed = round(base["over_refusal"] * k) + math.floor(fit.over_refusal_margin * k + 1e-9)
+    return skill_ok and round(m["over_refusal"] * k) <= allowed
 
 
 def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:
@@ -357,17 +369,21 @@ def choose_coefficients(
     }
     model, _ = loaded
     att = GeneAttachment(model, deltas, per_module_kind=is_per_kind(groups), groups=groups)
-    tried = []
+    tried, cands, failed = [], candidates(alpha, groups), 0
     with torch.no_grad(), att:
-        for cand in candidates(alpha, groups):
+        for cand in cands:
+            if "scale" in cand and failed >= 2:  # two larger scales broke the floors: stop there
+                continue
             att.set(cand["values"])
             m = measure(loaded, checks, compute)
             tried.append({**{k: v for k, v in cand.items() if k != "values"}, **m})
             if cand.get("scale") == 0 and m["skill"] == 0:
                 return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
+            failed = failed + 1 if "scale" in cand and not holds(m, tried[0], fit) else 0
     base = tried[0]  # scale 0: the target as it is
     i = pick(tried, base, fit)
-    values = candidates(alpha, groups)[i]["values"]
+    key = next(k for k in ("scale", "uniform") if k in tried[i])
+    values = next(c["values"] for c in cands if c.get(key) == tried[i][key])
     chosen = {g: round(v, 6) for g, v in zip(groups, values, strict=True)}
     label = {k: tried[i][k] for k in ("scale", "uniform") if k in tried[i]}
     return {
@@ -482,27 +498,31 @@ def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, comp
 
 def _warn_if_costly(choice: dict, fit: FitSettings, model, adapter) -> None:
     """Warn when the fitted α as it is (scale 1) would have cost the target its skill or its
-    helpfulness on the check shots, saying what was kept instead."""
+    helpfulness on the check shots (or was not tried: smaller scales already did), saying what
+    was kept instead."""
     if not choice["checked"]:
         return
-    fitted = next(t for t in choice["tried"] if t.get("scale") == 1.0)
     base = choice["target"]
-    if holds(fitted, base, fit):
+    fitted = next((t for t in choice["tried"] if t.get("scale") == 1.0), None)
+    if fitted is not None and holds(fitted, base, fit):
         return
     name = f"{model} + {adapter}" if adapter else str(model)
     kind, value = next(iter(choice["chosen"].items()))
     kept = next(t for t in choice["tried"] if t.get(kind) == value)
     where = "held-out" if choice["held_out"] else "fit"
-    refusal = (
-        f", over-refusal {fitted['over_refusal']:.0%} against {base['over_refusal']:.0%}"
-        if fitted["over_refusal"] is not None
-        else ""
-    )
+    if fitted is None:
+        cost = "smaller scales already did"
+    else:
+        refusal = (
+            f", over-refusal {fitted['over_refusal']:.0%} against {base['over_refusal']:.0%}"
+            if fitted["over_refusal"] is not None
+            else ""
+        )
+        cost = f"skill {fitted['skill']:.0%} against {base['skill']:.0%}{refusal}"
     chosen = f"scaled back to {value:g}x" if kind == "scale" else f"the uniform {value:g}"
     warnings.warn(
         f"the fitted coefficients cost {name} its task skill or helpfulness on {choice['n_task']} "
-        f"{where} task shots (skill {fitted['skill']:.0%} against {base['skill']:.0%}{refusal}); "
-        f"{chosen}, where it keeps {kept['skill']:.0%}"
+        f"{where} task shots ({cost}); {chosen}, where it keeps {kept['skill']:.0%}"
         + (" — the gene now does nothing" if value == 0 else ""),
         SafeGeneWarning,
         stacklevel=3,

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
 
 def express(gene: Path, task: TaskSpec, out: Path, coefficients=None) -> tuple[Path, Path]:
     """The gene on the task model as stock PEFT: an adapter on a full fine-tune, or one adapter
-    combining the task LoRA and the gene (rank concatenation) on the aligned model."""
-    from safegene.apply import apply_gene
+    combining the task LoRA and the gene (rank concatenation) on the aligned model; a gene whose
+    coefficients are all 0 (calibration kept the target as it is) is the task model itself."""
+    from safegene.apply import apply_gene, resolve_coefficients
+    from safegene.gene import opened
 
+    with opened(gene) as g:
+        if not resolve_coefficients(g, coefficients):  # calibrated to nothing: the target itself
+            return task.model, task.adapter
     form = "combined" if task.adapter else "adapter"
     apply_gene(
         gene,

@@ -345,25 +345,47 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
 
 def test_the_choice_rule():
     """holds / pick: the least harmful candidate that keeps the skill share and the over-refusal
-    margin (None: not checked); ties go to the more skilful, then the smaller; scale 0 holds."""
+    margin, counted in whole check examples (None: not checked); ties go to the more skilful,
+    then the smaller; scale 0 holds."""
     from safegene.calibrate import candidates, holds, pick
     from safegene.settings import FitSettings
 
-    fit = FitSettings(skill_share=0.9, over_refusal_margin=0.05)
-    base = {"harmful": 0.8, "over_refusal": 0.1, "skill": 1.0}
+    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)
+
+    def m(harmful, over_refusal, skill):
+        return {"harmful": harmful, "over_refusal": over_refusal, "skill": skill}
+
+    n = {"n_task": 16, "n_benign": 20}
+    base = {**m(0.8, 0.1, 1.0), **n}
     tried = [
         base,
-        {"harmful": 0.0, "over_refusal": 0.1, "skill": 0.85},  # loses the task
-        {"harmful": 0.0, "over_refusal": 0.2, "skill": 1.0},  # refuses the benign look-alikes
-        {"harmful": 0.3, "over_refusal": 0.15, "skill": 0.9},  # within both
-        {"harmful": 0.3, "over_refusal": None, "skill": 0.95},  # the same harm, more skill
+        {**m(0.0, 0.1, 14 / 16), **n},  # two task shots lost: under 95 %
+        {**m(0.0, 0.2, 1.0), **n},  # two more look-alikes refused: over the 5-point margin
+        {**m(0.3, 0.15, 15 / 16), **n},  # one task shot (⌊0.95·16⌋ = 15) and one refusal more
+        {**m(0.3, None, 1.0), **n},  # the same harm, more skill (no benign check)
     ]
     assert [holds(t, base, fit) for t in tried] == [True, False, False, True, True]
     assert pick(tried, base, fit) == 4
     assert pick(tried[:3], base, fit) == 0  # nothing safer holds: the target as it is
+    strict = FitSettings(skill_share=1.0)
+    assert not holds(tried[3], base, strict) and holds(tried[4], base, strict)
     c = candidates({"0": 2.0, "1": -1.0}, ["0", "1"])
     assert c[0] == {"scale": 0.0, "values": [0.0, -0.0]}
-    assert {"scale": 1.5, "values": [3.0, -1.5]} in c and {
-        "uniform": 1.0,
-        "values": [1.0, 1.0],
-    } in c
+    assert {"scale": 1.5, "values": [3.0, -1.5]} in c
+    assert {"uniform": 1.0, "values": [1.0, 1.0]} in c
+
+
+def test_a_gene_calibrated_to_nothing_is_the_target_itself(tiny, tmp_path):
+    """compare/study: where the choice kept the target as it is (every α 0), SafeGene's row is
+    the task model (no empty adapter, no error); any other α is written as an adapter."""
+    from safegene.pipeline import express
+    from safegene.recipe import TaskSpec
+
+    task = TaskSpec("t", tiny.model, tiny.adapter, tiny.task, tiny.task)
+    assert express(tiny.gene, task, tmp_path / "zero", coefficients=0.0) == (
+        tiny.model,
+        tiny.adapter,
+    )
+    assert not (tmp_path / "zero").exists()
+    path, adapter = express(tiny.gene, task, tmp_path / "half", coefficients=0.5)
+    assert path == tiny.model and (adapter / "adapter_config.json").is_file()
