@@ -309,7 +309,9 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     """A fit that would break the task (here: α started far too large and barely moved) is not
     written as it is: the candidates are tried by generation on the held-out task shots, the
     harmful and the benign prompts, and one that keeps 95 % of the skill is kept; it says so."""
+    from safegene.calibrate import holds
     from safegene.errors import SafeGeneWarning
+    from safegene.settings import FitSettings
 
     root, gene = zoo
     data = root / "data"
@@ -330,12 +332,14 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     assert choice["checked"] and choice["held_out"]  # 8 of the task shots fit, the rest checked
     base, tried = choice["target"], choice["tried"]
     assert base["skill"] >= 0.5 and choice["n_benign"] > 0 and base["over_refusal"] is not None
-    fitted = next(t for t in tried if t.get("scale") == 1.0)
-    assert fitted["skill"] < 0.95 * base["skill"]
+    fitted = next((t for t in tried if t.get("scale") == 1.0), None)  # None: the ladder stopped
+    assert (
+        fitted is None or fitted["skill"] < 0.95 * base["skill"]
+    )  # below it, as it broke the task
+    assert not any(t.get("scale", 0) > 1 for t in tried) or fitted is not None
     kind, value = next(iter(choice["chosen"].items()))
     kept = next(t for t in tried if t.get(kind) == value)
-    assert kept["skill"] >= 0.95 * base["skill"] - 1e-9
-    assert kept["over_refusal"] <= base["over_refusal"] + 0.05 + 1e-9
+    assert holds(kept, base, FitSettings())  # 95 % of the skill, over-refusal within 5 points
     want = 40.0 * value if kind == "scale" else value
     assert all(abs(a - want) < 1e-3 for a in rec["groups"].values())
     off = calibrate(gene, root / "models" / "task-howto", **{**kw, "skill_share": 0.0})
