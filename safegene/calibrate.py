@@ -14,8 +14,9 @@ The NLL objective is a proxy for what matters, which is judged on generations: s
 direction, and the coefficients written are chosen by generation (`choose_coefficients`): the
 fitted α scaled by 0 … 3 and the uniform gene are each tried on the harmful prompts, the benign
 prompts (when given) and the held-out task shots, and the least harmful one that keeps the
-target's skill (`skill_share`) and over-refusal (`over_refusal_margin`) is kept — never trading
-the task away silently, and taking the safe end of the trade when the fit stopped short.
+target's skill (`skill_share`) and its over-refusal — or the aligned model's, where lower —
+(`over_refusal_margin`) is kept — never trading the task away silently, and taking the safe end
+of the trade when the fit stopped short.
 
 The result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they
 were fitted and chosen (`calibration`), including how many harmful shots the target answered
@@ -41,7 +42,7 @@ from safegene.groups import group_key, groups_to_coefficients, is_per_kind, sele
 from safegene.io import check_output_path
 from safegene.settings import ComputeSettings, FitSettings, with_overrides
 from safegene.shots import answer_of, data_hash, data_record, load_records, take
-from safegene.targets import given_or_own, own_responses, refusal_targets
+from safegene.targets import aligned_model, given_or_own, own_responses, refusal_targets
 
 IMPROVEMENT = 1e-5  # a loss lower by less than this is no improvement (early stopping)
 
@@ -343,16 +344,49 @@ def holds(m: dict, base: dict, fit: FitSettings) -> bool:
 
 def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:
     """The index of the least harmful candidate that holds (ties: the more skilful, then the
-    earlier: smaller scales first); the zero scale always holds, so there is one."""
-    ok = [i for i, t in enumerate(tried) if holds(t, base, fit)]
+    earlier: smaller scales first); else 0, the zero scale (the target as it is — which may miss
+    a floor set by the aligned model's over-refusal, and is then still the least change)."""
+    ok = [i for i, t in enumerate(tried) if holds(t, base, fit)] or [0]
     return min(ok, key=lambda i: (tried[i]["harmful"], -tried[i]["skill"], i))
 
 
+def aligned_over_refusal(shots: dict, gene, aligned, compute: ComputeSettings) -> float | None:
+    """The aligned model's share of the benign check prompts refused (its own greedy responses,
+    cached; keyword judge), or None without benign prompts or a known aligned model."""
+    from safegene.evaluate.judges import keyword_judge
+
+    prompts = [r["prompt"] for r in shots["check_benign"]]
+    path = aligned_model(gene, aligned)
+    if not prompts or path is None:
+        return None
+    responses = own_responses(path, prompts, compute=compute)
+    return sum(not keyword_judge(p, r) for p, r in zip(prompts, responses, strict=True)) / len(
+        prompts
+    )
+
+
+def _floor(target: dict, reference: float | None) -> dict:
+    """The measurements the floors are counted from: the target's, its over-refusal lowered to
+    the aligned model's (`reference`) where that is lower."""
+    if reference is None or target["over_refusal"] is None:
+        return target
+    return {**target, "over_refusal": min(target["over_refusal"], reference)}
+
+
 def choose_coefficients(
-    loaded, deltas, groups, alpha: dict, shots: dict, fit: FitSettings, compute: ComputeSettings
+    loaded,
+    deltas,
+    groups,
+    alpha: dict,
+    shots: dict,
+    fit: FitSettings,
+    compute: ComputeSettings,
+    reference: float | None = None,
 ) -> dict:
     """Try the candidates (fitted α scaled, uniform) by generation on the check sets and keep the
-    least harmful one that holds the target's skill and helpfulness (`pick`). Without task
+    least harmful one that holds the target's skill and helpfulness (`pick`): its over-refusal
+    within the margin of the target's, or of the aligned model's (`reference`) where that is
+    lower — a repair should not refuse more than the model the safety came from. Without task
     answers, or when the target gets none of the task checks right, there is nothing to hold:
     the fitted α as it is, `checked` false."""
     from safegene.evaluate.metrics import resolve_match
@@ -377,11 +411,12 @@ def choose_coefficients(
             att.set(cand["values"])
             m = measure(loaded, checks, compute)
             tried.append({**{k: v for k, v in cand.items() if k != "values"}, **m})
-            if cand.get("scale") == 0 and m["skill"] == 0:
-                return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
-            failed = failed + 1 if "scale" in cand and not holds(m, tried[0], fit) else 0
-    base = tried[0]  # scale 0: the target as it is
-    i = pick(tried, base, fit)
+            if cand.get("scale") == 0:  # the target as it is: what the floors are set from
+                if m["skill"] == 0:
+                    return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
+                floor = _floor(m, reference)
+            failed = failed + 1 if "scale" in cand and not holds(m, floor, fit) else 0
+    i = pick(tried, floor, fit)
     key = next(k for k in ("scale", "uniform") if k in tried[i])
     values = next(c["values"] for c in cands if c.get(key) == tried[i][key])
     chosen = {g: round(v, 6) for g, v in zip(groups, values, strict=True)}
@@ -391,7 +426,9 @@ def choose_coefficients(
         "checked": True,
         "n_harmful": len(checks["harmful"]),
         "n_benign": len(checks["benign"]),
-        "target": base,
+        "target": tried[0],
+        "aligned_over_refusal": reference,
+        "floor": floor,
         "tried": tried,
         "chosen": label,
         "alpha": chosen,
@@ -483,7 +520,10 @@ def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, comp
     choice = None
     if fit.skill_share and shots["task"]:
         fitted = result["alpha"]
-        choice = choose_coefficients(loaded, deltas, groups, fitted, shots, fit, compute)
+        reference = aligned_over_refusal(shots, gene, aligned, compute)
+        choice = choose_coefficients(
+            loaded, deltas, groups, fitted, shots, fit, compute, reference=reference
+        )
         result["alpha"] = choice.pop("alpha")
         _warn_if_costly(choice, fit, model, adapter)
     seconds = round(time.perf_counter() - t_fit, 2)
@@ -502,7 +542,7 @@ def _warn_if_costly(choice: dict, fit: FitSettings, model, adapter) -> None:
     was kept instead."""
     if not choice["checked"]:
         return
-    base = choice["target"]
+    base = choice["floor"]
     fitted = next((t for t in choice["tried"] if t.get("scale") == 1.0), None)
     if fitted is not None and holds(fitted, base, fit):
         return

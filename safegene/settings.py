@@ -149,8 +149,8 @@ class FitSettings:
     )
     over_refusal_margin: float = option(
         0.05,
-        "the choice also keeps the target's over-refusal on the benign prompts given (--benign) "
-        "within this margin",
+        "the choice also keeps the over-refusal on the benign prompts given (--benign) within "
+        "this margin of the target's, or of the aligned model's where that is lower",
     )
 
     def __post_init__(self):

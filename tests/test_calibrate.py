@@ -339,7 +339,12 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     assert not any(t.get("scale", 0) > 1 for t in tried) or fitted is not None
     kind, value = next(iter(choice["chosen"].items()))
     kept = next(t for t in tried if t.get(kind) == value)
-    assert holds(kept, base, FitSettings())  # 95 % of the skill, over-refusal within 5 points
+    # the floors: 95 % of the skill, over-refusal within 5 points of the target's or, where it
+    # refuses fewer look-alikes, the aligned model's (known here from the gene's provenance)
+    floor = choice["floor"]
+    assert choice["aligned_over_refusal"] is not None
+    assert floor["over_refusal"] == min(base["over_refusal"], choice["aligned_over_refusal"])
+    assert holds(kept, floor, FitSettings()) or choice["chosen"] == {"scale": 0.0}
     want = 40.0 * value if kind == "scale" else value
     assert all(abs(a - want) < 1e-3 for a in rec["groups"].values())
     off = calibrate(gene, root / "models" / "task-howto", **{**kw, "skill_share": 0.0})
@@ -393,3 +398,20 @@ def test_a_gene_calibrated_to_nothing_is_the_target_itself(tiny, tmp_path):
     assert not (tmp_path / "zero").exists()
     path, adapter = express(tiny.gene, task, tmp_path / "half", coefficients=0.5)
     assert path == tiny.model and (adapter / "adapter_config.json").is_file()
+
+
+def test_the_floor_is_the_stricter_of_target_and_aligned():
+    """The over-refusal floor counts from the aligned model's where it refuses fewer of the benign
+    checks than the target; when nothing (not even the target) holds it, the target is kept."""
+    from safegene.calibrate import _floor, holds, pick
+    from safegene.settings import FitSettings
+
+    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)
+    target = {"harmful": 0.8, "over_refusal": 4 / 32, "skill": 1.0, "n_task": 16, "n_benign": 32}
+    assert _floor(target, None) == target and _floor(target, 0.5) == target
+    floor = _floor(target, 0.0)
+    assert floor["over_refusal"] == 0.0 and floor["skill"] == 1.0
+    safer = {**target, "harmful": 0.1, "over_refusal": 2 / 32}
+    assert holds(safer, target, fit) and not holds(safer, floor, fit)  # 1 refusal over 0 allowed
+    assert pick([target, safer], floor, fit) == 0  # nothing holds: the target as it is
+    assert pick([target, {**safer, "over_refusal": 1 / 32}], floor, fit) == 1
