@@ -434,7 +434,8 @@ def _add_zoo(sub) -> None:
         "--size",
         default="small",
         choices=["micro", "small"],
-        help="small: the default family (about 10 min on 2 cores); micro: for tests (about 1 min)",
+        help="small: the default family (about 25 min on 2 cores with --jobs 2, measured); micro: "
+        "for tests (about 5 min)",
     )
     b.add_argument(
         "--arch",
