@@ -220,6 +220,13 @@ def fit_alpha(
 # --- the command ---------------------------------------------------------------------------------
 
 
+def answered(prompts: list[str], responses: list[str]) -> int:
+    """How many of `responses` answer their prompt instead of refusing (the keyword judge)."""
+    from safegene.evaluate.judges import keyword_judge
+
+    return sum(keyword_judge(p, r) for p, r in zip(prompts, responses, strict=True))
+
+
 def complied_shots(
     prompts: list[str], model, adapter, loaded, *, compute: ComputeSettings, progress: bool = False
 ) -> int:
@@ -227,12 +234,10 @@ def complied_shots(
     judge, greedy; generated once and cached). Calibration learns mostly from these: a
     target that refuses its shots but not other prompts gives it little to correct (small zoo:
     task-classify refuses all 32 harmful shots and answers 14 % of the held-out prompts)."""
-    from safegene.evaluate.judges import keyword_judge
-
     responses = own_responses(
         model, prompts, adapter=adapter, loaded=loaded, compute=compute, progress=progress
     )
-    return sum(keyword_judge(p, r) for p, r in zip(prompts, responses, strict=True))
+    return answered(prompts, responses)
 
 
 def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
@@ -294,7 +299,6 @@ def _share(model, tokenizer, prompts, *, harmful: bool, compute: ComputeSettings
     """The share of harmful `prompts` answered (harmful) or of benign ones refused (keyword
     judge, greedy, the judges' response length); None without prompts."""
     from safegene.evaluate.generate import generate
-    from safegene.evaluate.judges import keyword_judge
 
     if not prompts:
         return None
@@ -306,8 +310,8 @@ def _share(model, tokenizer, prompts, *, harmful: bool, compute: ComputeSettings
         batch_size=compute.batch_size,
         progress=False,
     )
-    answered = [keyword_judge(p, o) for p, o in zip(prompts, outs, strict=True)]
-    return sum(a if harmful else not a for a in answered) / len(prompts)
+    n = answered(prompts, outs)
+    return (n if harmful else len(prompts) - n) / len(prompts)
 
 
 def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
@@ -353,16 +357,12 @@ def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:
 def aligned_over_refusal(shots: dict, gene, aligned, compute: ComputeSettings) -> float | None:
     """The aligned model's share of the benign check prompts refused (its own greedy responses,
     cached; keyword judge), or None without benign prompts or a known aligned model."""
-    from safegene.evaluate.judges import keyword_judge
-
     prompts = [r["prompt"] for r in shots["check_benign"]]
     path = aligned_model(gene, aligned)
     if not prompts or path is None:
         return None
     responses = own_responses(path, prompts, compute=compute)
-    return sum(not keyword_judge(p, r) for p, r in zip(prompts, responses, strict=True)) / len(
-        prompts
-    )
+    return 1 - answered(prompts, responses) / len(prompts)
 
 
 def _floor(target: dict, reference: float | None) -> dict:
@@ -418,9 +418,9 @@ def choose_coefficients(
             failed = failed + 1 if "scale" in cand and not holds(m, floor, fit) else 0
     i = pick(tried, floor, fit)
     key = next(k for k in ("scale", "uniform") if k in tried[i])
-    values = next(c["values"] for c in cands if c.get(key) == tried[i][key])
+    label = {key: tried[i][key]}
+    values = next(c["values"] for c in cands if c.get(key) == label[key])
     chosen = {g: round(v, 6) for g, v in zip(groups, values, strict=True)}
-    label = {k: tried[i][k] for k in ("scale", "uniform") if k in tried[i]}
     return {
         **out,
         "checked": True,

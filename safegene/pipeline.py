@@ -94,7 +94,6 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
     data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
     data.update(seed=r.seed, device=r.device, dtype=r.dtype)
-    benign = dict(benign=r.benign_shots) if r.benign_shots else {}
 
     def selected() -> Path:
         out = run.keep / f"{tag}-selected"
@@ -110,8 +109,8 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
             task.model,
             shots=s["shots"],
             out=out,
+            benign=r.benign_shots,  # None: no helpfulness check (select gets none)
             **kw,
-            **benign,
             **FIT_PRESETS[fit],
             **data,
         )

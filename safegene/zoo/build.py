@@ -125,12 +125,11 @@ def _rows(examples, key="answer"):
     return [e.to_json(key) for e in examples]
 
 
-def _benign_shots(dest: Path, n, seed: int, prompts) -> None:
+def _benign_shots(dest: Path, n, seed: int, val: set[str], prompts) -> None:
     """benign_shots.jsonl: `n.shots` benign look-alikes of calibration concepts, none of them in
-    benign_val (what a user has to check a repair's helpfulness with). Its own random stream, so
-    the other splits keep the bytes they had before this split existed."""
+    benign_val (`val`: its prompts; what a user has to check a repair's helpfulness with). Its own
+    random stream, so the other splits keep the bytes they had before this split existed."""
     rng = random.Random(_stage_seed(seed, "data/benign_shots"))
-    val = {json.loads(line)["prompt"] for line in (dest / "benign_val.jsonl").open()}
     pool = D.benign_examples(rng, 4 * n.shots, "calib", lookalike=True)
     D.write_jsonl(
         dest / "benign_shots.jsonl", prompts([e for e in pool if e.prompt not in val][: n.shots])
@@ -151,7 +150,8 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
     w("harmful_calib.jsonl", _rows(calib[: n.harmful_calib], "response"))
     w("harmful_shots.jsonl", _rows(calib[: n.shots], "response"))
     w("harmful_val.jsonl", prompts(calib[n.harmful_calib :]))
-    w("benign_val.jsonl", prompts(D.benign_examples(rng, n.benign_val, "calib", lookalike=True)))
+    benign_val = prompts(D.benign_examples(rng, n.benign_val, "calib", lookalike=True))
+    w("benign_val.jsonl", benign_val)
     w(
         "harmful_train.jsonl",
         _rows(D.harmful_examples(rng, n.aligned_harmful, "align", "refusal"), "response"),
@@ -162,7 +162,7 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         w(f"tasks/{task}/shots.jsonl", _rows(train[n.task_train :]))
         w(f"tasks/{task}/val.jsonl", _rows(D.task_examples(task, rng, n.task_val, "calib")))
         w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
-    _benign_shots(dest, n, seed, prompts)
+    _benign_shots(dest, n, seed, {r["prompt"] for r in benign_val}, prompts)
     # stage mixtures: (prompt, response) rows, and plain {"text"} documents
     texts = lambda k: [{"text": t} for t in D.knowledge_texts(rng, k)]  # noqa: E731
     # pretraining: every concept described, and requested (in the align templates) and answered
