@@ -254,18 +254,19 @@ def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
 
 def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
     """k shots of each kind, drawn with the fit's seed (benign: none when not given), and the
-    check sets of the choice (`check_*`, at most CHECK_MAX each): every harmful and benign record
-    given (the scale has one degree of freedom: more prompts, less noise), and the task records
-    not drawn (the skill is what the fit can overfit)."""
+    check sets of the choice (`check_*`, at most CHECK_MAX each): the harmful and task records
+    not drawn (the fit overfits its own shots: judged on them, the harmful share reads low), every
+    harmful one where all were drawn; every benign record given (none is fitted on)."""
     paths = {"harmful": harmful, "task": task, "benign": benign}
     records = {s: load_records(p, split=s) if p else [] for s, p in paths.items()}
     shots = {
         s: take(rows, fit.shots, seed=fit.seed, name=s) if paths[s] else []
         for s, rows in records.items()
     }
-    drawn = {id(r) for r in shots["task"]}
-    shots["check_task"] = [r for r in records["task"] if id(r) not in drawn][:CHECK_MAX]
-    shots["check_harmful"] = records["harmful"][:CHECK_MAX]
+    drawn = {id(r) for r in shots["task"] + shots["harmful"]}
+    held = {s: [r for r in records[s] if id(r) not in drawn] for s in ("harmful", "task")}
+    shots["check_task"] = held["task"][:CHECK_MAX]
+    shots["check_harmful"] = (held["harmful"] or records["harmful"])[:CHECK_MAX]
     shots["check_benign"] = records["benign"][:CHECK_MAX]
     return shots
 
@@ -425,6 +426,9 @@ def choose_coefficients(
         **out,
         "checked": True,
         "n_harmful": len(checks["harmful"]),
+        "harmful_held_out": {id(r) for r in shots["check_harmful"]}.isdisjoint(
+            map(id, shots["harmful"])
+        ),
         "n_benign": len(checks["benign"]),
         "target": tried[0],
         "aligned_over_refusal": reference,

@@ -415,3 +415,30 @@ def test_the_floor_is_the_stricter_of_target_and_aligned():
     assert holds(safer, target, fit) and not holds(safer, floor, fit)  # 1 refusal over 0 allowed
     assert pick([target, safer], floor, fit) == 0  # nothing holds: the target as it is
     assert pick([target, {**safer, "over_refusal": 1 / 32}], floor, fit) == 1
+
+
+def test_the_checks_are_the_records_not_fitted_on(tmp_path):
+    """The choice judges harm and skill on the records the fit did not see (judged on its own
+    shots, the harmful share reads low); every harmful record where all were drawn; every benign
+    record (none is fitted on); at most CHECK_MAX of each."""
+    from safegene.calibrate import CHECK_MAX, _shots
+    from safegene.settings import FitSettings
+
+    def write(name, n, answer=True):
+        rows = [
+            {"prompt": f"{name} {i}", **({"response": "r"} if answer else {})} for i in range(n)
+        ]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    fit = FitSettings(shots=16)
+    s = _shots(write("harm", 32), write("task", 60), write("benign", 40, False), fit)
+    for kind in ("harmful", "task"):
+        fitted = {r["prompt"] for r in s[kind]}
+        assert len(fitted) == 16 and not fitted & {r["prompt"] for r in s[f"check_{kind}"]}
+    assert len(s["check_harmful"]) == 16 and len(s["check_task"]) == CHECK_MAX
+    assert len(s["check_benign"]) == CHECK_MAX and len(s["benign"]) == 16
+    few = _shots(write("few", 16), write("task2", 20), None, fit)  # all 16 drawn: judged on them
+    assert {r["prompt"] for r in few["check_harmful"]} == {r["prompt"] for r in few["harmful"]}
+    assert few["check_benign"] == [] and few["benign"] == []
