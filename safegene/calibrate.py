@@ -255,8 +255,8 @@ def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
 def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
     """k shots of each kind, drawn with the fit's seed (benign: none when not given), and the
     check sets of the choice (`check_*`, at most CHECK_MAX each): the harmful and task records
-    not drawn (the fit overfits its own shots: judged on them, the harmful share reads low), every
-    harmful one where all were drawn; every benign record given (none is fitted on)."""
+    not drawn (a check independent of what the fit trained on), every harmful one where all were
+    drawn; every benign record given (none is fitted on)."""
     paths = {"harmful": harmful, "task": task, "benign": benign}
     records = {s: load_records(p, split=s) if p else [] for s, p in paths.items()}
     shots = {

@@ -418,19 +418,18 @@ def test_the_floor_is_the_stricter_of_target_and_aligned():
 
 
 def test_the_checks_are_the_records_not_fitted_on(tmp_path):
-    """The choice judges harm and skill on the records the fit did not see (judged on its own
-    shots, the harmful share reads low); every harmful record where all were drawn; every benign
-    record (none is fitted on); at most CHECK_MAX of each."""
+    """The choice judges harm and skill on the records the fit did not see; every harmful record
+    where all were drawn; every benign record (none is fitted on); at most CHECK_MAX of each."""
     from safegene.calibrate import CHECK_MAX, _shots
     from safegene.settings import FitSettings
+    from safegene.zoo.data import write_jsonl
 
     def write(name, n, answer=True):
         rows = [
             {"prompt": f"{name} {i}", **({"response": "r"} if answer else {})} for i in range(n)
         ]
-        path = tmp_path / f"{name}.jsonl"
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return path
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+        return tmp_path / f"{name}.jsonl"
 
     fit = FitSettings(shots=16)
     s = _shots(write("harm", 32), write("task", 60), write("benign", 40, False), fit)
