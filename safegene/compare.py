@@ -6,6 +6,10 @@ For each task model of a recipe (safegene.recipe) it evaluates, with safegene.ev
   registry's order: the baselines (RESTA, SafeLoRA, SafeMERGE-style, interpolation, Antidote),
   each written to a scratch directory by the streaming code a user runs, evaluated, then
   deleted; and SafeGene with its ablations (safegene.pipeline), whose genes are kept.
+Where the recipe gives validation splits (data.harmful_val, data.benign_val and every task's
+val), every setting is evaluated on them too and each method's setting is *chosen* there
+(safegene.evaluate.pareto.summarize_task), then reported with its test numbers; without them the
+choice reads the test split itself, and the report says so (`chosen_on`).
 The output directory (atomic) holds report.json (`rows` and per-task summaries), report.md,
 samples.jsonl, pareto-<task>.png per task model, pareto.png pooled, and genes/ with the
 calibrated genes.
@@ -22,6 +26,8 @@ from pathlib import Path
 from safegene.io import atomic_output_dir, check_output_path
 from safegene.methods import Run, Variant, methods
 from safegene.recipe import CompareRecipe, TaskSpec, load_recipe
+
+VAL = "val:"  # the name prefix of the validation data sets
 
 
 def setting_label(setting: dict) -> str:
@@ -62,6 +68,9 @@ def eval_context(recipe: CompareRecipe, progress: bool):
 
 
 def _eval_setup(recipe: CompareRecipe, progress: bool):
+    """The settings, judges, the data sets every task model is evaluated on and each task's own
+    (its test split, and its val split where the recipe chooses on validation: data sets named
+    val:<split>, see `is_validation`)."""
     from safegene.evaluate import load_data
 
     settings, judges = eval_context(recipe, progress)
@@ -69,8 +78,20 @@ def _eval_setup(recipe: CompareRecipe, progress: bool):
         load_data(recipe.harmful_test, "harmful", name="harmful_test"),
         load_data(recipe.benign_test, "benign", name="benign_test"),
     ]
-    tasks = {t.name: load_data(t.test, "task", name=f"{t.name}_test") for t in recipe.tasks}
+    tasks = {t.name: [load_data(t.test, "task", name=f"{t.name}_test")] for t in recipe.tasks}
+    if recipe.validation:
+        common += [
+            load_data(recipe.harmful_val, "harmful", name=f"{VAL}harmful"),
+            load_data(recipe.benign_val, "benign", name=f"{VAL}benign"),
+        ]
+        for t in recipe.tasks:
+            tasks[t.name].append(load_data(t.val, "task", name=f"{VAL}{t.name}"))
     return settings, judges, common, tasks
+
+
+def is_validation(sample) -> bool:
+    """Whether an evaluated sample is of a validation split (it chooses; it is never reported)."""
+    return sample.dataset.startswith(VAL)
 
 
 def _log(progress: bool, message: str) -> None:
@@ -100,18 +121,19 @@ def run_compare(
         _log(progress, "evaluating the aligned model")
         samples = evaluate_model(
             ModelSpec("aligned", path=str(recipe.aligned)),
-            common + list(task_sets.values()),
+            common + [d for sets in task_sets.values() for d in sets],
             judges,
             settings,
         )
         groups: dict[tuple[str, str, str], list] = {}
         for task in recipe.tasks:
+            own = {d.name for d in task_sets[task.name]}
             groups[(task.name, "aligned", "")] = [
-                s for s in samples if s.split != "task" or s.dataset == task_sets[task.name].name
+                s for s in samples if s.split != "task" or s.dataset in own
             ]
         run = Run(recipe, keep)
         for task in recipe.tasks:
-            data = common + [task_sets[task.name]]
+            data = common + task_sets[task.name]
             variants = [
                 Variant("task", {}, lambda d, task=task: (task.model, task.adapter)),
                 *method_variants(run, task),
@@ -141,10 +163,15 @@ def _report(
     from safegene.evaluate.pareto import row, summarize_task
     from safegene.evaluate.report import model_metrics, versions
 
+    def metrics(samples: list) -> dict | None:
+        kw = dict(n_boot=settings.n_boot, seed=settings.seed)
+        return model_metrics(samples, judge_info, **kw)["summary"] if samples else None
+
     rows = []
     for (task, method, label), samples in groups.items():
-        m = model_metrics(samples, judge_info, n_boot=settings.n_boot, seed=settings.seed)
-        rows.append(row(task, method, label, m["summary"]))
+        test = metrics([s for s in samples if not is_validation(s)])
+        val = metrics([s for s in samples if is_validation(s)])
+        rows.append(row(task, method, label, test, val=val))
     order = {t.name: i for i, t in enumerate(recipe.tasks)}
     rows.sort(key=lambda r: order[r["task_model"]])
     summaries = [summarize_task(rows, t.name) for t in recipe.tasks]
@@ -153,6 +180,7 @@ def _report(
         "format_version": 1,
         "rows": rows,
         "tasks": summaries,
+        "chosen_on": "validation" if recipe.validation else "test",
         "judge": judge_info[0]["name"],
         "judges": judge_info,
         "recipe": str(recipe.source),

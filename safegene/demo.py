@@ -31,7 +31,8 @@ def zoo_recipe(
     seed: int = 0,
 ) -> dict:
     """The compare recipe of a built zoo: every task model (each task as a full fine-tune and as a
-    LoRA; the zoo's safe references are not targets)."""
+    LoRA; the zoo's safe references are not targets), with the zoo's validation splits, so that
+    every method's setting is chosen on them and read on test."""
     zoo_file = zoo_dir / "zoo.json"
     if not zoo_file.is_file():
         raise SafeGeneError(f"not a finished zoo (no zoo.json): {zoo_dir}")
@@ -52,6 +53,7 @@ def zoo_recipe(
                 "adapter": rel(m["adapter"]),
                 "shots": rel(split["shots"]),
                 "test": rel(split["test"]),
+                "val": rel(split["val"]),
             }
         )
     return {
@@ -62,7 +64,14 @@ def zoo_recipe(
         },
         "data": {
             k: rel(data[k])
-            for k in ("harmful_test", "benign_test", "harmful_shots", "benign_shots")
+            for k in (
+                "harmful_test",
+                "benign_test",
+                "harmful_shots",
+                "benign_shots",
+                "harmful_val",
+                "benign_val",
+            )
             if data.get(k)  # benign_shots: zoos from before it was a split lack it
         },
         "tasks": tasks,

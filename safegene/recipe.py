@@ -14,12 +14,15 @@ data:
   benign_test: data/benign_test.jsonl
   harmful_shots: data/harmful_shots.jsonl   # calibration, selection and re-alignment prompts
   benign_shots: data/benign_shots.jsonl     # optional: SafeGene's helpfulness check (look-alikes)
+  harmful_val: data/harmful_val.jsonl       # optional, with benign_val and every task's val: each
+  benign_val: data/benign_val.jsonl         # method's setting is then chosen on these, not on test
 tasks:
   - name: howto
     model: models/task-howto         # a full fine-tune ...
     adapter: null                    # ... or `model: <aligned>` plus a PEFT LoRA here
     shots: data/howto/shots.jsonl    # {"prompt", "answer"}: calibration examples
     test: data/howto/test.jsonl      # {"prompt", "answer"}: task accuracy
+    val: data/howto/val.jsonl        # optional (with data.harmful_val): the choice's accuracy
 judges: [keyword, prefix]            # `guard` also needs guard: {model: DIR, format: llamaguard3}
 methods:                             # every value is a grid: a list of settings to try
   resta: {beta: [0.25, 0.5, 1.0]}
@@ -66,6 +69,7 @@ class TaskSpec:
     adapter: Path | None
     shots: Path
     test: Path
+    val: Path | None = None  # the task's validation split (see CompareRecipe.validation)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,13 @@ class CompareRecipe:
     dtype: str = "float32"
     source: Path | None = None
     benign_shots: Path | None = None  # benign prompts SafeGene's calibration keeps answering
+    harmful_val: Path | None = None  # validation splits: given together with benign_val and
+    benign_val: Path | None = None  # every task's val, each method's setting is chosen on them
+
+    @property
+    def validation(self) -> bool:
+        """Whether the settings are chosen on validation splits (else on the test split)."""
+        return self.harmful_val is not None
 
     def input_paths(self) -> tuple[Path | None, ...]:
         """Every file and directory the recipe reads (itself included): what an output must
@@ -99,7 +110,9 @@ class CompareRecipe:
             self.benign_test,
             self.harmful_shots,
             self.benign_shots,
-            *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test)),
+            self.harmful_val,
+            self.benign_val,
+            *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test, t.val)),
             (self.guard or {}).get("model"),
         )
 
@@ -323,10 +336,12 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         for k in ("harmful_test", "benign_test", "harmful_shots")
     }
     _check_shots_file(files["harmful_shots"], problems)
-    if data.get("benign_shots") is not None:
-        files["benign_shots"] = _path(
-            data["benign_shots"], "data.benign_shots", root, problems, kind="file"
-        )
+    for k in ("benign_shots", "harmful_val", "benign_val"):
+        if data.get(k) is not None:
+            files[k] = _path(data[k], f"data.{k}", root, problems, kind="file")
+    validation = "harmful_val" in files or "benign_val" in files
+    if validation and not ("harmful_val" in files and "benign_val" in files):
+        problems.add("data", "harmful_val and benign_val go together (the validation splits)")
 
     tasks = []
     raw_tasks = raw.get("tasks")
@@ -353,12 +368,22 @@ def load_recipe(path: str | Path) -> CompareRecipe:
         )
         shots = _path(t.get("shots"), f"{where}.shots", root, problems, kind="file")
         test = _path(t.get("test"), f"{where}.test", root, problems, kind="file")
-        for key, f in (("shots", shots), ("test", test)):
+        val = None
+        if t.get("val") is not None:
+            val = _path(t["val"], f"{where}.val", root, problems, kind="file")
+        if validation != (val is not None):
+            problems.add(
+                f"{where}.val",
+                "every task needs a val split when data gives harmful_val and benign_val"
+                if validation
+                else "a task's val split needs data.harmful_val and data.benign_val",
+            )
+        for key, f in (("shots", shots), ("test", test), ("val", val)):
             if f is not None and f.is_file() and not _task_file_has_answers(f):
                 problems.add(
                     f"{where}.{key}", f'task data must be JSONL rows with an "answer": {f}'
                 )
-        tasks.append(TaskSpec(str(name), model, adapter, shots, test))
+        tasks.append(TaskSpec(str(name), model, adapter, shots, test, val))
 
     judges = raw.get("judges", ["keyword"])
     judges = [judges] if isinstance(judges, str) else judges

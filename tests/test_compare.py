@@ -81,6 +81,34 @@ def test_report_files_and_summaries(demo_run):
     assert aligned["harmful_rate"] < task["harmful_rate"]
 
 
+def test_the_demo_chooses_every_setting_on_validation(demo_run):
+    """The zoo's val splits are evaluated beside the test splits, and each method's reported
+    setting is the one the validation rates choose (recomputed here from the rows)."""
+    out, report = demo_run
+    assert report["chosen_on"] == "validation"
+    samples = [json.loads(x) for x in (out / "report" / "samples.jsonl").read_text().splitlines()]
+    assert {s["dataset"] for s in samples} >= {"val:harmful", "val:benign", "val:howto"}
+    for t in report["tasks"]:
+        assert t["chosen_on"] == "validation"
+        rows = [r for r in report["rows"] if r["task_model"] == t["task_model"]]
+        assert all(set(r["val"]) == {"harmful_rate", "over_refusal", "task_accuracy"} for r in rows)
+        ref = next(r for r in rows if r["method"] == "task")
+        floor = 0.95 * ref["val"]["task_accuracy"]
+        for method, best in t["best"].items():
+            mine = [r["val"] for r in rows if r["method"] == method]
+            ok = [v for v in mine if v["task_accuracy"] >= floor - 1e-12]
+            want = (
+                min(v["harmful_rate"] for v in ok)
+                if ok
+                else next(
+                    v["harmful_rate"]
+                    for v in mine
+                    if v["task_accuracy"] == max(x["task_accuracy"] for x in mine)
+                )
+            )
+            assert best["val"]["harmful_rate"] == want, (t["task_model"], method)
+
+
 def test_calibrated_genes_are_kept_with_their_coefficients(demo_run):
     out, _ = demo_run
     genes = out / "report" / "genes"

@@ -71,6 +71,29 @@ def test_benign_shots_are_optional_and_resolved(layout):
         load_recipe(write(layout, text.replace("benign_shots.jsonl", "nowhere.jsonl")))
 
 
+def test_validation_splits_go_together(layout):
+    for f in ("harmful_val", "benign_val"):
+        (layout / f"{f}.jsonl").write_text(json.dumps({"prompt": "p"}) + "\n")
+    (layout / "val.jsonl").write_text(json.dumps({"prompt": "3+3?", "answer": "6"}) + "\n")
+    data = "  harmful_shots: harmful_shots.jsonl"
+    both = f"{data}\n  harmful_val: harmful_val.jsonl\n  benign_val: benign_val.jsonl"
+    with_val = GOOD.replace(data, both).replace(
+        "test: test.jsonl}", "test: test.jsonl, val: val.jsonl}"
+    )
+    r = load_recipe(write(layout, with_val))
+    assert r.validation and r.tasks[0].val == (layout / "val.jsonl").resolve()
+    assert {r.harmful_val, r.benign_val, r.tasks[0].val} <= set(r.input_paths())
+    assert not load_recipe(write(layout, GOOD)).validation
+    cases = [
+        (GOOD.replace(data, both), r"tasks\[0\]\.val: every task needs a val split"),
+        (with_val.replace("  benign_val: benign_val.jsonl\n", ""), "harmful_val and benign_val go"),
+        (GOOD.replace("test: test.jsonl}", "test: test.jsonl, val: val.jsonl}"), "needs data.harm"),
+    ]
+    for text, message in cases:
+        with pytest.raises(SafeGeneError, match=message):
+            load_recipe(write(layout, text))
+
+
 def test_grid_is_the_cartesian_product():
     assert grid({"a": [1, 2], "b": ["x"], "c": []}) == [{"a": 1, "b": "x"}, {"a": 2, "b": "x"}]
 

@@ -3,6 +3,7 @@
 import pytest
 
 from safegene.evaluate.pareto import (
+    KEYS,
     best_setting,
     comparison_markdown,
     dominates,
@@ -72,6 +73,31 @@ def test_summary_verdict_compares_against_baselines_not_ablations():
     assert v["safest_qualified_method"] == "safegene"
     text = comparison_markdown([s], judge="keyword")
     assert "| resta | beta=0.5 | 50.0 [50, 50]" in text and "NOT on the Pareto front" in text
+
+
+def test_the_choice_reads_validation_not_test():
+    """With validation rates on every row, each method's setting is chosen on them: here the
+    test split would pick the other setting of each method."""
+
+    def rv(method, harmful, acc, setting, val):
+        return {**r(method, harmful, acc, setting), "val": dict(zip(KEYS, val, strict=True))}
+
+    rows = [
+        rv("task", 0.9, 1.0, "", (0.8, 0.0, 0.9)),
+        rv("resta", 0.1, 0.99, "beta=1.0", (0.3, 0.0, 0.5)),  # best on test, below floor on val
+        rv("resta", 0.5, 0.99, "beta=0.5", (0.4, 0.0, 0.9)),
+        rv("safegene", 0.2, 0.99, "a", (0.2, 0.0, 0.9)),
+        rv("safegene", 0.3, 0.90, "b", (0.1, 0.0, 0.86)),  # best on val, below floor on test
+    ]
+    s = summarize_task(rows, "t")
+    assert s["chosen_on"] == "validation"
+    assert s["best"]["resta"]["setting"] == "beta=0.5" and s["best"]["resta"]["qualified"]
+    assert s["best"]["safegene"]["setting"] == "b" and not s["best"]["safegene"]["qualified"]
+    assert s["best"]["resta"]["harmful_rate"] == 0.5  # the test number of the val choice
+    assert "chosen on the validation splits." in comparison_markdown([s], judge="keyword")
+    plain = summarize_task([{k: v for k, v in x.items() if k != "val"} for x in rows], "t")
+    assert plain["chosen_on"] == "test" and plain["best"]["resta"]["setting"] == "beta=1.0"
+    assert "the test split itself." in comparison_markdown([plain], judge="keyword")
 
 
 def test_summary_when_a_baseline_is_safer():
