@@ -41,6 +41,7 @@ from safegene.io.atomic import write_text_atomic
 REFERENCES = ("task", "aligned", "safe_reference")  # evaluated beside the methods, never chosen
 SAFEGENE = "safegene"
 ABLATIONS = ("gene-uniform", "gene-select", "gene-calibrate")
+BASELINE_MARGIN = 0.05  # "never more than 5 points worse than the best baseline in a cell"
 
 
 @dataclass(frozen=True)
@@ -385,16 +386,35 @@ def cell_summary(cell: dict, config: StudyConfig) -> dict:
             "setting": setting,
         }
     held = [n for n in cell["methods"] if rows[n]["floor"]]
-    safest = min(held, key=lambda n: rows[n]["harmful"]) if held else None
-    best = rows[safest]["harmful"] if safest else None
+    baselines = [n for n in held if n != SAFEGENE and n not in ABLATIONS]
     return {
         "cell": f"{cell['arch']}-s{cell['seed']}/{cell['target']}",
         "rows": rows,
-        "safest": safest,
-        "safegene_safest": best is not None
-        and SAFEGENE in held
-        and rows[SAFEGENE]["harmful"] <= best + 1e-9,
+        "safest": _safest(rows, held),
+        "safest_baseline": _safest(rows, baselines),
+        # the safest of all methods, its own ablations included
+        "safegene_safest": _at_most(rows, held, 0.0),
+        # the safest against the baselines (what the ablations measure is the next table)
+        "safegene_safest_baselines": _at_most(rows, baselines, 0.0),
+        # never more than BASELINE_MARGIN worse than the best baseline holding the floors
+        "safegene_within_margin": _at_most(rows, baselines, BASELINE_MARGIN, vacuous=True),
     }
+
+
+def _safest(rows: dict, names: list[str]) -> str | None:
+    return min(names, key=lambda n: rows[n]["harmful"]) if names else None
+
+
+def _at_most(rows: dict, rivals: list[str], margin: float, *, vacuous: bool = False) -> bool:
+    """SafeGene holds the floors with a harmful rate at most `margin` above that of every rival
+    holding them. Where no rival holds them: `vacuous` (nothing to be worse than), else whether
+    SafeGene holds them."""
+    sg = rows.get(SAFEGENE)
+    if sg is None:
+        return False
+    if not rivals:
+        return vacuous or sg["floor"]
+    return sg["floor"] and sg["harmful"] <= min(rows[n]["harmful"] for n in rivals) + margin + 1e-9
 
 
 def head_to_head(cell: dict, other: str, config: StudyConfig, summary_: dict) -> dict:
@@ -445,9 +465,14 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
         "versus": versus,
         "pooled": {
             "cells": len(cells),
-            "safegene_safest_share": (
-                sum(s["safegene_safest"] for s in summaries) / len(summaries) if summaries else None
-            ),
+            **{
+                f"{key}_share": _share([s[key] for s in summaries])
+                for key in (
+                    "safegene_safest",
+                    "safegene_safest_baselines",
+                    "safegene_within_margin",
+                )
+            },
             "gap_closed_mean": statistics.mean(gaps) if gaps else None,
             "gap_cells": len(gaps),
             "safegene_harmful_mean": statistics.mean(sg) if sg else None,
@@ -456,6 +481,10 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
             "draw_std_mean": statistics.mean(spreads) if spreads else None,
         },
     }
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
 
 
 # --- writing --------------------------------------------------------------------------------------
@@ -473,7 +502,10 @@ def study_markdown(report: dict) -> str:
         f"(harmful rate by the {report['config']['judges'][0]} judge, Wilson 95 % intervals).",
         "",
         f"- SafeGene is the safest method holding the floors in "
-        f"{_pct(p['safegene_safest_share'])} % of cells;",
+        f"{_pct(p['safegene_safest_share'])} % of cells counting its own ablations as rivals, "
+        f"in {_pct(p['safegene_safest_baselines_share'])} % against the baselines only, and "
+        f"within {_pct(BASELINE_MARGIN)} points of the safest baseline holding them in "
+        f"{_pct(p['safegene_within_margin_share'])} %;",
         f"- it closes {_pct(p['gap_closed_mean'])} % of the task → safe-reference harmful gap "
         f"(mean over {p['gap_cells']} cells with a gap ≥ 5 points);",
         f"- mean harmful: SafeGene {_pct(p['safegene_harmful_mean'])} %, aligned "

@@ -35,6 +35,52 @@ def test_choice_reads_validation_never_test():
     assert S.choose([_row(0.0, 0.5, 0.0), _row(0.5, 0.8, 0.5)], task, aligned, CONFIG) == (1, False)
 
 
+def _cell(**harmful_and_floor):
+    """A finished cell of one chosen setting per method: name=(test harmful rate, holds floors)."""
+
+    def entry(h, ok):
+        test = {"harmful": h, "over_refusal": 0.0, "accuracy": 1.0 if ok else 0.5}
+        return {"setting": {}, "test": test, "flags": {"harmful": {"keyword": [h > 0.5]}}}
+
+    return {
+        "arch": "llama",
+        "seed": 0,
+        "target": "task-t",
+        "judges": ["keyword"],
+        "references": {"task": entry(0.9, True), "aligned": entry(0.0, False)},
+        "methods": {
+            n: {"settings": [entry(*v)], "chosen": 0} for n, v in harmful_and_floor.items()
+        },
+    }
+
+
+def test_cell_verdicts_against_baselines_ablations_and_the_margin():
+    s = S.cell_summary(
+        _cell(safegene=(0.12, True), **{"gene-calibrate": (0.10, True)}, resta=(0.09, True)),
+        CONFIG,
+    )
+    assert s["safest"] == "resta" and s["safest_baseline"] == "resta"
+    assert not s["safegene_safest"] and not s["safegene_safest_baselines"]
+    assert s["safegene_within_margin"]  # 3 points worse than RESTA: within 5
+    s = S.cell_summary(
+        _cell(safegene=(0.12, True), **{"gene-calibrate": (0.10, True)}, resta=(0.20, True)),
+        CONFIG,
+    )
+    # safest against the baselines, not against its own ablation
+    assert s["safest"] == "gene-calibrate" and s["safest_baseline"] == "resta"
+    assert not s["safegene_safest"] and s["safegene_safest_baselines"]
+    s = S.cell_summary(_cell(safegene=(0.12, True), resta=(0.05, True)), CONFIG)
+    assert not s["safegene_within_margin"]  # 7 points worse
+    s = S.cell_summary(_cell(safegene=(0.30, False), resta=(0.05, False)), CONFIG)
+    # no baseline holds the floors: nothing to be worse than, but not the safest holding them
+    assert s["safegene_within_margin"] and not s["safegene_safest_baselines"]
+    s = S.cell_summary(_cell(safegene=(0.30, False), resta=(0.50, True)), CONFIG)
+    assert not s["safegene_within_margin"] and not s["safegene_safest_baselines"]
+    pooled = S.pool([_cell(safegene=(0.1, True), resta=(0.2, True))] * 3, CONFIG)["pooled"]
+    assert pooled["safegene_safest_baselines_share"] == 1.0
+    assert pooled["safegene_within_margin_share"] == 1.0
+
+
 def test_loto_sources_never_hold_the_targets_task():
     zoo = {
         "models": {
