@@ -404,14 +404,15 @@ def choose_coefficients(
     }
     model, _ = loaded
     att = GeneAttachment(model, deltas, per_module_kind=is_per_kind(groups), groups=groups)
-    tried, cands, failed = [], candidates(alpha, groups), 0
+    tried, values, failed = [], [], 0  # what each tried candidate measured, and its α
     with torch.no_grad(), att:
-        for cand in cands:
+        for cand in candidates(alpha, groups):
             if "scale" in cand and failed >= 2:  # two larger scales broke the floors: stop there
                 continue
             att.set(cand["values"])
             m = measure(loaded, checks, compute)
             tried.append({**{k: v for k, v in cand.items() if k != "values"}, **m})
+            values.append(cand["values"])
             if cand.get("scale") == 0:  # the target as it is: what the floors are set from
                 if m["skill"] == 0:
                     return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
@@ -420,8 +421,7 @@ def choose_coefficients(
     i = pick(tried, floor, fit)
     key = next(k for k in ("scale", "uniform") if k in tried[i])
     label = {key: tried[i][key]}
-    values = next(c["values"] for c in cands if c.get(key) == label[key])
-    chosen = {g: round(v, 6) for g, v in zip(groups, values, strict=True)}
+    chosen = {g: round(v, 6) for g, v in zip(groups, values[i], strict=True)}
     return {
         **out,
         "checked": True,
