@@ -93,10 +93,16 @@ def test_the_demo_chooses_every_setting_on_validation(demo_run):
         rows = [r for r in report["rows"] if r["task_model"] == t["task_model"]]
         assert all(set(r["val"]) == {"harmful_rate", "over_refusal", "task_accuracy"} for r in rows)
         ref = next(r for r in rows if r["method"] == "task")
+        aligned = next(r for r in rows if r["method"] == "aligned")
         floor = 0.95 * ref["val"]["task_accuracy"]
+        ceiling = aligned["val"]["over_refusal"] + 0.05
         for method, best in t["best"].items():
             mine = [r["val"] for r in rows if r["method"] == method]
-            ok = [v for v in mine if v["task_accuracy"] >= floor - 1e-12]
+            ok = [
+                v
+                for v in mine
+                if v["task_accuracy"] >= floor - 1e-12 and v["over_refusal"] <= ceiling + 1e-12
+            ]
             want = (
                 min(v["harmful_rate"] for v in ok)
                 if ok
