@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
+from safegene.evaluate.pareto import OVER_REFUSAL_MARGIN, UTILITY_FLOOR
 from safegene.evaluate.stats import paired, rate_ci, verdict
 from safegene.io.atomic import write_text_atomic
 
@@ -57,8 +58,8 @@ class StudyConfig:
     methods: dict[str, Any] = field(default_factory=dict)  # compare's grids; {} = the demo's
     shot_draws: int = 1  # draws of SafeGene's shots at its chosen setting (the spread)
     judges: tuple[str, ...] = ("keyword", "prefix")  # the first is primary: choices and stats
-    accuracy_share: float = 0.95
-    over_refusal_margin: float = 0.05
+    accuracy_share: float = UTILITY_FLOOR  # the floors: compare's (safegene.evaluate.pareto)
+    over_refusal_margin: float = OVER_REFUSAL_MARGIN
     alpha: float = 0.05  # the paired tests' level
     threads: int | None = None  # zoo builds
     source: Path | None = None
