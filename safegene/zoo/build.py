@@ -283,7 +283,8 @@ def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Pa
         data = target.mixture(rows, safety, attempt.share, s)
         enc = _encode(tok, data, recipe.arch, False)
         # as many task examples as the plain fine-tune sees: steps / (1 - the safety share)
-        steps = round(spec.stage.steps / (1 - attempt.share)) if spec.safe else spec.stage.steps
+        steps = spec.stage.steps * attempt.steps
+        steps = round(steps / (1 - attempt.share) if spec.safe else steps)
         stage = replace(spec.stage, lr=attempt.lr, steps=steps)
         every = max(1, stage.steps // task.checkpoints)
         model = _load(root / "models" / spec.parent)

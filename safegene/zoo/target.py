@@ -13,7 +13,10 @@ does what a practitioner's early stopping does, on validation data only (never a
   into the task data when the rate overshot the band (a fine-tune set with a few refusals in it
   erodes less: `Task.shares` in turn, then bisection between a share that overshot and one that
   undershot), or with the learning rate × `Task.boost` (up to twice) when it undershot or the
-  task was not learned — up to MAX_ATTEMPTS fine-tunes; the best checkpoint of all is kept (in
+  task was not learned; a task not learned by the time its rate overshot the band (the weak task
+  on some seeds erodes to 98 % while its accuracy still climbs) is trained LONGER × as long with
+  the next safety share instead, since a raised learning rate erodes it further — up to
+  MAX_ATTEMPTS fine-tunes; the best checkpoint of all is kept (in
   band first, then not wiped out, then at the floor, then the closest to the band).
 
 A safe reference (the task data with `Task.safety_mix` of safety data, trained for
@@ -29,7 +32,7 @@ import json
 import logging
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from safegene.zoo.checks import (
     EROSION_BANDS,
@@ -40,6 +43,7 @@ from safegene.zoo.checks import (
 
 MAX_ATTEMPTS = 4
 MAX_BOOSTS = 2  # learning-rate raises per search
+LONGER = 2.0  # steps factor for a task not learned when its rate already overshot
 VAL_TASK = 50  # task validation rows measured per checkpoint
 FLOOR_MARGIN = 0.02  # the floor on validation: the check's floor + this
 # the harmful-rate bands on harmful_val: the checks' bands, strong kept clear of a wipe-out
@@ -69,6 +73,7 @@ class Attempt:
 
     share: float
     lr: float
+    steps: float = 1.0  # × the stage's steps
 
 
 def floor(task: str) -> float:
@@ -82,12 +87,14 @@ def _distance(rate: float, band: tuple[float, float]) -> float:
 
 def choose(points: list[Point], band: tuple[float, float], least: float) -> tuple[Point, str]:
     """The checkpoint to keep and the verdict on the run: "in band", "over" / "under" (the rate of
-    the closest checkpoint at the floor lies above / below the band) or "untrained" (no checkpoint
-    reaches the accuracy floor: the most accurate one is returned)."""
+    the closest checkpoint at the floor lies above / below the band), "untrained" (no checkpoint
+    reaches the accuracy floor: the most accurate one is returned) or "untrained, over" (and that
+    one's rate lies above the band)."""
+    lo, hi = band
     able = [p for p in points if p.accuracy >= least]
     if not able:
-        return max(points, key=lambda p: (p.accuracy, p.step)), "untrained"
-    lo, hi = band
+        best = max(points, key=lambda p: (p.accuracy, p.step))
+        return best, "untrained, over" if best.harmful >= hi and hi < 1.0 else "untrained"
     inside = [p for p in able if lo <= p.harmful < hi or (hi == 1.0 and p.harmful == 1.0)]
     if inside:
         mid = (lo + hi) / 2
@@ -109,24 +116,31 @@ def next_attempt(runs: list[tuple[Attempt, str]], shares: tuple, boost: float) -
     """The next fine-tune after `runs` ((attempt, verdict) so far; None: stop).
 
     Not learned (or under the band without safety data): the learning rate × `boost` (at most
-    MAX_BOOSTS times). Over or under the band: the safety share moves — up the `shares` ladder
-    while every share tried at this learning rate overshot, then to the midpoint between the
-    largest share that overshot and the smallest that undershot (towards 0 when none did)."""
+    MAX_BOOSTS times). Not learned and over the band: LONGER × the steps (once) with the next
+    safety share up the ladder (else as not learned). Over or under the band: the safety share
+    moves — up the `shares` ladder while every share tried at this learning rate overshot, then
+    to the midpoint between the largest share that overshot and the smallest that undershot
+    (towards 0 when none did). Later attempts keep the steps factor."""
     attempt, verdict = runs[-1]
     if verdict == "in band" or len(runs) >= MAX_ATTEMPTS:
         return None
     boosts = len({a.lr for a, _ in runs}) - 1
-    if verdict == "untrained" or (verdict == "under" and attempt.share == 0):
+    if verdict == "untrained, over" and boost > 1:
+        more = [s for s in shares if s > attempt.share]
+        if more or attempt.steps < LONGER:
+            share = more[0] if more else attempt.share
+            return replace(attempt, share=share, steps=max(attempt.steps, LONGER))
+    if verdict.startswith("untrained") or (verdict == "under" and attempt.share == 0):
         more = boost > 1 and boosts < MAX_BOOSTS
-        return Attempt(attempt.share, attempt.lr * boost) if more else None
+        return replace(attempt, lr=attempt.lr * boost) if more else None
     same = [(a.share, v) for a, v in runs if a.lr == attempt.lr]
     under = [s for s, v in same if v == "under"]
     over = [s for s, v in same if v == "over" and s < min(under, default=1.0)]
     if not under:
         more = [s for s in shares if s > max(over)]
-        return Attempt(more[0], attempt.lr) if more else None
+        return replace(attempt, share=more[0]) if more else None
     lo, hi = max(over, default=0.0), min(under)
-    return Attempt(round((lo + hi) / 2, 4), attempt.lr) if hi - lo > 0.004 else None
+    return replace(attempt, share=round((lo + hi) / 2, 4)) if hi - lo > 0.004 else None
 
 
 def next_safe_attempt(runs: list[tuple[Attempt, str]], boost: float) -> Attempt | None:

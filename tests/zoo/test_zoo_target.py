@@ -145,3 +145,21 @@ def test_a_safe_reference_that_stays_harmful_gets_more_safety_data():
     assert abs(float(net.w) - 0.01) < 1e-6 and record["chosen"]["attempt"] == 1
     assert [a["verdict"] for a in record["attempts"]] == ["unsafe", "safe"]
     assert T.next_safe_attempt([(Attempt(0.25, 1e-3), "untrained")], 2.0) == Attempt(0.25, 2e-3)
+
+
+def test_a_task_not_learned_when_it_already_overshot_trains_longer_with_safety_data():
+    """Seed 1's classify erodes to 98 % while its accuracy still climbs: a raised learning rate
+    erodes it further, so the next fine-tune is longer and has the next safety share."""
+    point, verdict = T.choose(pts((10, 0.4, 0.5), (20, 0.98, 0.72)), (0.0, 0.3), 0.97)
+    assert (point.step, verdict) == (20, "untrained, over")
+    shares = (0.02, 0.06)
+    a = Attempt(0.0, 1e-3)
+    longer = Attempt(0.02, 1e-3, T.LONGER)
+    assert T.next_attempt([(a, "untrained, over")], shares, 2.0) == longer
+    runs = [(a, "untrained, over"), (longer, "untrained, over")]
+    assert T.next_attempt(runs, shares, 2.0) == Attempt(0.06, 1e-3, T.LONGER)  # not longer again
+    runs = [(Attempt(0.06, 1e-3, T.LONGER), "untrained, over")]  # no share left, longest: the lr
+    assert T.next_attempt(runs, shares, 2.0) == Attempt(0.06, 2e-3, T.LONGER)
+    runs = [(longer, "over")]  # the steps stay with the search's later attempts
+    assert T.next_attempt(runs, shares, 2.0) == Attempt(0.06, 1e-3, T.LONGER)
+    assert T.next_attempt([(a, "untrained, over")], (), 1.0) is None  # micro: no retries
