@@ -9,7 +9,8 @@ zoo directory:
     DIR/data/...              JSONL splits and the training mixture of every stage
     DIR/tokenizer/            the BPE tokenizer with its chat template
     DIR/models/NAME/          causal-LM directories (safetensors), or PEFT LoRA adapters on aligned
-    DIR/metrics/NAME.json     per-model measurements (cached: a rerun does not regenerate them)
+    DIR/metrics/NAME.json     per-model measurements (cached: a rerun does not regenerate them;
+                              a model stage that is rebuilt drops its own)
 
 Each stage writes into a temporary directory beside its final path and renames it when complete, so
 an interrupted build leaves no half-written stage, and rerunning into the same DIR skips every
@@ -255,7 +256,8 @@ def train_model(
         if not spec.stage.lora_r:
             tok.save_pretrained(str(d))
 
-    _stage(root, f"models/{spec.name}", fn, timings)
+    # a rebuilt model's cached measurements describe the weights it replaced
+    _stage(root, f"models/{spec.name}", fn, timings, stale=root / "metrics" / f"{spec.name}.json")
 
 
 def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Path):
@@ -310,11 +312,15 @@ def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Pa
     return model
 
 
-def _stage(root: Path, name: str, fn, timings: dict | None = None) -> None:
+def _stage(root: Path, name: str, fn, timings: dict | None = None, stale: Path | None = None):
+    """Build stage `name` by `fn(tmp_dir)` unless it exists; `stale`: a file derived from the
+    stage's output, removed when the stage is (re)built."""
     final = root / name
     if final.exists():
         log.info("stage %s: already built, skipped", name)
         return
+    if stale is not None:
+        stale.unlink(missing_ok=True)
     log.info("stage %s: building", name)
     t0 = time.time()
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -403,3 +403,18 @@ def test_task_models_are_chosen_on_validation_never_on_test(tmp_path, monkeypatc
     chosen = record["attempts"][record["chosen"]["attempt"]]["chosen"]
     assert chosen["step"] == record["chosen"]["step"]
     assert all(len(a["points"]) == 3 for a in record["attempts"])  # every step of 3 (every 1)
+
+
+def test_a_rebuilt_stage_drops_the_measurements_of_the_weights_it_replaced(tmp_path):
+    """Delete models/NAME and rebuild: its cached metrics/NAME.json described the old weights."""
+    from safegene.zoo.build import _stage
+
+    stale = tmp_path / "metrics" / "task-x.json"
+    stale.parent.mkdir()
+    stale.write_text("{}")
+    (tmp_path / "models" / "task-x").mkdir(parents=True)
+    _stage(tmp_path, "models/task-x", lambda d: pytest.fail("built again"), stale=stale)
+    assert stale.exists()  # the stage is built: its measurements stand
+    (tmp_path / "models" / "task-x").rmdir()
+    _stage(tmp_path, "models/task-x", lambda d: (d / "w").write_text("new"), stale=stale)
+    assert (tmp_path / "models/task-x/w").read_text() == "new" and not stale.exists()
