@@ -16,8 +16,8 @@ does what a practitioner's early stopping does, on validation data only (never a
   task was not learned; a task not learned by the time its rate overshot the band (the weak task
   on some seeds erodes to 98 % while its accuracy still climbs) is trained LONGER × as long with
   the next safety share instead, since a raised learning rate erodes it further — up to
-  MAX_ATTEMPTS fine-tunes; the best checkpoint of all is kept (in
-  band first, then not wiped out, then at the floor, then the closest to the band).
+  MAX_ATTEMPTS fine-tunes; the best checkpoint of all is kept (in band first, then not wiped
+  out, then at the floor, then the closest to the band).
 
 A safe reference (the task data with `Task.safety_mix` of safety data, trained for
 steps / (1 - share) so that it sees as many task examples) keeps its least harmful checkpoint at
