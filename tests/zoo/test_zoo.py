@@ -402,7 +402,8 @@ def test_task_models_are_chosen_on_validation_never_on_test(tmp_path, monkeypatc
     assert record["erosion"] == "strong" and record["attempts"]
     chosen = record["attempts"][record["chosen"]["attempt"]]["chosen"]
     assert chosen["step"] == record["chosen"]["step"]
-    assert all(len(a["points"]) == 3 for a in record["attempts"])  # every step of 3 (every 1)
+    # every step of 3 (every 1), × the attempt's steps factor (a longer retry: target.LONGER)
+    assert all(len(a["points"]) == round(3 * a["steps"]) for a in record["attempts"])
 
 
 def test_a_rebuilt_stage_drops_the_measurements_of_the_weights_it_replaced(tmp_path):
