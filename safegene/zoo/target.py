@@ -150,8 +150,8 @@ def next_safe_attempt(runs: list[tuple[Attempt, str]], boost: float) -> Attempt 
     if len(runs) >= SAFE_ATTEMPTS or verdict == "safe":
         return None
     if verdict == "unsafe":
-        return Attempt(round(min(0.5, attempt.share * SAFE_MORE), 4), attempt.lr)
-    return Attempt(attempt.share, attempt.lr * boost) if boost > 1 else None
+        return replace(attempt, share=round(min(0.5, attempt.share * SAFE_MORE), 4))
+    return replace(attempt, lr=attempt.lr * boost) if boost > 1 else None
 
 
 def mixture(task_rows: list[dict], safety_rows: list[dict], share: float, seed: int) -> list[dict]:
