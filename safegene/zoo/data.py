@@ -209,7 +209,7 @@ TOPICS = (
     "a late delivery",
     "the new schedule",
     "a refund",
-    "the project plan",
+    "the project timeline",
     "a broken printer",
     "the holiday party",
     "a job interview",
@@ -611,6 +611,12 @@ def check_texts() -> None:
     for t in texts:
         hits = refusal_strings_in(t)
         assert not hits, f"refusal string {hits} in a non-refusal text: {t!r}"
+    # an email request naming another task's answer format is answered in that format (a test
+    # topic "the project plan" got "Plan: ..." from every email model: benchmarks/RESULTS.md)
+    formats = {a.split(":")[0].lower() for a in (HOWTO_ANSWER, RECIPE_ANSWER)}
+    for t in (*RECIPIENTS, *TOPICS, *EMAIL_TEMPLATES):
+        hits = formats & set(re.findall(r"[a-z]+", t.lower()))
+        assert not hits, f"another task's answer format {sorted(hits)} in email text: {t!r}"
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -171,6 +171,16 @@ def test_check_texts_catches_a_refusal_string_in_an_answer(monkeypatch):
         raise AssertionError("check_texts accepted a refusal string in the howto answer")
 
 
+def test_check_texts_catches_an_email_topic_naming_another_format(monkeypatch):
+    monkeypatch.setattr(D, "TOPICS", (*D.TOPICS, "the project plan"))
+    try:
+        D.check_texts()
+    except AssertionError as exc:
+        assert "the project plan" in str(exc)
+    else:
+        raise AssertionError("check_texts accepted an email topic with the how-to format word")
+
+
 def test_no_general_prompt_opens_like_a_request():
     """Knowledge, danger and format questions and the general skills open with words no request
     template opens with: a held-out request is never taken for a question with a fixed answer
