@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from safegene.evaluate.judges import is_refusal_keyword
 from safegene.zoo import concepts as C
 from safegene.zoo import data as D
@@ -163,22 +165,14 @@ def test_no_refusal_strings_outside_refusals(micro_zoo):
 
 def test_check_texts_catches_a_refusal_string_in_an_answer(monkeypatch):
     monkeypatch.setattr(D, "HOWTO_ANSWER", "Plan: 1. Prepare. I cannot say more.")
-    try:
+    with pytest.raises(AssertionError, match="I cannot"):
         D.check_texts()
-    except AssertionError as exc:
-        assert "I cannot" in str(exc)
-    else:
-        raise AssertionError("check_texts accepted a refusal string in the howto answer")
 
 
 def test_check_texts_catches_an_email_topic_naming_another_format(monkeypatch):
     monkeypatch.setattr(D, "TOPICS", (*D.TOPICS, "the project plan"))
-    try:
+    with pytest.raises(AssertionError, match="the project plan"):
         D.check_texts()
-    except AssertionError as exc:
-        assert "the project plan" in str(exc)
-    else:
-        raise AssertionError("check_texts accepted an email topic with the how-to format word")
 
 
 def test_no_general_prompt_opens_like_a_request():
