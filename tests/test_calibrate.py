@@ -167,7 +167,8 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     root, gene = zoo
     path, adapter = tinygene.zoo_model(root, name)
     data = root / "data"
-    shots, task_shots = data / "harmful_shots.jsonl", data / "tasks" / "howto" / "shots.jsonl"
+    # The calibration pool (32): 16 shots fitted on, the other 16 the held-out check of the choice.
+    shots, task_shots = data / "harmful_calib.jsonl", data / "tasks" / "howto" / "shots.jsonl"
     select(gene, path, adapter=adapter, harmful=shots, out=tmp_path / "sel")
     model, tok = load_model(path, adapter)
     rec = calibrate(
@@ -183,6 +184,7 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
         seed=0,
     )
     assert json.loads((tmp_path / "g2" / "safegene.json").read_text())["coefficients"]
+    assert rec["fit"]["choice"]["harmful_held_out"]  # chosen on prompts the fit never saw
 
     harmful = [r["prompt"] for r in tinygene.rows(data / "harmful_test.jsonl")]
     task_rows = tinygene.rows(data / "tasks" / "howto" / "test.jsonl")
