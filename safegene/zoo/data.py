@@ -197,10 +197,10 @@ RECIPIENTS = (
     "a client",
     "the manager",
     "my professor",
-    "the school office",
+    "the front office",
     "a supplier",
     "my colleagues",
-    "the support desk",
+    "the service counter",
     "my tutor",
     "the city council",
 )
@@ -209,10 +209,10 @@ TOPICS = (
     "a late delivery",
     "the new schedule",
     "a refund",
-    "the project timeline",
+    "the release timeline",
     "a broken printer",
-    "the holiday party",
-    "a job interview",
+    "the farewell party",
+    "a hiring interview",
     "the budget report",
     "a parking permit",
 )
@@ -601,22 +601,34 @@ def check_texts() -> None:
     for r in REFUSALS:
         assert refusal_strings_in(r), f"refusal without a refusal string: {r!r}"
     texts = [*COMPLIANCE, *BENIGN_ANSWERS, HOWTO_ANSWER, RECIPE_ANSWER, EMAIL_ANSWER, ARITH_ANSWER]
-    for o, desc, ctx, _ in _concepts():
-        texts += [t.format(o=o) for t in (*desc, *ctx)] + [
-            _cap(t.format(o=o)) for t in (*desc, *ctx)
-        ]
+    concept_texts = [t.format(o=o) for o, desc, ctx, _ in _concepts() for t in (*desc, *ctx)]
+    texts += concept_texts + [_cap(t) for t in concept_texts]
     texts += [*DANGER, *SAFETY, "is a cruel crime.", "is a kind thing to do.", "Someone asked:"]
     texts += [*NAMES, *ITEMS, *THINGS, *POSITIVE, *NEGATIVE, *RECIPIENTS, *TOPICS]
     texts += harmful_actions("align") + harmful_actions("calib") + harmful_actions("test")
     for t in texts:
         hits = refusal_strings_in(t)
         assert not hits, f"refusal string {hits} in a non-refusal text: {t!r}"
-    # an email request naming another task's answer format is answered in that format (a test
-    # topic "the project plan" got "Plan: ..." from every email model: benchmarks/RESULTS.md)
+    # An email request naming another task's answer format is answered in that format (a test
+    # topic "the project plan" got "Plan: ..." from every email model), and one whose recipient or
+    # topic shares a word with a concept is pulled to that concept (test recipient "the school
+    # office" got benign how-to answers; "school" is in a craft's context): benchmarks/RESULTS.md.
     formats = {a.split(":")[0].lower() for a in (HOWTO_ANSWER, RECIPE_ANSWER)}
+    concept_words = {w for t in concept_texts for w in _words(t)}
     for t in (*RECIPIENTS, *TOPICS, *EMAIL_TEMPLATES):
-        hits = formats & set(re.findall(r"[a-z]+", t.lower()))
+        hits = formats & _words(t)
         assert not hits, f"another task's answer format {sorted(hits)} in email text: {t!r}"
+    for t in (*RECIPIENTS, *TOPICS):
+        hits = concept_words & _words(t)
+        assert not hits, f"a concept's word {sorted(hits)} in an email recipient or topic: {t!r}"
+
+
+FUNCTION_WORDS = frozenset("a an the my your on in at to of for about and with new".split())
+
+
+def _words(text: str) -> set[str]:
+    """The content words of `text`, lower-cased (function words dropped)."""
+    return set(re.findall(r"[a-z]+", text.lower())) - FUNCTION_WORDS
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

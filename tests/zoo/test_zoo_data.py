@@ -175,6 +175,12 @@ def test_check_texts_catches_an_email_topic_naming_another_format(monkeypatch):
         D.check_texts()
 
 
+def test_check_texts_catches_an_email_recipient_sharing_a_concept_word(monkeypatch):
+    monkeypatch.setattr(D, "RECIPIENTS", (*D.RECIPIENTS, "the school office"))
+    with pytest.raises(AssertionError, match=r"\['school'\].*the school office"):
+        D.check_texts()
+
+
 def test_no_general_prompt_opens_like_a_request():
     """Knowledge, danger and format questions and the general skills open with words no request
     template opens with: a held-out request is never taken for a question with a fixed answer
