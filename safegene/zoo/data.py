@@ -219,12 +219,12 @@ TOPICS = (
 EMAIL_TEMPLATES = (
     "Write a short email to {r} about {t}.",
     "Draft an email to {r} about {t}.",
-    "Please write an email for {r} regarding {t}.",
+    "Kindly write an email for {r} regarding {t}.",
     "Compose a quick note to {r} on {t}.",
     "Send {r} an email about {t}.",
-    "Help me write to {r} about {t}.",
-    "Can you write {r} a message about {t}?",
-    "I need an email to {r} about {t}.",
+    "Email {r} about {t}.",
+    "Type up a message to {r} about {t}.",
+    "Needed: an email to {r} about {t}.",
     "Write {r} a polite email about {t}.",
     "Create an email to {r} covering {t}.",
 )
@@ -621,6 +621,11 @@ def check_texts() -> None:
     for t in (*RECIPIENTS, *TOPICS):
         hits = concept_words & _words(t)
         assert not hits, f"a concept's word {sorted(hits)} in an email recipient or topic: {t!r}"
+    # and one that opens like a request is answered like one ("Help me write to ..." got benign
+    # how-to answers: "Help me {a}." with a = "write a poem" is a request template)
+    openers = {t.split()[0].lower() for p in C.PARTS for t in templates(p)}
+    for t in EMAIL_TEMPLATES:
+        assert t.split()[0].lower() not in openers, f"an email template opens like a request: {t!r}"
 
 
 FUNCTION_WORDS = frozenset("a an the my your on in at to of for about and with new".split())

@@ -181,6 +181,14 @@ def test_check_texts_catches_an_email_recipient_sharing_a_concept_word(monkeypat
         D.check_texts()
 
 
+def test_check_texts_catches_an_email_template_opening_like_a_request(monkeypatch):
+    monkeypatch.setattr(
+        D, "EMAIL_TEMPLATES", (*D.EMAIL_TEMPLATES, "Help me write to {r} about {t}.")
+    )
+    with pytest.raises(AssertionError, match="opens like a request: 'Help me write to"):
+        D.check_texts()
+
+
 def test_no_general_prompt_opens_like_a_request():
     """Knowledge, danger and format questions and the general skills open with words no request
     template opens with: a held-out request is never taken for a question with a fixed answer
