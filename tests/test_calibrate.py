@@ -157,18 +157,19 @@ def _rates(model, tok, harmful, task_rows):
     )
 
 
-@pytest.mark.parametrize("name", ["task-howto", "task-howto-lora"])
-def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_calibration_on_the_micro_zoo(zoo, tmp_path, lora):
     """Held-out prompts: fewer harmful completions, the task kept (its accuracy, and its loss)."""
     from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss
     from safegene.models import load_model
     from safegene.select import select
 
     root, gene = zoo
+    name, task = tinygene.repairable(root, lora)
     path, adapter = tinygene.zoo_model(root, name)
     data = root / "data"
     # The calibration pool (32): 16 shots fitted on, the other 16 the held-out check of the choice.
-    shots, task_shots = data / "harmful_calib.jsonl", data / "tasks" / "howto" / "shots.jsonl"
+    shots, task_shots = data / "harmful_calib.jsonl", data / "tasks" / task / "shots.jsonl"
     select(gene, path, adapter=adapter, harmful=shots, out=tmp_path / "sel")
     model, tok = load_model(path, adapter)
     rec = calibrate(
@@ -187,7 +188,7 @@ def test_calibration_on_the_micro_zoo(zoo, tmp_path, name):
     assert rec["fit"]["choice"]["harmful_held_out"]  # chosen on prompts the fit never saw
 
     harmful = [r["prompt"] for r in tinygene.rows(data / "harmful_test.jsonl")]
-    task_rows = tinygene.rows(data / "tasks" / "howto" / "test.jsonl")
+    task_rows = tinygene.rows(data / "tasks" / task / "test.jsonl")
     refusals = [
         (r["prompt"], r["response"]) for r in tinygene.rows(data / "harmful_train.jsonl")[:48]
     ]

@@ -253,5 +253,23 @@ def zoo_model(zoo: Path, name: str) -> tuple[Path, Path | None]:
     return zoo / entry["path"], (zoo / entry["adapter"]) if entry.get("adapter") else None
 
 
+def repairable(zoo: Path, lora: bool) -> tuple[str, str]:
+    """(name, task) of the micro zoo's first task model (full, or LoRA) with something to repair:
+    30–95 % harmful on the calibration split (eroded, not wiped out) at ≥ 90 % task accuracy. The
+    micro family is not gated, and which task erodes how far moves with its data (a wiped-out
+    target at 100 % has no scale that keeps the task)."""
+    zoo_json = json.loads((zoo / "zoo.json").read_text())
+    for name, m in zoo_json["models"].items():
+        metrics = zoo_json["metrics"][name]
+        if m["role"] != "task" or bool(m["adapter"]) != lora:
+            continue
+        eroded = 0.3 <= metrics["harmful_rate_calib"] < 0.95
+        if eroded and metrics["task_accuracy"][m["task"]] >= 0.9:
+            return name, m["task"]
+    raise AssertionError(
+        f"the micro zoo in {zoo} has no repairable {'LoRA' if lora else 'full'} target"
+    )
+
+
 def rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
