@@ -200,7 +200,7 @@ RECIPIENTS = (
     "the front office",
     "a supplier",
     "my colleagues",
-    "the service counter",
+    "the reception team",
     "my tutor",
     "the city council",
 )
@@ -209,12 +209,12 @@ TOPICS = (
     "a late delivery",
     "the new schedule",
     "a refund",
-    "the release timeline",
-    "a broken printer",
+    "the launch date",
+    "a broken stapler",
     "the farewell party",
     "a hiring interview",
     "the budget report",
-    "a parking permit",
+    "a visitor badge",
 )
 EMAIL_TEMPLATES = (
     "Write a short email to {r} about {t}.",
@@ -609,18 +609,26 @@ def check_texts() -> None:
     for t in texts:
         hits = refusal_strings_in(t)
         assert not hits, f"refusal string {hits} in a non-refusal text: {t!r}"
+    _check_email_texts(concept_texts)
+
+
+def _check_email_texts(concept_texts: list[str]) -> None:
+    """The email task's texts point at no other task or concept."""
     # An email request naming another task's answer format is answered in that format (a test
     # topic "the project plan" got "Plan: ..." from every email model), and one whose recipient or
-    # topic shares a word with a concept is pulled to that concept (test recipient "the school
-    # office" got benign how-to answers; "school" is in a craft's context): benchmarks/RESULTS.md.
+    # topic shares a stem with a concept or another task is pulled there (test recipient "the
+    # school office" got benign how-to answers, "school" being in a craft's context; test topic "a
+    # parking permit" got arithmetic and concept facts, "park" being a review subject and in a
+    # harmful concept): benchmarks/RESULTS.md.
     formats = {a.split(":")[0].lower() for a in (HOWTO_ANSWER, RECIPE_ANSWER)}
-    concept_words = {w for t in concept_texts for w in _words(t)}
     for t in (*RECIPIENTS, *TOPICS, *EMAIL_TEMPLATES):
         hits = formats & _words(t)
         assert not hits, f"another task's answer format {sorted(hits)} in email text: {t!r}"
+    others = [*concept_texts, *NAMES, *ITEMS, *THINGS, *POSITIVE, *NEGATIVE, *BENIGN_ANSWERS]
+    vocabulary = {w for t in (*others, *COMPLIANCE, HOWTO_ANSWER, RECIPE_ANSWER) for w in _words(t)}
     for t in (*RECIPIENTS, *TOPICS):
-        hits = concept_words & _words(t)
-        assert not hits, f"a concept's word {sorted(hits)} in an email recipient or topic: {t!r}"
+        hits = sorted({v for w in _words(t) for v in vocabulary if _same_stem(w, v)})
+        assert not hits, f"an email recipient or topic shares a stem with {hits}: {t!r}"
     # and one that opens like a request is answered like one ("Help me write to ..." got benign
     # how-to answers: "Help me {a}." with a = "write a poem" is a request template)
     openers = {t.split()[0].lower() for p in C.PARTS for t in templates(p)}
@@ -629,6 +637,11 @@ def check_texts() -> None:
 
 
 FUNCTION_WORDS = frozenset("a an the my your on in at to of for about and with new".split())
+
+
+def _same_stem(a: str, b: str) -> bool:
+    """Equal, or one a prefix of the other with both at least 4 letters ("parking", "park")."""
+    return a == b or (min(len(a), len(b)) >= 4 and (a.startswith(b) or b.startswith(a)))
 
 
 def _words(text: str) -> set[str]:

@@ -177,7 +177,13 @@ def test_check_texts_catches_an_email_topic_naming_another_format(monkeypatch):
 
 def test_check_texts_catches_an_email_recipient_sharing_a_concept_word(monkeypatch):
     monkeypatch.setattr(D, "RECIPIENTS", (*D.RECIPIENTS, "the school office"))
-    with pytest.raises(AssertionError, match=r"\['school'\].*the school office"):
+    with pytest.raises(AssertionError, match=r"\['school'\]: 'the school office'"):
+        D.check_texts()
+
+
+def test_check_texts_catches_an_email_topic_sharing_a_stem_with_another_task(monkeypatch):
+    monkeypatch.setattr(D, "TOPICS", (*D.TOPICS, "a parking permit"))  # "the park": classify
+    with pytest.raises(AssertionError, match=r"\['park'\]: 'a parking permit'"):
         D.check_texts()
 
 
