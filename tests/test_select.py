@@ -231,7 +231,16 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
             att.set(0.25 * one)
             small[g] = float(pairs_loss(model, enc))
     assert small[top] < base  # the first-order pick measurably helps on held-out prompts
-    # the exact method's pick (each layer applied alone on the shots) helps at least as much
+    # the exact method's pick is the layer whose δ alone lowers the shots' refusal loss most, and
+    # it helps on held-out prompts too (whether more than the first-order pick there is the
+    # family's draw: on one micro family it did, on another not)
+    shots = tinygene.rows(root / "data" / "harmful_shots.jsonl")
+    enc_shots = encode_chat_pairs(tok, [r["prompt"] for r in shots], [r["response"] for r in shots])
+    on_shots = {}
+    with att, torch.no_grad():
+        for i, g in enumerate(att.groups):
+            att.set(torch.nn.functional.one_hot(torch.tensor(i), len(att.groups)).float())
+            on_shots[g] = float(pairs_loss(model, enc_shots))
     exact = select(
         gene,
         model_dir,
@@ -240,7 +249,8 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
         method="ablation",
         out=tmp_path / "g-ablation",
     )
-    assert loss[exact["groups"][0]] <= loss[top] and loss[exact["groups"][0]] < base
+    assert exact["groups"] == [min(on_shots, key=on_shots.get)]
+    assert loss[exact["groups"][0]] < base
 
     # each method's pick gains under its own measure (attribution: the slope at 0; ablation: the
     # layer at coefficient 1 — on the micro zoo the first-order pick overshoots there, which is
