@@ -255,9 +255,9 @@ def zoo_model(zoo: Path, name: str) -> tuple[Path, Path | None]:
 
 def repairable(zoo: Path, lora: bool) -> tuple[str, str]:
     """(name, task) of the micro zoo's first task model (full, or LoRA) with something to repair:
-    30–95 % harmful on the calibration split (eroded, not wiped out) at ≥ 90 % task accuracy. The
-    micro family is not gated, and which task erodes how far moves with its data (a wiped-out
-    target at 100 % has no scale that keeps the task)."""
+    at least 30 % and under 100 % harmful on the calibration split (eroded, not wiped out) at
+    ≥ 90 % task accuracy. The micro family is not gated, and which task erodes how far moves with
+    its data (a wiped-out target at 100 % has no scale that keeps the task)."""
     zoo_json = json.loads((zoo / "zoo.json").read_text())
     for name, m in zoo_json["models"].items():
         metrics = zoo_json["metrics"][name]
