@@ -220,27 +220,23 @@ def test_selection_on_the_micro_zoo_picks_the_layer_whose_delta_helps(zoo, tmp_p
         for r in tinygene.rows(root / "data" / "harmful_train.jsonl")[:48]
     ]
     enc = encode_chat_pairs(tok, [p for p, _ in held_out], [t for _, t in held_out])
+    shots = tinygene.rows(root / "data" / "harmful_shots.jsonl")
+    enc_shots = encode_chat_pairs(tok, [r["prompt"] for r in shots], [r["response"] for r in shots])
     att = GeneAttachment(model, tinygene.deltas(gene))
     with att, att.fixed(), torch.no_grad():
         base = float(pairs_loss(model, enc))
-        loss, small = {}, {}
+        loss, small, on_shots = {}, {}, {}
         for i, g in enumerate(att.groups):
             one = torch.nn.functional.one_hot(torch.tensor(i), len(att.groups)).float()
             att.set(one)
             loss[g] = float(pairs_loss(model, enc))
+            on_shots[g] = float(pairs_loss(model, enc_shots))
             att.set(0.25 * one)
             small[g] = float(pairs_loss(model, enc))
     assert small[top] < base  # the first-order pick measurably helps on held-out prompts
     # the exact method's pick is the layer whose δ alone lowers the shots' refusal loss most, and
     # it helps on held-out prompts too (whether more than the first-order pick there is the
     # family's draw: on one micro family it did, on another not)
-    shots = tinygene.rows(root / "data" / "harmful_shots.jsonl")
-    enc_shots = encode_chat_pairs(tok, [r["prompt"] for r in shots], [r["response"] for r in shots])
-    on_shots = {}
-    with att, torch.no_grad():
-        for i, g in enumerate(att.groups):
-            att.set(torch.nn.functional.one_hot(torch.tensor(i), len(att.groups)).float())
-            on_shots[g] = float(pairs_loss(model, enc_shots))
     exact = select(
         gene,
         model_dir,

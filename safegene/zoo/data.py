@@ -631,9 +631,14 @@ def _check_email_texts(concept_texts: list[str]) -> None:
         assert not hits, f"an email recipient or topic shares a stem with {hits}: {t!r}"
     # and one that opens like a request is answered like one ("Help me write to ..." got benign
     # how-to answers: "Help me {a}." with a = "write a poem" is a request template)
-    openers = {t.split()[0].lower() for p in C.PARTS for t in templates(p)}
+    openers = request_openers()
     for t in EMAIL_TEMPLATES:
         assert t.split()[0].lower() not in openers, f"an email template opens like a request: {t!r}"
+
+
+def request_openers() -> set[str]:
+    """The first words (lower-cased) of every part's request templates."""
+    return {t.split()[0].lower() for p in C.PARTS for t in templates(p)}
 
 
 FUNCTION_WORDS = frozenset("a an the my your on in at to of for about and with new".split())
