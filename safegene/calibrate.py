@@ -12,11 +12,13 @@ else the aligned model's own greedy responses (generated once, cached: safegene.
 
 The NLL objective is a proxy for what matters, which is judged on generations: so the fit gives a
 direction, and the coefficients written are chosen by generation (`choose_coefficients`): the
-fitted α scaled by 0 … 3 and the uniform gene are each tried on the harmful prompts, the benign
-prompts (when given) and the held-out task shots, and the least harmful one that keeps the
-target's skill (`skill_share`) and its over-refusal — or the aligned model's, where lower —
-(`over_refusal_margin`) is kept — never trading the task away silently, and taking the safe end
-of the trade when the fit stopped short.
+fitted α scaled by 0 … 3 and the uniform gene at 0.5 … 1.5 are each tried on check prompts —
+the harmful and task shots not drawn and the benign prompts, or validation sets given instead
+(`check_harmful`, `check_benign`, `check_task`: a few dozen held-out shots cannot resolve a
+5-point margin) — and the least harmful one that keeps the target's skill (`skill_share`) and
+an over-refusal within `over_refusal_margin` of the aligned model's (or of the target's, where
+that is higher) is kept — never trading the task away silently, and taking the safe end of the
+trade when the fit stopped short.
 
 The result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they
 were fitted and chosen (`calibration`), including how many harmful shots the target answered
@@ -252,11 +254,12 @@ def _warn_if_refused(complied: int, n: int, model, adapter) -> None:
         )
 
 
-def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
+def _shots(harmful, task, benign, fit: FitSettings, checks: dict | None = None) -> dict:
     """k shots of each kind, drawn with the fit's seed (benign: none when not given), and the
-    check sets of the choice (`check_*`, at most CHECK_MAX each): the harmful and task records
-    not drawn (a check independent of what the fit trained on), every harmful one where all were
-    drawn; every benign record given (none is fitted on)."""
+    check sets of the choice (`check_*`): each given in `checks` (kind → path: a validation
+    split, read in full), else at most CHECK_MAX of the harmful and task records not drawn (a
+    check independent of what the fit trained on; every harmful one where all were drawn) and
+    of the benign records given (none is fitted on)."""
     paths = {"harmful": harmful, "task": task, "benign": benign}
     records = {s: load_records(p, split=s) if p else [] for s, p in paths.items()}
     shots = {
@@ -268,13 +271,21 @@ def _shots(harmful, task, benign, fit: FitSettings) -> dict[str, list[dict]]:
     shots["check_task"] = held["task"][:CHECK_MAX]
     shots["check_harmful"] = (held["harmful"] or records["harmful"])[:CHECK_MAX]
     shots["check_benign"] = records["benign"][:CHECK_MAX]
+    for kind, path in (checks or {}).items():
+        if path is not None:
+            shots[f"check_{kind}"] = load_records(path, split=kind)
     return shots
+
+
+def _disjoint(a: list[dict], b: list[dict]) -> bool:
+    """Whether no prompt of `a` is one of `b`'s (a check that never judges the fit's own data)."""
+    return {r["prompt"] for r in a}.isdisjoint(r["prompt"] for r in b)
 
 
 # --- the choice: the safest scale that keeps the task and the helpfulness ------------------------
 CHECK_MAX = 32
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)  # the fitted α times these ...
-UNIFORM = (0.5, 1.0)  # ... and the gene at one coefficient for every group (the uniform direction)
+UNIFORM = (0.5, 0.75, 1.0, 1.25, 1.5)  # ... and the gene at one coefficient for every group
 
 
 def candidates(alpha: dict, groups: list[str]) -> list[dict]:
@@ -367,11 +378,13 @@ def aligned_over_refusal(shots: dict, gene, aligned, compute: ComputeSettings) -
 
 
 def _floor(target: dict, reference: float | None) -> dict:
-    """The measurements the floors are counted from: the target's, its over-refusal lowered to
-    the aligned model's (`reference`) where that is lower."""
+    """The measurements the floors are counted from: the target's, its over-refusal raised to the
+    aligned model's (`reference`) where that is higher — a repair may refuse as many look-alikes
+    as the model the safety came from (the floor a comparison holds it to: aligned + margin), and
+    is never asked to refuse fewer than the target already does."""
     if reference is None or target["over_refusal"] is None:
         return target
-    return {**target, "over_refusal": min(target["over_refusal"], reference)}
+    return {**target, "over_refusal": max(target["over_refusal"], reference)}
 
 
 def choose_coefficients(
@@ -386,15 +399,16 @@ def choose_coefficients(
 ) -> dict:
     """Try the candidates (fitted α scaled, uniform) by generation on the check sets and keep the
     least harmful one that holds the target's skill and helpfulness (`pick`): its over-refusal
-    within the margin of the target's, or of the aligned model's (`reference`) where that is
-    lower — a repair should not refuse more than the model the safety came from. Without task
-    answers, or when the target gets none of the task checks right, there is nothing to hold:
-    the fitted α as it is, `checked` false."""
+    within the margin of the aligned model's (`reference`), or of the target's where that is
+    higher (`_floor`). Along each path (scaled, uniform) the candidates grow; two in a row that
+    break the floors end that path. Without task answers, or when the target gets none of the
+    task checks right, there is nothing to hold: the fitted α as it is, `checked` false."""
     from safegene.evaluate.metrics import resolve_match
 
     records = shots["check_task"] or shots["task"]
     prompts, gold = [r["prompt"] for r in records], [answer_of(r) for r in records]
-    out = {"checked": False, "held_out": bool(shots["check_task"]), "n_task": len(prompts)}
+    held_out = bool(shots["check_task"]) and _disjoint(shots["check_task"], shots["task"])
+    out = {"checked": False, "held_out": held_out, "n_task": len(prompts)}
     if not all(gold):
         return {**out, "reason": "task shots without answers", "alpha": alpha}
     checks = {
@@ -404,10 +418,12 @@ def choose_coefficients(
     }
     model, _ = loaded
     att = GeneAttachment(model, deltas, per_module_kind=is_per_kind(groups), groups=groups)
-    tried, values, failed = [], [], 0  # what each tried candidate measured, and its α
+    tried, values = [], []  # what each tried candidate measured, and its α
+    failed = {"scale": 0, "uniform": 0}  # broken floors in a row, per path
     with torch.no_grad(), att:
         for cand in candidates(alpha, groups):
-            if "scale" in cand and failed >= 2:  # two larger scales broke the floors: stop there
+            path = "scale" if "scale" in cand else "uniform"
+            if failed[path] >= 2:  # two larger ones broke the floors: stop there
                 continue
             att.set(cand["values"])
             m = measure(loaded, checks, compute)
@@ -417,7 +433,7 @@ def choose_coefficients(
                 if m["skill"] == 0:
                     return {**out, "target": m, "reason": "the target answers none", "alpha": alpha}
                 floor = _floor(m, reference)
-            failed = failed + 1 if "scale" in cand and not holds(m, floor, fit) else 0
+            failed[path] = 0 if holds(m, floor, fit) else failed[path] + 1
     i = pick(tried, floor, fit)
     key = next(k for k in ("scale", "uniform") if k in tried[i])
     label = {key: tried[i][key]}
@@ -426,9 +442,7 @@ def choose_coefficients(
         **out,
         "checked": True,
         "n_harmful": len(checks["harmful"]),
-        "harmful_held_out": {id(r) for r in shots["check_harmful"]}.isdisjoint(
-            map(id, shots["harmful"])
-        ),
+        "harmful_held_out": _disjoint(shots["check_harmful"], shots["harmful"]),
         "n_benign": len(checks["benign"]),
         "target": tried[0],
         "aligned_over_refusal": reference,
@@ -449,6 +463,9 @@ def calibrate(
     benign: str | Path | None = None,
     adapter: str | Path | None = None,
     aligned: str | Path | None = None,
+    check_harmful: str | Path | None = None,
+    check_benign: str | Path | None = None,
+    check_task: str | Path | None = None,
     layers=None,
     fit: FitSettings | None = None,
     compute: ComputeSettings | None = None,
@@ -461,17 +478,22 @@ def calibrate(
     """Fit α for the target `model` (plus its task LoRA `adapter`) and write GENE2, a copy of
     the gene with `coefficients` and the `calibration` record, to `out`.
 
+    `check_*`: validation prompts the coefficients are chosen on (by generation), each instead of
+    the held-out shots of its kind.
     `layers`: None → the gene's selection; "all" → every layer; or a list of groups. With `out`
     None nothing is written (the Python API's dry run). `loaded`: the target's (model, tokenizer)
     already in memory. `overrides`: fields of FitSettings / ComputeSettings by name (steps=40).
     Returns the calibration record.
     """
     t0 = time.perf_counter()
+    checks = {"harmful": check_harmful, "benign": check_benign, "task": check_task}
     fit, compute = with_overrides(overrides, fit or FitSettings(), compute or ComputeSettings())
     if out is not None:
         gene_path = getattr(gene, "path", gene)
         check_output_path(
-            out, force, inputs=(gene_path, model, adapter, aligned, harmful, task, benign)
+            out,
+            force,
+            inputs=(gene_path, model, adapter, aligned, harmful, task, benign, *checks.values()),
         )
     with opened(gene) as g:
         deltas = g.linear_deltas()
@@ -480,11 +502,12 @@ def calibrate(
         groups, per_kind = selected_groups(
             g, deltas, per_module_kind=fit.per_module_kind, layers=layers
         )
-        shots = _shots(harmful, task, benign, fit)
+        shots = _shots(harmful, task, benign, fit, checks)
         fitted = _fit(
             g, deltas, groups, shots, model, adapter, aligned, loaded, fit, compute, progress
         )
         paths = {"harmful": harmful, "task": task, "benign": benign}
+        paths.update({f"check_{k}": p for k, p in checks.items()})
         record = _record(fitted, per_kind, model, adapter, shots, paths, layers, fit, compute, t0)
         if out is not None:
             calibration = {k: v for k, v in record.items() if k != "coefficients"}
@@ -586,6 +609,12 @@ def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, c
             "harmful": data_record(paths["harmful"], shots["harmful"], complied=fitted["complied"]),
             "task": data_record(paths["task"], shots["task"]),
             "benign": data_record(paths["benign"], shots["benign"]),
+            # the choice's check sets where given (else the held-out shots: `fit.choice`)
+            **{
+                k: data_record(paths[k], shots[k])
+                for k in ("check_harmful", "check_benign", "check_task")
+                if paths[k] is not None
+            },
             "refusal_targets_sha256": data_hash([{"t": t} for t in fitted["refusals"]]),
         },
         "fit": {

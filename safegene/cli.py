@@ -198,6 +198,16 @@ def _add_calibrate(sub) -> None:
     p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
     )
+    for kind, instead in (
+        ("harmful", "the harmful prompts not drawn"),
+        ("benign", "--benign"),
+        ("task", "the task examples not drawn"),
+    ):
+        p.add_argument(
+            f"--check-{kind}",
+            metavar="FILE",
+            help=f"validation {kind} prompts the coefficients are chosen on, instead of {instead}",
+        )
     p.add_argument(
         "--all-layers", action="store_true", help="ignore the selection, fit every layer"
     )
@@ -220,6 +230,9 @@ def _run_calibrate(args) -> int:
         args.gene,
         args.model,
         **_inputs(args),
+        check_harmful=args.check_harmful,
+        check_benign=args.check_benign,
+        check_task=args.check_task,
         layers="all" if args.all_layers else None,
         fit=settings_from(args, FitSettings()),
         compute=settings_from(args, ComputeSettings()),

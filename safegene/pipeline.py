@@ -94,6 +94,13 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
     data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
     data.update(seed=r.seed, device=r.device, dtype=r.dtype)
+    # where the recipe has validation splits, calibration chooses its coefficients on them (as
+    # every method's setting is chosen), not on the few held-out shots
+    checks = (
+        dict(check_harmful=r.harmful_val, check_benign=r.benign_val, check_task=task.val)
+        if r.validation
+        else {}
+    )
 
     def selected() -> Path:
         out = run.keep / f"{tag}-selected"
@@ -110,6 +117,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
             shots=s["shots"],
             out=out,
             benign=r.benign_shots,  # None: no helpfulness check (select gets none)
+            **checks,
             **kw,
             **FIT_PRESETS[fit],
             **data,

@@ -143,14 +143,15 @@ class FitSettings:
     seed: int = option(0, "seed of the shots drawn and of the fit")
     skill_share: float | None = option(
         0.95,
-        "after the fit, try the fitted α scaled (0 to 3x) and the uniform gene by generation on "
-        "held-out task shots and the harmful (and benign) prompts given, and keep the least "
-        "harmful that keeps this share of the target's task accuracy (0: keep the fit as it is)",
+        "after the fit, try the fitted α scaled (0 to 3x) and the uniform gene (0.5 to 1.5) by "
+        "generation on the held-out task and harmful shots and the benign prompts (or the "
+        "--check-* sets), and keep the least harmful that keeps this share of the target's task "
+        "accuracy (0: keep the fit as it is)",
     )
     over_refusal_margin: float = option(
         0.05,
         "the choice also keeps the over-refusal on the benign prompts given (--benign) within "
-        "this margin of the target's, or of the aligned model's where that is lower",
+        "this margin of the aligned model's, or of the target's where that is higher",
     )
 
     def __post_init__(self):

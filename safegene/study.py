@@ -175,6 +175,7 @@ def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
         adapter=zoo_dir / m["adapter"] if m["adapter"] else None,
         shots=zoo_dir / split["shots"],
         test=zoo_dir / split["test"],
+        val=zoo_dir / split["val"],
     )
     return CompareRecipe(
         aligned=zoo_dir / models["aligned"]["path"],
@@ -184,6 +185,8 @@ def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
         benign_test=zoo_dir / data["benign_test"],
         harmful_shots=zoo_dir / data["harmful_shots"],
         benign_shots=zoo_dir / data["benign_shots"] if data.get("benign_shots") else None,
+        harmful_val=zoo_dir / data["harmful_val"],  # what calibration chooses its α on
+        benign_val=zoo_dir / data["benign_val"],
         tasks=[task],
         judges=list(config.judges),
         methods=method_grids_of(config),

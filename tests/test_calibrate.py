@@ -342,17 +342,56 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     assert not any(t.get("scale", 0) > 1 for t in tried) or fitted is not None
     kind, value = next(iter(choice["chosen"].items()))
     kept = next(t for t in tried if t.get(kind) == value)
-    # the floors: 95 % of the skill, over-refusal within 5 points of the target's or, where it
-    # refuses fewer look-alikes, the aligned model's (known here from the gene's provenance)
+    # the floors: 95 % of the skill, over-refusal within 5 points of the aligned model's (known
+    # here from the gene's provenance) or, where it refuses more look-alikes, the target's
     floor = choice["floor"]
     assert choice["aligned_over_refusal"] is not None
-    assert floor["over_refusal"] == min(base["over_refusal"], choice["aligned_over_refusal"])
+    assert floor["over_refusal"] == max(base["over_refusal"], choice["aligned_over_refusal"])
     assert holds(kept, floor, FitSettings()) or choice["chosen"] == {"scale": 0.0}
     want = 40.0 * value if kind == "scale" else value
     assert all(abs(a - want) < 1e-3 for a in rec["groups"].values())
     off = calibrate(gene, root / "models" / "task-howto", **{**kw, "skill_share": 0.0})
     assert off["fit"]["choice"] is None
     assert all(abs(a - 40.0) < 1e-3 for a in off["groups"].values())
+
+
+def test_the_choice_reads_validation_sets_where_given(zoo):
+    """--check-harmful/--check-benign/--check-task: the candidates are judged on these instead
+    of the few held-out shots (all of each, the aligned model's over-refusal on the same benign
+    prompts); the fit still sees only its k shots; the record names the sets by content."""
+    from safegene.shots import load_records
+
+    root, gene = zoo
+    data = root / "data"
+    val = {
+        "harmful": data / "harmful_val.jsonl",
+        "benign": data / "benign_val.jsonl",
+        "task": data / "tasks" / "howto" / "val.jsonl",
+    }
+    rec = calibrate(
+        gene,
+        root / "models" / "task-howto",
+        harmful=data / "harmful_shots.jsonl",
+        task=data / "tasks" / "howto" / "shots.jsonl",
+        benign=data / "benign_shots.jsonl",
+        **{f"check_{k}": p for k, p in val.items()},
+        shots=8,
+        steps=2,
+        layers="all",
+        out=None,
+    )
+    n = {k: len(load_records(p, split=k)) for k, p in val.items()}
+    choice = rec["fit"]["choice"]
+    assert choice["checked"] and choice["held_out"] and choice["harmful_held_out"]
+    assert (choice["n_harmful"], choice["n_benign"], choice["n_task"]) == (
+        n["harmful"],
+        n["benign"],
+        n["task"],
+    )
+    assert rec["data"]["harmful"]["n"] == 8 and rec["data"]["benign"]["n"] == 8
+    for k, p in val.items():
+        assert rec["data"][f"check_{k}"]["path"] == str(p)
+        assert rec["data"][f"check_{k}"]["n"] == n[k]
 
 
 def test_the_choice_rule():
@@ -384,6 +423,7 @@ def test_the_choice_rule():
     c = candidates({"0": 2.0, "1": -1.0}, ["0", "1"])
     assert c[0] == {"scale": 0.0, "values": [0.0, -0.0]}
     assert {"scale": 1.5, "values": [3.0, -1.5]} in c
+    assert [x["uniform"] for x in c if "uniform" in x] == [0.5, 0.75, 1.0, 1.25, 1.5]
     assert {"uniform": 1.0, "values": [1.0, 1.0]} in c
 
 
@@ -403,21 +443,24 @@ def test_a_gene_calibrated_to_nothing_is_the_target_itself(tiny, tmp_path):
     assert path == tiny.model and (adapter / "adapter_config.json").is_file()
 
 
-def test_the_floor_is_the_stricter_of_target_and_aligned():
-    """The over-refusal floor counts from the aligned model's where it refuses fewer of the benign
-    checks than the target; when nothing (not even the target) holds it, the target is kept."""
+def test_the_floor_is_the_aligned_model_or_the_target_where_higher():
+    """The over-refusal floor counts from the aligned model's — the model the safety came from,
+    which a comparison holds a repair to — or from the target's where that refuses more of the
+    benign checks; a repair is never asked to refuse fewer look-alikes than the target does."""
     from safegene.calibrate import _floor, holds, pick
     from safegene.settings import FitSettings
 
     fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)
-    target = {"harmful": 0.8, "over_refusal": 4 / 32, "skill": 1.0, "n_task": 16, "n_benign": 32}
-    assert _floor(target, None) == target and _floor(target, 0.5) == target
-    floor = _floor(target, 0.0)
-    assert floor["over_refusal"] == 0.0 and floor["skill"] == 1.0
-    safer = {**target, "harmful": 0.1, "over_refusal": 2 / 32}
-    assert holds(safer, target, fit) and not holds(safer, floor, fit)  # 1 refusal over 0 allowed
-    assert pick([target, safer], floor, fit) == 0  # nothing holds: the target as it is
-    assert pick([target, {**safer, "over_refusal": 1 / 32}], floor, fit) == 1
+    target = {"harmful": 0.8, "over_refusal": 0.0, "skill": 1.0, "n_task": 16, "n_benign": 32}
+    assert _floor(target, None) == target and _floor(target, 0.0) == target
+    floor = _floor(target, 2 / 32)  # the aligned model refuses 2 of the 32 look-alikes
+    assert floor["over_refusal"] == 2 / 32 and floor["skill"] == 1.0
+    safer = {**target, "harmful": 0.1, "over_refusal": 3 / 32}
+    assert not holds(safer, target, fit) and holds(safer, floor, fit)  # 2 + ⌊5 % · 32⌋ = 3
+    assert pick([target, safer], target, fit) == 0  # nothing holds: the target as it is
+    assert pick([target, safer], floor, fit) == 1
+    refusing = {**target, "over_refusal": 6 / 32}  # a target refusing more than the aligned one
+    assert _floor(refusing, 2 / 32)["over_refusal"] == 6 / 32
 
 
 def test_the_checks_are_the_records_not_fitted_on(tmp_path):
@@ -444,3 +487,14 @@ def test_the_checks_are_the_records_not_fitted_on(tmp_path):
     few = _shots(write("few", 16), write("task2", 20), None, fit)  # all 16 drawn: judged on them
     assert {r["prompt"] for r in few["check_harmful"]} == {r["prompt"] for r in few["harmful"]}
     assert few["check_benign"] == [] and few["benign"] == []
+    # validation sets given: each replaces its kind's check, read in full; the fit is unchanged
+    val = {"harmful": write("vh", 100), "benign": write("vb", 100, False), "task": write("vt", 90)}
+    v = _shots(tmp_path / "harm.jsonl", tmp_path / "task.jsonl", None, fit, val)
+    assert [len(v[f"check_{k}"]) for k in ("harmful", "benign", "task")] == [100, 100, 90]
+    assert v["check_task"][0]["prompt"] == "vt 0" and v["harmful"] == s["harmful"]
+    assert (
+        _shots(tmp_path / "harm.jsonl", tmp_path / "task.jsonl", None, fit, {"task": None})[
+            "check_task"
+        ]
+        == s["check_task"]
+    )

@@ -4,6 +4,7 @@ judges, one row per (task model, method, setting), tables, plots and the calibra
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,6 +126,12 @@ def test_calibrated_genes_are_kept_with_their_coefficients(demo_run):
     ]
     meta = json.loads((calibrated[0] / "safegene.json").read_text())
     assert meta["coefficients"] and meta["selection"]
+    # the demo's recipe has validation splits: calibration chose its α on them, as every method
+    # chose its setting (not on the few shots it did not draw)
+    cal = meta["calibration"]
+    assert Path(cal["data"]["check_harmful"]["path"]).name == "harmful_val.jsonl"
+    assert Path(cal["data"]["check_task"]["path"]).name == "val.jsonl"
+    assert cal["fit"]["choice"]["n_harmful"] == cal["data"]["check_harmful"]["n"]
     assert not (out / "report" / "scratch").exists()
 
 

@@ -161,8 +161,9 @@ def test_missing_zoo_split_is_named(tmp_path, micro_zoo):
 
 
 def test_cell_recipe_gives_safegene_the_users_data_only(micro_zoo):
-    """A cell's few-shot data are the zoo's shots (harmful, benign look-alikes, the task's); its
-    test data the test splits; no validation split reaches a method."""
+    """A cell's few-shot data are the zoo's shots (harmful, benign look-alikes, the task's); the
+    validation splits are where choices are made (every method's setting, SafeGene's α); test
+    data the test splits, never read by a method."""
     zoo = json.loads((micro_zoo / "zoo.json").read_text())
     r = S.cell_recipe(micro_zoo, zoo, "task-howto", CONFIG)
     data = micro_zoo / "data"
@@ -171,7 +172,13 @@ def test_cell_recipe_gives_safegene_the_users_data_only(micro_zoo):
         data / "benign_shots.jsonl",
     )
     assert r.tasks[0].shots == data / "tasks" / "howto" / "shots.jsonl"
-    assert not any("val" in p.name for p in r.input_paths() if p is not None and p.is_file())
+    assert r.validation and (r.harmful_val, r.benign_val, r.tasks[0].val) == (
+        data / "harmful_val.jsonl",
+        data / "benign_val.jsonl",
+        data / "tasks" / "howto" / "val.jsonl",
+    )
+    fitted = {r.harmful_shots, r.benign_shots, r.tasks[0].shots}
+    assert not any("val" in p.name or "test" in p.name for p in fitted)
     del zoo["data"]["benign_shots"]  # a zoo from before the split: no benign check
     assert S.cell_recipe(micro_zoo, zoo, "task-howto", CONFIG).benign_shots is None
 
