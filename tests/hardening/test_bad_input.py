@@ -575,6 +575,8 @@ CASES = {
             f.task,
             "--check-harmful",
             w / "no-such-val.jsonl",
+            "--shots",
+            "4",
             "--out",
             o,
         ],
