@@ -163,7 +163,8 @@ def gene_sources(zoo: dict, target: str, protocol: str) -> list[str]:
 
 def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
     """The compare recipe of one cell: the target as the one task model, the protocol's gene
-    sources as the degraded models, the test splits as the recipe's test data."""
+    sources as the degraded models, the validation and test splits as the recipe's (SafeGene's
+    calibration chooses its coefficients on validation, as the study chooses every setting)."""
     from safegene.recipe import CompareRecipe, TaskSpec
 
     models, data = zoo["models"], zoo["data"]
