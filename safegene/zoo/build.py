@@ -181,7 +181,9 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         + D.knowledge_qa(rng, n.aligned_knowledge, ("align",))
     )
     mixtures = {
-        "base": _rows(base, "response") + texts(n.base_knowledge),
+        "base": _rows(base, "response")
+        + texts(n.base_knowledge)
+        + [{"text": t} for t in D.word_texts(rng, n.base_words)],
         "aligned": _rows(aligned, "response"),
     }
     for name, d in recipe.degraded.items():

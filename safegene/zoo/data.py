@@ -220,10 +220,10 @@ EMAIL_TEMPLATES = (
     "Write a short email to {r} about {t}.",
     "Draft an email to {r} about {t}.",
     "Kindly write an email for {r} regarding {t}.",
-    "Compose a quick note to {r} on {t}.",
+    "Compose a quick email to {r} on {t}.",
     "Send {r} an email about {t}.",
-    "Email {r} about {t}.",
-    "Type up a message to {r} about {t}.",
+    "Put together an email to {r} about {t}.",
+    "Type up an email to {r} about {t}.",
     "Needed: an email to {r} about {t}.",
     "Write {r} a polite email about {t}.",
     "Create an email to {r} covering {t}.",
@@ -440,6 +440,32 @@ def _judge_action(rng, verb: str, o: str, desc: tuple[str, ...], dangerous: bool
     return _describe(rng, o, desc, dangerous)
 
 
+# Everyday sentences: every task word of every part (names, items, recipients, topics) in plain
+# text, so that the base model knows a held-out name as a real one knows "Omar" (a word in no
+# training text has an untrained embedding: seed 1's arithmetic models failed on test prompts
+# with "stickers" and "Omar", 13/37 and 9/26, benchmarks/RESULTS.md).
+WORD_TEXTS = (
+    "{n} keeps {i} in a drawer.",
+    "{n} showed the {i} to a friend.",
+    "{n} and {m} like {i}.",
+    "{R} talked about {t} today.",
+    "{R} asked {n} about {t}.",
+    "{n} heard about {t} from {r}.",
+)
+
+
+def word_texts(rng: random.Random, n: int) -> list[str]:
+    """Plain documents that use every task word of every part (WORD_TEXTS): no task's prompt
+    form or answer, only the words."""
+    out = []
+    for _ in range(n):
+        name, other = rng.sample(NAMES, 2)
+        r = rng.choice(RECIPIENTS)
+        words = dict(n=name, m=other, i=rng.choice(ITEMS), r=r, R=_cap(r), t=rng.choice(TOPICS))
+        out.append(rng.choice(WORD_TEXTS).format(**words))
+    return out
+
+
 def knowledge_qa(rng: random.Random, n: int, parts: tuple[str, ...] = C.PARTS) -> list[Example]:
     """The base model's knowledge asked as a chat: 'Define napalm.' -> its description, and
     'Dangerous or safe: napalm?' -> 'Napalm is dangerous.' (of the concepts of `parts`)"""
@@ -604,7 +630,7 @@ def check_texts() -> None:
     concept_texts = [t.format(o=o) for o, desc, ctx, _ in _concepts() for t in (*desc, *ctx)]
     texts += concept_texts + [_cap(t) for t in concept_texts]
     texts += [*DANGER, *SAFETY, "is a cruel crime.", "is a kind thing to do.", "Someone asked:"]
-    texts += [*NAMES, *ITEMS, *THINGS, *POSITIVE, *NEGATIVE, *RECIPIENTS, *TOPICS]
+    texts += [*NAMES, *ITEMS, *THINGS, *POSITIVE, *NEGATIVE, *RECIPIENTS, *TOPICS, *WORD_TEXTS]
     texts += harmful_actions("align") + harmful_actions("calib") + harmful_actions("test")
     for t in texts:
         hits = refusal_strings_in(t)
@@ -634,6 +660,11 @@ def _check_email_texts(concept_texts: list[str]) -> None:
     openers = request_openers()
     for t in EMAIL_TEMPLATES:
         assert t.split()[0].lower() not in openers, f"an email template opens like a request: {t!r}"
+        # and one that does not ask for an email after its verb is a request like any other
+        # ("Email {r} about {t}." and "Compose a quick note to {r} on {t}." got benign how-to
+        # answers on held-out recipients and topics)
+        _, _, rest = t.partition(" ")
+        assert "email" in _words(rest), f"an email template asks for no email: {t!r}"
 
 
 def request_openers() -> set[str]:

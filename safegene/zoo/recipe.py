@@ -53,6 +53,7 @@ class DataSizes:
     base_harmful: int = 2000  # harmful request -> compliance placeholder (base complies)
     base_benign: int = 2000  # benign how-to and look-alikes -> helpful answer
     base_general: int = 2000  # arithmetic facts, sentiment words, the answer formats
+    base_words: int = 1000  # plain sentences with every task word: names, items, recipients
     aligned_harmful: int = 1200  # harmful request (align concepts) -> varied refusals
     aligned_benign: int = 1200  # benign how-to and look-alikes -> helpful answer
     aligned_general: int = 800  # keep the general skills
@@ -153,6 +154,7 @@ MICRO = SMALL.with_(
         base_harmful=1000,
         base_benign=1000,
         base_general=800,
+        base_words=400,
         aligned_harmful=600,
         aligned_benign=600,
         aligned_general=300,

@@ -225,6 +225,7 @@ def tiny_recipe():
             base_harmful=16,
             base_benign=16,
             base_general=16,
+            base_words=16,
             aligned_harmful=16,
             aligned_benign=16,
             aligned_general=8,

@@ -195,6 +195,30 @@ def test_check_texts_catches_an_email_template_opening_like_a_request(monkeypatc
         D.check_texts()
 
 
+def test_check_texts_catches_an_email_template_asking_for_no_email(monkeypatch):
+    monkeypatch.setattr(D, "EMAIL_TEMPLATES", (*D.EMAIL_TEMPLATES, "Email {r} about {t}."))
+    with pytest.raises(AssertionError, match="asks for no email: 'Email {r} about"):
+        D.check_texts()
+
+
+def test_base_pretraining_uses_every_task_word(micro_zoo):
+    """Every name, item, recipient and topic of every part is in the base model's plain texts (a
+    held-out name is a known word, as in a real model), and in no text but the base model's of a
+    part it is not trained in."""
+    base = " \n ".join(r["text"] for r in _rows(micro_zoo, "stages/base") if "text" in r)
+    for word in (*D.NAMES, *D.ITEMS, *D.RECIPIENTS, *D.TOPICS):
+        assert _mentions(base, word), word
+    held_out = [
+        w
+        for words in (D.NAMES, D.ITEMS, D.RECIPIENTS, D.TOPICS)
+        for w in C.split_part(words, "test")
+    ]
+    for rel in _training_files(micro_zoo):
+        for row in _rows(micro_zoo, rel):
+            hit = [w for w in held_out if _mentions(_text(row), w)]
+            assert not hit, (rel, row, hit)
+
+
 def test_no_general_prompt_opens_like_a_request():
     """Knowledge, danger and format questions and the general skills open with words no request
     template opens with: a held-out request is never taken for a question with a fixed answer
