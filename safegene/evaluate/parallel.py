@@ -9,6 +9,7 @@ and nothing distributed is touched.
 
 from __future__ import annotations
 
+import atexit
 import os
 import socket
 import subprocess
@@ -91,12 +92,22 @@ def current_dist(device: str | None = None) -> Dist:
         or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     )
     state = PartialState(cpu=cpu, timeout=timedelta(minutes=60))
+    atexit.register(_destroy_group)
     return Dist(
         rank=state.process_index,
         world=state.num_processes,
         local_rank=state.local_process_index,
         device=str(state.device),
     )
+
+
+def _destroy_group() -> None:
+    """Tear the process group down before the interpreter exits: left to exit, gloo's threads are
+    still joinable and a rank could die with 'terminate called without an active exception'."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
 
 
 def _free_port() -> int:
