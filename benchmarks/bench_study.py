@@ -4,8 +4,8 @@
 studies side by side finish sooner. This script writes, per seed of the config and per worker, a
 config naming every `workers`-th target (OUT/configs/s<seed>-w<i>.yaml, same grids, same zoos),
 runs each with `safegene study` (OMP_NUM_THREADS=1, at most `--workers` at once, each resumable),
-then pools every cell with `study.pool` into OUT/report.md and OUT/report.json and prints the
-markdown. The zoos must exist (build them first: a study builds a missing one, and two studies
+then pools every cell with `study.write_report` (OUT/report.md, report.json, the plots) and prints
+the markdown. The zoos must exist (build them first: a study builds a missing one, and two studies
 must not build the same zoo at once).
 
     python benchmarks/bench_study.py benchmarks/study-llama.yaml --out /tmp/study --seeds 0 1 2
@@ -26,14 +26,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from safegene.study import load_study, pool, study_markdown  # noqa: E402
+from safegene.study import load_study, study_markdown, write_report  # noqa: E402
 
 
 def part_configs(config: Path, out: Path, seeds: list[int], workers: int) -> list[Path]:
     """One config per (seed, worker): the config's targets dealt round-robin to the workers."""
     raw = yaml.safe_load(config.read_text())
-    zoos = Path(raw.get("zoos", "zoos"))
-    raw["zoos"] = str(zoos if zoos.is_absolute() else (config.parent / zoos).resolve())
+    raw["zoos"] = str(load_study(config).zoos)  # the parts live elsewhere: the resolved path
     targets = raw.get("targets") or []
     if len(targets) < workers:
         raise SystemExit(f"{config}: name at least {workers} targets to split them over workers")
@@ -90,9 +89,7 @@ def main(argv=None) -> int:
         for p in paths
         for c in sorted((args.out / p.stem).glob("cells/*/*.json"))
     ]
-    report = pool(cells, load_study(paths[0]))
-    (args.out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    (args.out / "report.md").write_text(study_markdown(report))
+    report = write_report(cells, load_study(paths[0]), args.out)
     print(study_markdown(report))
     print(f"{len(cells)} cells from {len(paths)} parts, {time.time() - t0:.0f} s wall")
     return 0

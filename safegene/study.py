@@ -686,6 +686,11 @@ def run_study(
                     shutil.rmtree(work, ignore_errors=True)
                 cells.append(json.loads(path.read_text()))
     shutil.rmtree(out / "work", ignore_errors=True)
+    return write_report(cells, config, out)
+
+
+def write_report(cells: list[dict], config: StudyConfig, out: Path) -> dict:
+    """Pool `cells` and write report.json, report.md and the plots into `out`."""
     report = pool(cells, config)
     write_text_atomic(out / "report.json", json.dumps(report, indent=1) + "\n")
     write_text_atomic(out / "report.md", study_markdown(report))

@@ -92,6 +92,7 @@ def current_dist(device: str | None = None) -> Dist:
         or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")
     )
     state = PartialState(cpu=cpu, timeout=timedelta(minutes=60))
+    atexit.unregister(_destroy_group)  # once, however often the group is asked for
     atexit.register(_destroy_group)
     return Dist(
         rank=state.process_index,
