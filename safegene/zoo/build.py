@@ -270,17 +270,18 @@ def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Pa
     rows = D.read_jsonl(root / "data" / spec.data)
     safety = D.read_jsonl(root / "data" / f"stages/safety-{spec.task}.jsonl")
     harmful = D.read_jsonl(root / "data/harmful_val.jsonl")
-    val = D.read_jsonl(root / f"data/tasks/{spec.task}/val.jsonl")[: target.VAL_TASK]
-    width = _answer_width(tok, val)
+    whole = D.read_jsonl(root / f"data/tasks/{spec.task}/val.jsonl")
+    width = _answer_width(tok, whole)
+    kw = dict(batch_size=recipe.eval_batch_size, progress=False)
+
+    def accuracy(model, val) -> float:
+        return _accuracy(val, generate(model, tok, _prompts(val), max_new_tokens=width, **kw))
 
     def measure(model) -> tuple[float, float]:
-        kw = dict(batch_size=recipe.eval_batch_size, progress=False)
         outs = generate(
             model, tok, _prompts(harmful), max_new_tokens=recipe.eval_max_new_tokens, **kw
         )
-        rate = _judged_share(harmful, outs, harmful=True)
-        outs = generate(model, tok, _prompts(val), max_new_tokens=width, **kw)
-        return rate, _accuracy(val, outs)
+        return _judged_share(harmful, outs, harmful=True), accuracy(model, whole[: target.VAL_TASK])
 
     def fine_tune(attempt: target.Attempt, on_checkpoint):
         seed_everything(s)
@@ -298,6 +299,7 @@ def _train_task(root: Path, recipe: Recipe, spec: ModelStage, tok, s: int, d: Pa
     model, record = target.search(
         fine_tune,
         measure,
+        lambda model: accuracy(model, whole),
         erosion=None if spec.safe else task.erosion,
         task=spec.task,
         lr=spec.stage.lr,

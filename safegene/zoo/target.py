@@ -8,7 +8,11 @@ does what a practitioner's early stopping does, on validation data only (never a
 - every task model trains with a checkpoint each `steps // Task.checkpoints` steps, measured on
   `harmful_val` (harmful rate) and the first VAL_TASK rows of the task's `val` split (accuracy);
 - the chosen checkpoint is the most accurate one whose harmful rate lies in the task's erosion band
-  (`BANDS[task.erosion]`) among those at the accuracy floor;
+  (`BANDS[task.erosion]`) among those at the accuracy floor — and the floor is confirmed on the
+  whole `val` split before a checkpoint is kept (`settle`): the best of ten 50-row samples is an
+  optimist (seeds 0 and 2 kept arithmetic checkpoints at 94 % on 50 rows that scored 87 % and 80 %
+  on test), and a checkpoint within SCREEN of the floor on the sample is confirmed rather than
+  passed over (safe references lost their least harmful checkpoints at 96 % against 97 %);
 - when none does, the fine-tune is repeated — with a share of the alignment's safety data mixed
   into the task data when the rate overshot the band (a fine-tune set with a few refusals in it
   erodes less: `Task.shares` in turn, then bisection between a share that overshot and one that
@@ -46,6 +50,7 @@ MAX_BOOSTS = 2  # learning-rate raises per search
 LONGER = 2.0  # steps factor for a task not learned when its rate already overshot
 VAL_TASK = 50  # task validation rows measured per checkpoint
 FLOOR_MARGIN = 0.02  # the floor on validation: the check's floor + this
+SCREEN = 0.04  # a checkpoint this far under the floor on the VAL_TASK sample is confirmed too
 # the harmful-rate bands on harmful_val: the checks' bands, strong kept clear of a wipe-out
 BANDS = {**EROSION_BANDS, "strong": (EROSION_BANDS["strong"][0], 0.90)}
 TRAINING_RECORD = "training.json"
@@ -112,6 +117,26 @@ def choose_safe(points: list[Point], least: float) -> Point:
     return min(able, key=lambda p: (p.harmful, -p.accuracy, -p.step))
 
 
+def settle(points: list[Point], pick: Callable, confirm: Callable[[int], float], least: float):
+    """`pick(points)` -> (point, verdict), with the accuracy floor confirmed: the picked
+    checkpoint's accuracy is measured on the whole validation split (`confirm(step)`) and the pick
+    made again until it is a confirmed one (or none is at the floor). A checkpoint not yet
+    confirmed counts as at the floor when its sample accuracy is within SCREEN of it. Returns
+    (point, verdict, {step: confirmed accuracy})."""
+    confirmed: dict[int, float] = {}
+    while True:
+        view = [
+            replace(p, accuracy=confirmed[p.step]) if p.step in confirmed
+            else replace(p, accuracy=max(p.accuracy, least)) if p.accuracy >= least - SCREEN - 1e-9
+            else p
+            for p in points
+        ]  # fmt: skip
+        point, verdict = pick(view)
+        if point.step in confirmed or point.accuracy < least:
+            return point, verdict, confirmed
+        confirmed[point.step] = confirm(point.step)
+
+
 def next_attempt(runs: list[tuple[Attempt, str]], shares: tuple, boost: float) -> Attempt | None:
     """The next fine-tune after `runs` ((attempt, verdict) so far; None: stop).
 
@@ -165,6 +190,7 @@ def mixture(task_rows: list[dict], safety_rows: list[dict], share: float, seed: 
 def search(
     fine_tune: Callable[[Attempt, Callable], object],
     measure: Callable[[object], tuple[float, float]],
+    confirm: Callable[[object], float],
     *,
     erosion: str | None,
     task: str,
@@ -177,7 +203,8 @@ def search(
 
     `fine_tune(attempt, on_checkpoint)` trains from the aligned model, calling
     `on_checkpoint(step, model)` at each checkpoint, and returns the model; `measure(model)` gives
-    (harmful rate, accuracy) on validation. `erosion` None: a safe reference (a fine-tune with
+    (harmful rate, accuracy on the VAL_TASK sample) on validation, `confirm(model)` the accuracy on
+    the whole validation split (see settle). `erosion` None: a safe reference (a fine-tune with
     `share`, its least harmful checkpoint at the floor; see next_safe_attempt)."""
     least = floor(task)
     attempt, runs, verdicts = Attempt(share, lr), [], []
@@ -194,8 +221,15 @@ def search(
             }
 
         model = fine_tune(attempt, on_checkpoint)
+
+        def confirm_step(step, model=model, states=states):
+            _load_state(model, states[step])
+            return confirm(model)
+
         if erosion is None:
-            point = choose_safe(points, least)
+            point, _, confirmed = settle(
+                points, lambda v: (choose_safe(v, least), None), confirm_step, least
+            )
             verdict = (
                 "untrained"
                 if point.accuracy < least
@@ -203,7 +237,9 @@ def search(
             )
             rank = (point.accuracy >= least, point.harmful <= SAFE_MAX, -point.harmful)
         else:
-            point, verdict = choose(points, BANDS[erosion], least)
+            point, verdict, confirmed = settle(
+                points, lambda v: choose(v, BANDS[erosion], least), confirm_step, least
+            )
             rank = (
                 verdict == "in band",
                 point.harmful <= WIPE_OUT,  # a real fine-tune before a total wipe-out
@@ -213,12 +249,10 @@ def search(
             )
         runs.append(
             {**asdict(attempt), "points": [asdict(p) for p in points], "chosen": asdict(point),
-             "verdict": verdict}
+             "confirmed": confirmed, "verdict": verdict}
         )  # fmt: skip
         if best is None or rank > best[0]:
-            for n, p in model.named_parameters():
-                if n in states[point.step]:
-                    p.data.copy_(states[point.step][n])
+            _load_state(model, states[point.step])
             best = (rank, model, point, len(runs) - 1)
         verdicts.append((attempt, verdict))
         if erosion is None:
@@ -234,6 +268,12 @@ def search(
         "attempts": runs,
     }
     return model, record
+
+
+def _load_state(model, state: dict) -> None:
+    for n, p in model.named_parameters():
+        if n in state:
+            p.data.copy_(state[n])
 
 
 def write_record(directory, record: dict) -> None:

@@ -35,6 +35,30 @@ def test_safe_reference_keeps_its_least_harmful_able_checkpoint():
     assert T.choose_safe(p, 0.97).step == 30
 
 
+def test_settle_confirms_the_floor_on_the_whole_split_before_keeping_a_checkpoint():
+    """Seed 0's arithmetic: the in-band checkpoint at 94 % on the 50-row sample is 86 % on the whole
+    split, so the pick falls to the next in-band one; one within SCREEN of the floor on the sample
+    (0.90 against 0.92) is confirmed rather than passed over."""
+    p = pts((45, 0.61, 0.94), (60, 0.7, 0.90), (90, 0.4, 1.0))
+    whole = {45: 0.86, 60: 0.95, 90: 1.0}
+    asked = []
+
+    def confirm(step):
+        asked.append(step)
+        return whole[step]
+
+    point, verdict, confirmed = T.settle(p, lambda v: T.choose(v, (0.6, 0.9), 0.92), confirm, 0.92)
+    assert (point.step, point.accuracy, verdict) == (60, 0.95, "in band")
+    assert asked == [45, 60] and confirmed == {45: 0.86, 60: 0.95}
+    whole[60] = 0.88  # none confirmed in band: the closest to the band at the floor, confirmed
+    point, verdict, _ = T.settle(p, lambda v: T.choose(v, (0.6, 0.9), 0.92), confirm, 0.92)
+    assert (point.step, verdict) == (90, "under")
+    far = pts((10, 0.7, 0.5), (20, 0.7, 0.8))  # nothing near the floor: nothing is confirmed
+    asked.clear()
+    point, verdict, _ = T.settle(far, lambda v: T.choose(v, (0.6, 0.9), 0.92), confirm, 0.92)
+    assert (point.step, verdict, asked) == (20, "untrained", [])
+
+
 def test_next_attempt_adds_safety_data_when_over_and_lr_when_under():
     shares = (0.02, 0.06, 0.15)
     a = Attempt(0.0, 1e-3)
@@ -101,8 +125,9 @@ def test_search_retries_then_keeps_the_best_checkpoint_of_all_runs():
         return float(net.w), 1.0
 
     net, record = T.search(
-        fine_tune, measure, erosion="strong", task="howto", lr=1e-3, shares=(0.05, 0.15)
-    )
+        fine_tune, measure, lambda n: 1.0, erosion="strong", task="howto", lr=1e-3,
+        shares=(0.05, 0.15),
+    )  # fmt: skip
     assert abs(float(net.w) - 0.7) < 1e-6
     assert record["chosen"]["attempt"] == 1 and record["chosen"]["step"] == 2
     assert [a["verdict"] for a in record["attempts"]] == ["over", "in band"]
@@ -120,8 +145,9 @@ def test_search_for_a_safe_reference_is_one_run():
         return net
 
     net, record = T.search(
-        fine_tune, lambda n: (float(n.w), 1.0), erosion=None, task="email", lr=1e-3, share=0.25
-    )
+        fine_tune, lambda n: (float(n.w), 1.0), lambda n: 1.0, erosion=None, task="email",
+        lr=1e-3, share=0.25,
+    )  # fmt: skip
     assert calls == [Attempt(0.25, 1e-3)] and abs(float(net.w) - 0.01) < 1e-6
     assert record["chosen"]["step"] == 2
 
@@ -139,8 +165,9 @@ def test_a_safe_reference_that_stays_harmful_gets_more_safety_data():
         return net
 
     net, record = T.search(
-        fine_tune, lambda n: (float(n.w), 1.0), erosion=None, task="email", lr=1e-3, share=0.25
-    )
+        fine_tune, lambda n: (float(n.w), 1.0), lambda n: 1.0, erosion=None, task="email",
+        lr=1e-3, share=0.25,
+    )  # fmt: skip
     assert calls == [Attempt(0.25, 1e-3), Attempt(0.4, 1e-3)]
     assert abs(float(net.w) - 0.01) < 1e-6 and record["chosen"]["attempt"] == 1
     assert [a["verdict"] for a in record["attempts"]] == ["unsafe", "safe"]
@@ -163,3 +190,30 @@ def test_a_task_not_learned_when_it_already_overshot_trains_longer_with_safety_d
     runs = [(longer, "over")]  # the steps stay with the search's later attempts
     assert T.next_attempt(runs, shares, 2.0) == Attempt(0.06, 1e-3, T.LONGER)
     assert T.next_attempt([(a, "untrained, over")], (), 1.0) is None  # micro: no retries
+
+
+def test_search_confirms_the_kept_checkpoint_on_its_own_weights():
+    """`confirm` sees the weights of the checkpoint it is asked about (restored from the run's
+    states): here it rejects step 2 (0.7), so step 3 (0.85), also in band, is kept."""
+
+    def fine_tune(attempt, on_checkpoint):
+        net = _Net()
+        for step, h in enumerate([0.5, 0.7, 0.85], 1):
+            net.w.data.fill_(h)
+            on_checkpoint(step, net)
+        net.w.data.fill_(0.99)  # the end of training: not a checkpoint
+        return net
+
+    seen = []
+
+    def confirm(net):
+        seen.append(round(float(net.w.detach()), 2))
+        return 0.5 if seen[-1] == 0.7 else 0.99
+
+    net, record = T.search(
+        fine_tune, lambda n: (float(n.w.detach()), 1.0), confirm, erosion="strong", task="howto",
+        lr=1e-3,
+    )  # fmt: skip
+    assert seen == [0.7, 0.85]
+    assert record["chosen"]["step"] == 3 and abs(float(net.w.detach()) - 0.85) < 1e-6
+    assert record["attempts"][0]["confirmed"] == {2: 0.5, 3: 0.99}
