@@ -141,6 +141,14 @@ def _add_select(sub) -> None:
     p.add_argument("--benign", help="benign prompts (targets: their responses or the model's own)")
     p.add_argument("--task", help="task examples with answers (adds task loss to interference)")
     p.add_argument(
+        "--also",
+        nargs=2,
+        action="append",
+        metavar=("MODEL", "TASK"),
+        help="score on this model too, with its task examples (repeatable): each layer's scores "
+        "are then the mean over every model, so the layers kept transfer across them",
+    )
+    p.add_argument(
         "--aligned", help="the aligned model, for refusal targets (default: the gene's provenance)"
     )
     p.add_argument("--out", help="write a copy of the gene here instead of updating it in place")
@@ -151,12 +159,15 @@ def _add_select(sub) -> None:
 
 
 def _run_select(args) -> int:
+    from safegene.io.hub import is_hub_id, resolve_model
     from safegene.select import select
 
+    also = [(str(resolve_model(m)) if is_hub_id(m) else m, None, t) for m, t in args.also or []]
     rec = select(
         args.gene,
         args.model,
         **_inputs(args),
+        also=also,
         settings=settings_from(args, SelectSettings()),
         compute=settings_from(args, SELECT_COMPUTE),
         progress=True,

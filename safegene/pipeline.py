@@ -103,9 +103,13 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     )
 
     def selected() -> Path:
+        """Scored on the recipe's `select_on` task models (the mean over them), else the target."""
         out = run.keep / f"{tag}-selected"
         if not out.exists():
-            select(gene, task.model, top_k=s.get("top_k"), out=out, **data)
+            first, *more = r.select_on or [task]
+            also = [(t.model, t.adapter, t.shots) for t in more]
+            kw = {**data, "adapter": first.adapter, "task": first.shots, "also": also}
+            select(gene, first.model, top_k=s.get("top_k"), out=out, **kw)
         return out
 
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:

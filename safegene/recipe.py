@@ -92,6 +92,9 @@ class CompareRecipe:
     benign_shots: Path | None = None  # benign prompts SafeGene's calibration keeps answering
     harmful_val: Path | None = None  # validation splits: given together with benign_val and
     benign_val: Path | None = None  # every task's val, each method's setting is chosen on them
+    # the task models SafeGene's layer selection is scored on (the mean score over them: the
+    # study's held-in task models, so the selection never sees the target); empty: the target
+    select_on: list[TaskSpec] = field(default_factory=list)
 
     @property
     def validation(self) -> bool:
@@ -113,6 +116,7 @@ class CompareRecipe:
             self.harmful_val,
             self.benign_val,
             *(p for t in self.tasks for p in (t.model, t.adapter, t.shots, t.test, t.val)),
+            *(p for t in self.select_on for p in (t.model, t.adapter, t.shots)),
             (self.guard or {}).get("model"),
         )
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -262,34 +263,50 @@ def select(
     settings: SelectSettings | None = None,
     compute: ComputeSettings | None = None,
     progress: bool = False,
+    also: Sequence[tuple] = (),
     **overrides,
 ) -> dict:
     """Score the gene's layers on `model` (a degraded or task model, plus its `adapter`) and
     store the selection: in a copy of the gene at `out`, or in the gene's own safegene.json when
-    `out` is None. `overrides`: fields of SelectSettings / ComputeSettings by name (top_k=2).
-    Returns the selection record (the gene's `selection_info`)."""
+    `out` is None. `also`: more (model, adapter, task examples) to score on, with the same harmful
+    and benign prompts; each group's scores are then the mean over every model scored, so the
+    layers kept are those whose gain outweighs their interference across models (on held-in task
+    models: the layers whose safety transfers to a task none of them is). `overrides`: fields of
+    SelectSettings / ComputeSettings by name (top_k=2). Returns the selection record (the gene's
+    `selection_info`)."""
     t0 = time.perf_counter()
     settings, compute = with_overrides(
         overrides, settings or SelectSettings(), compute or SELECT_COMPUTE
     )
     gene_path = Path(getattr(gene, "path", gene))
+    scored = [(model, adapter, task), *(tuple(a) for a in also)]
     if out is not None:
-        check_output_path(
-            out, force, inputs=(gene_path, model, adapter, aligned, harmful, benign, task)
-        )
+        inputs = (gene_path, aligned, harmful, benign, *(x for one in scored for x in one))
+        check_output_path(out, force, inputs=inputs)
     in_place = gene_path / GENE_FILE if out is None else None  # (of two such runs, one writes)
-    paths = {"harmful": harmful, "benign": benign, "task": task}
     with claimed(in_place), opened(gene) as g:
         deltas = g.linear_deltas()
-        check_attachable(g, deltas, model)
-        data = {s: _draw(p, s, settings) for s, p in paths.items()}
-        scores = _score(g, deltas, data, model, adapter, aligned, settings, compute, progress)
+        for m, _, _ in scored:  # every model, before anything is computed
+            check_attachable(g, deltas, m)
+        shared = {"harmful": _draw(harmful, "harmful", settings)}
+        shared["benign"] = _draw(benign, "benign", settings)
+        refusals = refusal_targets(
+            shared["harmful"], gene=g, aligned=aligned, compute=compute, progress=progress
+        )
+        runs = []
+        for m, a, t in scored:
+            data = {**shared, "task": _draw(t, "task", settings)}
+            scores = _score(deltas, data, refusals, m, a, settings, compute, progress)
+            paths = {"harmful": harmful, "benign": benign, "task": t}
+            runs.append((scores, _provenance(m, a, paths, data)))
+        scores = mean_scores([r for r, _ in runs])
         base_loss = scores.pop("_base_loss")
         layers = per_layer(scores)
         module_kinds, kept = _keep(scores, deltas, settings)
         record = {
             **kept,
-            **_provenance(model, adapter, paths, data),
+            **runs[0][1],
+            "also": [p for _, p in runs[1:]],
             "base_loss": base_loss,
             "settings": dataclasses.asdict(settings),
             "compute": dataclasses.asdict(compute),
@@ -297,6 +314,18 @@ def select(
         }
         _store(g, out, force, record, layers, module_kinds)
     return record
+
+
+def mean_scores(runs: list[dict]) -> dict:
+    """The mean over several models' `score_groups` results, group by group (`_base_loss`: the
+    list of each model's)."""
+    if len(runs) == 1:
+        return dict(runs[0])
+    out = {"_base_loss": [r["_base_loss"] for r in runs]}
+    for g in (g for g in runs[0] if not g.startswith("_")):
+        out[g] = {k: sum(r[g][k] for r in runs) / len(runs) for k in SCORE_KEYS}
+        out[g]["n_params"] = runs[0][g]["n_params"]
+    return out
 
 
 def _provenance(model, adapter, paths: dict, data: dict) -> dict:
@@ -311,8 +340,8 @@ def _provenance(model, adapter, paths: dict, data: dict) -> dict:
     }
 
 
-def _score(gene: Gene, deltas, data: dict, model, adapter, aligned, settings, compute, progress):
-    """score_groups on the loaded model: harmful prompts → refusals, benign → the data's
+def _score(deltas, data: dict, refusals: list[str], model, adapter, settings, compute, progress):
+    """score_groups on the loaded model: harmful prompts → `refusals`, benign → the data's
     responses or the model's own, task → the data's answers (attribution scores per module kind
     always: the per-layer scores are their sums)."""
     from safegene.models import load_model
@@ -320,9 +349,6 @@ def _score(gene: Gene, deltas, data: dict, model, adapter, aligned, settings, co
     answers = [answer_of(r) for r in data["task"]]
     if any(a is None for a in answers):
         raise SafeGeneError('every task example needs an "answer" (or "response")')
-    refusals = refusal_targets(
-        data["harmful"], gene=gene, aligned=aligned, compute=compute, progress=progress
-    )
     loaded = load_model(model, adapter, device=compute.device, dtype=compute.dtype)
     kept = given_or_own(
         data["benign"], model, adapter=adapter, loaded=loaded, compute=compute, progress=progress

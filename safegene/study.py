@@ -5,8 +5,10 @@ For each architecture and seed of a study config (`StudyConfig`, a YAML file) it
 the zoo ZOOS/<size>-<arch>-s<seed>, and for each target task model (one *cell*):
 
 - the gene's sources follow the protocol: `loto` (leave one task out: the zoo's degraded models
-  and the full task models of every *other* task, so neither the gene nor its layer selection ever
-  saw the target's task; the target is a new fine-tune the gene was written before), or
+  and the full task models of every *other* task, so the gene never saw the target's task; the
+  target is a new fine-tune the gene was written before; the layer selection is scored on those
+  held-in task models (the mean score: layers whose safety transfers across tasks), and only the
+  calibration is few-shot on the target), or
   `degraded` (the zoo's degraded models only);
 - every setting of every method is built and evaluated on the validation splits (harmful_val,
   benign_val, the task's val) and the test splits; each method's setting is chosen on validation
@@ -168,19 +170,23 @@ def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
     from safegene.recipe import CompareRecipe, TaskSpec
 
     models, data = zoo["models"], zoo["data"]
-    m = models[target]
-    split = data["tasks"][m["task"]]
-    task = TaskSpec(
-        name=target.removeprefix("task-"),
-        model=zoo_dir / m["path"],
-        adapter=zoo_dir / m["adapter"] if m["adapter"] else None,
-        shots=zoo_dir / split["shots"],
-        test=zoo_dir / split["test"],
-        val=zoo_dir / split["val"],
-    )
+
+    def spec(name: str) -> TaskSpec:
+        m = models[name]
+        split = data["tasks"][m["task"]]
+        return TaskSpec(
+            name=name.removeprefix("task-"),
+            model=zoo_dir / m["path"],
+            adapter=zoo_dir / m["adapter"] if m["adapter"] else None,
+            shots=zoo_dir / split["shots"],
+            test=zoo_dir / split["test"],
+            val=zoo_dir / split["val"],
+        )
+
+    sources = gene_sources(zoo, target, config.protocol)
     return CompareRecipe(
         aligned=zoo_dir / models["aligned"]["path"],
-        degraded=[zoo_dir / models[n]["path"] for n in gene_sources(zoo, target, config.protocol)],
+        degraded=[zoo_dir / models[n]["path"] for n in sources],
         base=zoo_dir / models["base"]["path"],
         harmful_test=zoo_dir / data["harmful_test"],
         benign_test=zoo_dir / data["benign_test"],
@@ -188,7 +194,9 @@ def cell_recipe(zoo_dir: Path, zoo: dict, target: str, config: StudyConfig):
         benign_shots=zoo_dir / data["benign_shots"] if data.get("benign_shots") else None,
         harmful_val=zoo_dir / data["harmful_val"],  # what calibration chooses its α on
         benign_val=zoo_dir / data["benign_val"],
-        tasks=[task],
+        tasks=[spec(target)],
+        # the layer selection: scored on the held-in task models among the gene's sources
+        select_on=[spec(n) for n in sources if models[n]["role"] == "task"],
         judges=list(config.judges),
         methods=method_grids_of(config),
         seed=0,
@@ -351,12 +359,26 @@ def run_cell(
         "adapter": bool(models[target]["adapter"]),
         "protocol": config.protocol,
         "gene_sources": gene_sources(zoo, target, config.protocol),
+        "selected_on": selected_on(run.keep, zoo_dir, models),
         "judges": judge_names,
         "references": refs,
         "methods": methods,
         "draws": draws,
         "seconds": round(time.time() - t0, 1),
     }
+
+
+def selected_on(keep: Path, zoo_dir: Path, models: dict) -> list[str]:
+    """The zoo models SafeGene's layer selections were scored on, as their genes record it."""
+    by_path = {str(zoo_dir / m["path"]): n for n, m in models.items() if not m["adapter"]}
+    by_path |= {str(zoo_dir / m["adapter"]): n for n, m in models.items() if m["adapter"]}
+    names = set()
+    for meta in keep.glob("*-selected/safegene.json"):
+        info = json.loads(meta.read_text())["selection_info"]
+        for scored in (info, *info.get("also", [])):
+            m = scored["model"]
+            names.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
+    return sorted(names)
 
 
 # --- pooling --------------------------------------------------------------------------------------

@@ -63,6 +63,20 @@ def test_select_then_calibrate(tiny, tmp_path, capsys):
     assert sorted(int(k) for k in meta["coefficients"]) == meta["selection"]
 
 
+def test_select_also_scores_on_more_models(tiny, tmp_path, capsys):
+    args = ["select", "--gene", str(tiny.gene), "--model", str(tiny.model), "--harmful"]
+    args += [str(tiny.harmful), "--task", str(tiny.task)]
+    also = ["--also", str(tiny.model), str(tiny.task)]
+    assert main([*args, *also, "--out", str(tmp_path / "g")]) == 0
+    info = json.loads((tmp_path / "g" / "safegene.json").read_text())["selection_info"]
+    assert [a["model"]["path"] for a in info["also"]] == [str(tiny.model)]
+    capsys.readouterr()
+    other = ["--also", str(tiny.other), str(tiny.task)]  # another family: one line, exit 2
+    assert main([*args, *other, "--out", str(tmp_path / "g2")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("safegene: error: family mismatch") and not (tmp_path / "g2").exists()
+
+
 @pytest.mark.parametrize(
     "case",
     ["shots_too_many", "no_harmful", "no_selection", "other_family", "exists", "missing_gene"],

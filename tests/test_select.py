@@ -192,6 +192,31 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
         assert s[g]["gain"] > 0 and s[g]["score"] > 0
 
 
+def test_select_across_models_keeps_the_mean_score(tiny, tmp_path):
+    """Scored on two models (the model, and the model under a LoRA adapter), each layer's scores
+    are the mean of its scores on each alone, and the record names both."""
+    kw = dict(harmful=tiny.harmful, benign=tiny.benign, task=tiny.task)
+    select(tiny.gene, tiny.model, out=tmp_path / "a", **kw)
+    select(tiny.gene, tiny.model, adapter=tiny.adapter, out=tmp_path / "b", **kw)
+    rec = select(
+        tiny.gene, tiny.model, also=[(tiny.model, tiny.adapter, tiny.task)], out=tmp_path / "ab",
+        **kw,
+    )  # fmt: skip
+
+    def layers(d):
+        return json.loads((tmp_path / d / "safegene.json").read_text())["scores"]["layers"]
+
+    a, b, ab = layers("a"), layers("b"), layers("ab")
+    assert a != b  # the adapter changes the scores, so the mean is a real test
+    for layer, s in ab.items():
+        for k in ("gain", "interference", "task", "score"):
+            assert s[k] == pytest.approx((a[layer][k] + b[layer][k]) / 2, abs=1e-6)
+    assert rec["groups"] == [g for g, s in ab.items() if s["gain"] > 0 and s["score"] > 0]
+    assert rec["model"]["adapter"] is None and rec["also"][0]["model"]["adapter"] == str(
+        tiny.adapter
+    )
+
+
 # --- on the micro zoo: a real gene, a real degradation --------------------------------------------
 
 

@@ -231,6 +231,9 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
 
     cell = json.loads(first.read_text())
     assert "task-howto" not in cell["gene_sources"] and "task-email" in cell["gene_sources"]
+    # the layer selection was scored on the held-in task models, as the gene records it
+    held_in = [n for n in cell["gene_sources"] if n.startswith("task-")]
+    assert held_in and cell["selected_on"] == sorted(held_in)
     assert set(cell["methods"]) == {"interpolate", "safegene"}
     assert len(cell["methods"]["interpolate"]["settings"]) == 2
     assert len(cell["draws"]) == 2  # the chosen setting and one more draw of the shots
