@@ -359,7 +359,7 @@ def run_cell(
         "adapter": bool(models[target]["adapter"]),
         "protocol": config.protocol,
         "gene_sources": gene_sources(zoo, target, config.protocol),
-        "selected_on": selected_on(run.keep, zoo_dir, models),
+        "selection": selections(run.keep, zoo_dir, models),
         "judges": judge_names,
         "references": refs,
         "methods": methods,
@@ -368,17 +368,20 @@ def run_cell(
     }
 
 
-def selected_on(keep: Path, zoo_dir: Path, models: dict) -> list[str]:
-    """The zoo models SafeGene's layer selections were scored on, as their genes record it."""
+def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
+    """SafeGene's layer selections in this cell, as their genes record them: the zoo models they
+    were scored on (`on`), the layers kept and the seconds each took."""
     by_path = {str(zoo_dir / m["path"]): n for n, m in models.items() if not m["adapter"]}
     by_path |= {str(zoo_dir / m["adapter"]): n for n, m in models.items() if m["adapter"]}
-    names = set()
-    for meta in keep.glob("*-selected/safegene.json"):
+    on, layers, seconds = set(), [], []
+    for meta in sorted(keep.glob("*-selected/safegene.json")):
         info = json.loads(meta.read_text())["selection_info"]
         for scored in (info, *info.get("also", [])):
             m = scored["model"]
-            names.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
-    return sorted(names)
+            on.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
+        layers.append(info["layers"])
+        seconds.append(info["seconds"])
+    return {"on": sorted(on), "layers": layers, "seconds": seconds}
 
 
 # --- pooling --------------------------------------------------------------------------------------

@@ -233,7 +233,8 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     assert "task-howto" not in cell["gene_sources"] and "task-email" in cell["gene_sources"]
     # the layer selection was scored on the held-in task models, as the gene records it
     held_in = [n for n in cell["gene_sources"] if n.startswith("task-")]
-    assert held_in and cell["selected_on"] == sorted(held_in)
+    assert held_in and cell["selection"]["on"] == sorted(held_in)
+    assert cell["selection"]["layers"] and cell["selection"]["seconds"][0] > 0
     assert set(cell["methods"]) == {"interpolate", "safegene"}
     assert len(cell["methods"]["interpolate"]["settings"]) == 2
     assert len(cell["draws"]) == 2  # the chosen setting and one more draw of the shots
