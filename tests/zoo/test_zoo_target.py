@@ -82,7 +82,9 @@ def test_next_attempt_bisects_the_share_between_over_and_under():
     runs += [(Attempt(0.06, 1e-3), "under")]
     assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.04, 1e-3)
     runs += [(Attempt(0.04, 1e-3), "under")]
-    assert T.next_attempt(runs, (0.02, 0.06), 2.0) is None  # MAX_ATTEMPTS
+    assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.03, 1e-3)
+    runs += [(Attempt(0.03, 1e-3), "under")]
+    assert len(runs) == T.MAX_ATTEMPTS and T.next_attempt(runs, (0.02, 0.06), 2.0) is None
     runs = [(Attempt(0.02, 1e-3), "under")]  # none overshot: towards no safety data
     assert T.next_attempt(runs, (0.02, 0.06), 2.0) == Attempt(0.01, 1e-3)
 
