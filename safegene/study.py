@@ -428,6 +428,7 @@ def cell_summary(cell: dict, config: StudyConfig) -> dict:
         "safegene_safest_baselines": _at_most(rows, baselines, 0.0),
         # never more than BASELINE_MARGIN worse than the best baseline holding the floors
         "safegene_within_margin": _at_most(rows, baselines, BASELINE_MARGIN, vacuous=True),
+        "selection": cell.get("selection"),  # cells written before stop 30 have none
     }
 
 
@@ -572,6 +573,11 @@ def study_markdown(report: dict) -> str:
                 f"{_pct(r['over_refusal'])} | {_pct(r['accuracy'])} | "
                 f"{', '.join(f'{k}={v}' for k, v in r['setting'].items())} |"
             )
+        if s.get("selection"):
+            sel = s["selection"]
+            kept = "; ".join(",".join(map(str, layers)) for layers in sel["layers"])
+            on = ", ".join(sel["on"])
+            lines += ["", f"SafeGene's layer selection: scored on {on}; kept layers {kept}."]
     return "\n".join(lines) + "\n"
 
 

@@ -249,6 +249,7 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
             assert r["harmful_ci"][0] <= r["harmful"] <= r["harmful_ci"][1]
     md = (out / "report.md").read_text()
     assert "SafeGene vs" in md and "## llama-s0/task-howto" in md
+    assert f"layer selection: scored on {', '.join(sorted(held_in))}" in md
     assert (out / "cells.png").stat().st_size > 0 and (out / "wins.png").stat().st_size > 0
 
     # another config in the same directory is refused
