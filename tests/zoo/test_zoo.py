@@ -400,10 +400,32 @@ def test_task_models_are_chosen_on_validation_never_on_test(tmp_path, monkeypatc
     assert any(p.endswith("harmful_val.jsonl") for p in read)
     record = json.loads((root / "models/task-howto/training.json").read_text())
     assert record["erosion"] == "strong" and record["attempts"]
-    chosen = record["attempts"][record["chosen"]["attempt"]]["chosen"]
+    kept = record["attempts"][record["chosen"]["attempt"]]
+    chosen = kept["chosen"]
     assert chosen["step"] == record["chosen"]["step"]
+    assert set(kept["confirmed"]) <= {str(p["step"]) for p in kept["points"]}
     # every step of 3 (every 1), × the attempt's steps factor (a longer retry: target.LONGER)
     assert all(len(a["points"]) == round(3 * a["steps"]) for a in record["attempts"])
+
+
+def test_a_kept_checkpoint_has_its_floor_confirmed_on_the_whole_val_split(tmp_path, monkeypatch):
+    """Checkpoints are measured on VAL_TASK rows of val; the one kept, on all of them first
+    (target.settle). With the floor at 0 every checkpoint is at it, so the pick is confirmed."""
+    import safegene.zoo.build as B
+
+    root = build_zoo(tmp_path / "z", recipe=TINY, seed=7, stages=["aligned"], progress=False)
+    rows, real = [], B._accuracy
+    monkeypatch.setattr(
+        B, "_accuracy", lambda val, outs: (rows.append(len(val)), real(val, outs))[1]
+    )
+    monkeypatch.setattr(B.target, "VAL_TASK", 2)
+    monkeypatch.setattr(B.target, "floor", lambda task: 0.0)
+    build_zoo(root, recipe=TINY, seed=7, stages=["task-howto"], progress=False)
+    whole = len(B.D.read_jsonl(root / "data/tasks/howto/val.jsonl"))
+    assert whole > 2 and set(rows) == {2, whole}
+    record = json.loads((root / "models/task-howto/training.json").read_text())
+    kept = record["attempts"][record["chosen"]["attempt"]]
+    assert kept["confirmed"][str(record["chosen"]["step"])] == record["chosen"]["accuracy"]
 
 
 def test_a_rebuilt_stage_drops_the_measurements_of_the_weights_it_replaced(tmp_path):
