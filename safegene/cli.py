@@ -101,15 +101,20 @@ _MODEL_ARGS = ("model", "aligned", "degraded", "adapter", "base")
 def _resolve_models(args) -> None:
     from safegene.io.hub import is_hub_id, resolve_model
 
+    def local(value: str) -> str:
+        return str(resolve_model(value)) if is_hub_id(value) else value
+
     for name in _MODEL_ARGS:
         value = getattr(args, name, None)
         revision = getattr(args, "revision", None) if name == "model" else None
         if isinstance(value, list):
-            setattr(args, name, [str(resolve_model(v)) if is_hub_id(v) else v for v in value])
+            setattr(args, name, [local(v) for v in value])
         elif isinstance(value, str) and (is_hub_id(value) or revision is not None):
             if name == "model" and getattr(args, "zoo", None):
                 continue  # a zoo model name
             setattr(args, name, str(resolve_model(value, revision)))
+    if getattr(args, "also", None):  # select --also MODEL TASK
+        args.also = [[local(model), task] for model, task in args.also]
 
 
 def _inputs(args) -> dict:
@@ -159,10 +164,9 @@ def _add_select(sub) -> None:
 
 
 def _run_select(args) -> int:
-    from safegene.io.hub import is_hub_id, resolve_model
     from safegene.select import select
 
-    also = [(str(resolve_model(m)) if is_hub_id(m) else m, None, t) for m, t in args.also or []]
+    also = [(model, None, task) for model, task in args.also or []]
     rec = select(
         args.gene,
         args.model,
