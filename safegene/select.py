@@ -298,16 +298,15 @@ def select(
             data = {**shared, "task": _draw(t, "task", settings)}
             scores = _score(deltas, data, refusals, m, a, settings, compute, progress)
             paths = {"harmful": harmful, "benign": benign, "task": t}
-            runs.append((scores, _provenance(m, a, paths, data)))
+            scored_on = {**_provenance(m, a, paths, data), "base_loss": scores.pop("_base_loss")}
+            runs.append((scores, scored_on))
         scores = mean_scores([r for r, _ in runs])
-        base_loss = scores.pop("_base_loss")
         layers = per_layer(scores)
         module_kinds, kept = _keep(scores, deltas, settings)
         record = {
             **kept,
             **runs[0][1],
             "also": [p for _, p in runs[1:]],
-            "base_loss": base_loss,
             "settings": dataclasses.asdict(settings),
             "compute": dataclasses.asdict(compute),
             "seconds": round(time.perf_counter() - t0, 2),
@@ -317,12 +316,12 @@ def select(
 
 
 def mean_scores(runs: list[dict]) -> dict:
-    """The mean over several models' `score_groups` results, group by group (`_base_loss`: the
-    list of each model's)."""
+    """The mean over several models' group scores (`score_groups` without "_base_loss"), group
+    by group; one model's are returned as they are."""
     if len(runs) == 1:
-        return dict(runs[0])
-    out = {"_base_loss": [r["_base_loss"] for r in runs]}
-    for g in (g for g in runs[0] if not g.startswith("_")):
+        return runs[0]
+    out = {}
+    for g in runs[0]:
         out[g] = {k: sum(r[g][k] for r in runs) / len(runs) for k in SCORE_KEYS}
         out[g]["n_params"] = runs[0][g]["n_params"]
     return out
