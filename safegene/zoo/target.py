@@ -124,14 +124,16 @@ def settle(points: list[Point], pick: Callable, confirm: Callable[[int], float],
     confirmed counts as at the floor when its sample accuracy is within SCREEN of it. Returns
     (point, verdict, {step: confirmed accuracy})."""
     confirmed: dict[int, float] = {}
+
+    def as_known(p: Point) -> Point:
+        if p.step in confirmed:
+            return replace(p, accuracy=confirmed[p.step])
+        if p.accuracy >= least - SCREEN - 1e-9:  # near the floor on the sample: may be at it
+            return replace(p, accuracy=max(p.accuracy, least))
+        return p
+
     while True:
-        view = [
-            replace(p, accuracy=confirmed[p.step]) if p.step in confirmed
-            else replace(p, accuracy=max(p.accuracy, least)) if p.accuracy >= least - SCREEN - 1e-9
-            else p
-            for p in points
-        ]  # fmt: skip
-        point, verdict = pick(view)
+        point, verdict = pick([as_known(p) for p in points])
         if point.step in confirmed or point.accuracy < least:
             return point, verdict, confirmed
         confirmed[point.step] = confirm(point.step)
