@@ -106,7 +106,7 @@ class GeneAttachment:
         self.per_module_kind = per_module_kind
         all_groups = []
         for g in modules:
-            k = group_key(g.layer, g.kind, per_module_kind)
+            k = group_key(g.layer, g.kind, per_module_kind, g.rollback)
             if k not in all_groups:
                 all_groups.append(k)
         self.groups = list(groups) if groups is not None else all_groups
@@ -126,7 +126,7 @@ class GeneAttachment:
         self.n_params = torch.zeros(len(self.groups), dtype=torch.long)
         self._bound = []
         for g in modules:
-            gi = index.get(group_key(g.layer, g.kind, per_module_kind))
+            gi = index.get(group_key(g.layer, g.kind, per_module_kind, g.rollback))
             if gi is None:
                 continue
             self.n_params[gi] += g.n_params

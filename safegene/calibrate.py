@@ -40,8 +40,15 @@ from safegene.apply import check_provenance
 from safegene.attach import GeneAttachment, check_attachable, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError, SafeGeneWarning
 from safegene.gene import Gene, opened, save_gene
-from safegene.groups import group_key, groups_to_coefficients, is_per_kind, selection_to_groups
+from safegene.groups import (
+    group_key,
+    groups_to_coefficients,
+    is_per_kind,
+    is_rollback,
+    selection_to_groups,
+)
 from safegene.io import check_output_path
+from safegene.rollback import bake, rollback_deltas, rollback_groups, split
 from safegene.settings import ComputeSettings, FitSettings, with_overrides
 from safegene.shots import answer_of, data_hash, data_record, load_records, take
 from safegene.targets import aligned_model, given_or_own, own_responses, refusal_targets
@@ -292,7 +299,8 @@ def candidates(alpha: dict, groups: list[str]) -> list[dict]:
     """The coefficient vectors the choice tries: the fitted α scaled (SCALES), and uniform ones."""
     fitted = [alpha[g] for g in groups]
     out = [{"scale": s, "values": [s * v for v in fitted]} for s in SCALES]
-    return out + [{"uniform": c, "values": [c] * len(groups)} for c in UNIFORM]
+    gene_only = [0.0 if is_rollback(g) else 1.0 for g in groups]  # the gene alone
+    return out + [{"uniform": c, "values": [c * u for u in gene_only]} for c in UNIFORM]
 
 
 def task_skill(model, tokenizer, prompts, references, match: str, *, batch_size: int) -> float:
@@ -496,6 +504,8 @@ def calibrate(
             inputs=(gene_path, model, adapter, aligned, harmful, task, benign, *checks.values()),
         )
     with opened(gene) as g:
+        if fit.rollback and g.kind != "lora":
+            raise SafeGeneError("--rollback needs a LoRA gene (extract without --dense)")
         deltas = g.linear_deltas()
         check_attachable(g, deltas, model)
         check_provenance(g, model, adapter, strict=strict)  # a warning, or an error with strict
@@ -503,18 +513,54 @@ def calibrate(
             g, deltas, per_module_kind=fit.per_module_kind, layers=layers
         )
         shots = _shots(harmful, task, benign, fit, checks)
+        back = _rollback(g, deltas, groups, per_kind, model, adapter, aligned, fit)
         fitted = _fit(
-            g, deltas, groups, shots, model, adapter, aligned, loaded, fit, compute, progress
+            g,
+            deltas + back,
+            groups + rollback_groups(groups, back),
+            shots,
+            model,
+            adapter,
+            aligned,
+            loaded,
+            fit,
+            compute,
+            progress,
         )
         paths = {"harmful": harmful, "task": task, "benign": benign}
         paths.update({f"check_{k}": p for k, p in checks.items()})
         record = _record(fitted, per_kind, model, adapter, shots, paths, layers, fit, compute, t0)
         if out is not None:
             calibration = {k: v for k, v in record.items() if k != "coefficients"}
-            save_gene(
-                g, out, coefficients=record["coefficients"], calibration=calibration, force=force
-            )
+            if record["rollback"]:  # α and β baked into one gene, coefficient 1
+                alpha = fitted["alpha"]
+                bake(
+                    g,
+                    out,
+                    deltas + back,
+                    alpha,
+                    per_module_kind=per_kind,
+                    calibration=calibration,
+                    force=force,
+                )
+            else:
+                save_gene(
+                    g,
+                    out,
+                    coefficients=record["coefficients"],
+                    calibration=calibration,
+                    force=force,
+                )
     return record
+
+
+def _rollback(gene, deltas, groups, per_kind, model, adapter, aligned, fit) -> list:
+    """The target's rollback δ on the fitted groups' modules (`fit.rollback`), else none."""
+    if not fit.rollback:
+        return []
+    mine = [d for d in deltas if group_key(d.layer, d.kind, per_kind) in groups]
+    path = aligned_model(gene, aligned)
+    return rollback_deltas(mine, model, adapter, path, rank=fit.rollback_rank, seed=fit.seed)
 
 
 def _fit(gene, deltas, groups, shots, model, adapter, aligned, loaded, fit, compute, progress):
@@ -600,9 +646,14 @@ def _record(fitted: dict, per_kind, model, adapter, shots, paths, layers, fit, c
     """The calibration record: α per group, the target, the data by content, how it was fitted
     and how long it took (`t0`: when the command started)."""
     selection = "all" if layers == "all" else (list(layers) if layers else "gene")
+    alpha, back = split(fitted["alpha"])
+    baked = any(back.values())  # a rollback chosen: GENE2 holds α·δ + β·rollback at 1
     return {
-        "groups": fitted["alpha"],
-        "coefficients": groups_to_coefficients(fitted["alpha"]),
+        "groups": alpha,
+        "rollback": {"groups": back, "rank": None if adapter else fit.rollback_rank}
+        if baked
+        else None,
+        "coefficients": groups_to_coefficients(dict.fromkeys(alpha, 1.0) if baked else alpha),
         "per_module_kind": per_kind,
         "target": {"path": str(model), "adapter": str(adapter) if adapter else None},
         "data": {

@@ -209,11 +209,13 @@ class GeneModule:
 @dataclass
 class LinearDelta:
     """One decoder-layer Linear's δ in memory, for `safegene.attach`: δ = B @ A with every scale
-    folded into B; for a dense gene A is δ itself and B is None."""
+    folded into B; for a dense gene A is δ itself and B is None. `rollback`: a δ of the
+    target's own way back to the aligned model (safegene.rollback), not of the gene."""
 
     module: GeneModule
     A: torch.Tensor  # (r, in_features), or δ (out_features, in_features)
     B: torch.Tensor | None  # (out_features, r)
+    rollback: bool = False
 
     name = property(lambda self: self.module.module_path)  # e.g. "model.layers.3.self_attn.q_proj"
     layer = property(lambda self: self.module.layer)
@@ -435,7 +437,7 @@ def _new_meta(kind: str, fp: dict | None, sources, compression, modules: dict) -
     }
 
 
-def _write_meta(directory: Path, meta: dict, base_model: str | None = None) -> None:
+def write_meta(directory: Path, meta: dict, base_model: str | None = None) -> None:
     """safegene.json and the gene's model card (README.md) into a directory being written."""
     (directory / GENE_FILE).write_text(_meta_text(meta))
     write_card(directory, gene_card(meta, base_model))
@@ -503,7 +505,7 @@ def save_gene(
         for f in gene.path.iterdir():
             if f.is_file() and f.name not in (GENE_FILE, CARD_FILE):
                 shutil.copy2(f, tmp / f.name)
-        _write_meta(tmp, meta, gene.base_model)
+        write_meta(tmp, meta, gene.base_model)
     return Path(out)
 
 
@@ -714,7 +716,7 @@ def extract(
                 progress=progress,
                 base_model=model_name(aligned),
             )
-            _write_meta(tmp, meta, model_name(aligned))
+            write_meta(tmp, meta, model_name(aligned))
     finally:
         a.close()
         for d in ds:

@@ -1,18 +1,26 @@
 """Coefficient groups, the unit that select scores and calibrate fits one α for: "3" (every module
 of layer 3) or "3.attn" (layer 3's modules of one kind), and their conversion to and from the
-gene's `selection` and `coefficients` schema (safegene.gene)."""
+gene's `selection` and `coefficients` schema (safegene.gene). A group of the target's own
+rollback (safegene.rollback) is its layer group with the prefix "r": "r3", "r3.attn"."""
 
 from __future__ import annotations
 
+ROLLBACK = "r"  # the prefix of a rollback group
 
-def group_key(layer: int, kind: str, per_module_kind: bool) -> str:
-    """ "3" per layer, "3.attn" / "3.mlp" per module kind."""
-    return f"{layer}.{kind}" if per_module_kind else str(layer)
+
+def group_key(layer: int, kind: str, per_module_kind: bool, rollback: bool = False) -> str:
+    """ "3" per layer, "3.attn" / "3.mlp" per module kind; "r3", "r3.attn" for a rollback."""
+    key = f"{layer}.{kind}" if per_module_kind else str(layer)
+    return ROLLBACK + key if rollback else key
+
+
+def is_rollback(key: str) -> bool:
+    return str(key).startswith(ROLLBACK)
 
 
 def parse_group(key: str) -> tuple[int, str | None]:
-    """ "3.attn" → (3, "attn"); "3" → (3, None)."""
-    layer, _, kind = str(key).partition(".")
+    """ "3.attn" → (3, "attn"); "3" and "r3" → (3, None)."""
+    layer, _, kind = str(key).removeprefix(ROLLBACK).partition(".")
     return int(layer), (kind or None)
 
 

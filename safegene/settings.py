@@ -140,6 +140,14 @@ class FitSettings:
     per_module_kind: bool = option(
         False, "one coefficient per (layer, attention|MLP) instead of per layer"
     )
+    rollback: bool = option(
+        False,
+        "also fit, per layer, a coefficient on the target's own update rolled back toward the "
+        "aligned model (aligned - target: per-layer interpolation beside the gene)",
+    )
+    rollback_rank: int = option(
+        4, "rank of a full fine-tune's rollback per Linear (a task LoRA's is exact)"
+    )
     seed: int = option(0, "seed of the shots drawn and of the fit")
     skill_share: float | None = option(
         0.95,
@@ -165,6 +173,7 @@ class FitSettings:
                 f"(got {self.lr}, {self.lam})"
             )
         _at_least(self, "patience", 1)
+        _at_least(self, "rollback_rank", 1)
         _at_least(self, "refusal_tokens", 1, optional=True)
         _at_least(self, "task_tokens", 1, optional=True)
         _finite(self, "init", "task_weight", "task_margin", "refusal_floor")

@@ -594,6 +594,16 @@ CASES = {
         [f.gene_sel, f.degraded],
         ["--steps"],
     ),
+    "calibrate-zero-rollback-rank": lambda f, w, o: (
+        calibrate_args(f, o, "--shots", "2", "--rollback", "--rollback-rank", "0"),
+        [f.gene_sel, f.degraded],
+        ["--rollback-rank"],
+    ),
+    "calibrate-rollback-of-a-dense-gene": lambda f, w, o: (
+        calibrate_args(f, o, "--shots", "2", "--rollback", "--all-layers", gene=_dense_gene(f, w)),
+        [w / "dense", f.degraded],
+        ["LoRA gene"],
+    ),
     "calibrate-nan-lr": lambda f, w, o: (
         calibrate_args(f, o, "--shots", "2", "--lr", "nan"),
         [f.gene_sel, f.degraded],
