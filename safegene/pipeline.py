@@ -76,6 +76,7 @@ def _check_fit(value: str) -> str | None:
         "shots": Param(int, [16]),
         "top_k": Param(int, []),
         "fit": Param(str, [], check=_check_fit),
+        "rollback": Param(bool, []),
         "ablations": Param(bool, [True]),
     },
     demo={"rank": [1], "shots": [16], "ablations": [True]},
@@ -90,7 +91,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     r, s = run.recipe, setting
     gene = gene_of_rank(run, s["rank"])
     shown = {k: v for k, v in s.items() if k != "ablations"}
-    fit = s.get("fit", "default")
+    fit, back = s.get("fit", "default"), s.get("rollback", False)
     tag = f"{task.name}-r{s['rank']}-k{s['shots']}" + (f"-top{s['top_k']}" if "top_k" in s else "")
     data = dict(harmful=r.harmful_shots, task=task.shots, aligned=r.aligned, adapter=task.adapter)
     data.update(seed=r.seed, device=r.device, dtype=r.dtype)
@@ -113,12 +114,13 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
         return out
 
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
-        preset = "" if fit == "default" else f"-{fit}"
+        preset = ("" if fit == "default" else f"-{fit}") + ("-rollback" if back else "")
         out = run.keep / f"{tag}{preset}-calibrated{suffix}"
         calibrate(
             source(),
             task.model,
             shots=s["shots"],
+            rollback=back,
             out=out,
             benign=r.benign_shots,  # None: no helpfulness check (select gets none)
             **checks,
@@ -129,7 +131,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
         return express(out, task, d)
 
     yield Variant("safegene", shown, calibrated)
-    if s["ablations"] and fit == "default":  # the ablations that do not calibrate: once
+    if s["ablations"] and fit == "default" and not back:  # the uncalibrated ablations: once
         yield Variant("gene-uniform", shown, lambda d: express(gene, task, d, coefficients=1.0))
         yield Variant(
             "gene-select", shown, lambda d: express(selected(), task, d, coefficients=1.0)

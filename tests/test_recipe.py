@@ -206,3 +206,13 @@ def test_safegene_fit_presets_are_checked(layout):
         load_recipe(write(layout, with_grid("[gentle]")))
     with pytest.raises(SafeGeneError, match="expected str values"):
         load_recipe(write(layout, with_grid("[1.5]")))
+
+
+def test_safegene_rollback_is_a_grid_of_booleans(layout):
+    def with_grid(grid: str) -> str:
+        return GOOD.replace("safegene: {}", f"safegene: {{rollback: {grid}}}")
+
+    r = load_recipe(write(layout, with_grid("[false, true]")))
+    assert [s["rollback"] for s in r.methods["safegene"]] == [False, True]
+    with pytest.raises(SafeGeneError, match="expected bool values"):
+        load_recipe(write(layout, with_grid("[yes please]")))

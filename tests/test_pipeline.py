@@ -1,0 +1,60 @@
+"""SafeGene as a method of compare/study (safegene.pipeline): which rows one setting yields and
+what each hands to calibrate — the steps themselves stubbed, so only the wiring is under test."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from safegene import pipeline
+from safegene.methods import Run
+from safegene.recipe import TaskSpec
+
+
+@pytest.fixture
+def calls(monkeypatch, tmp_path):
+    seen = []
+
+    def fake_calibrate(gene, model, **kw):
+        seen.append({"gene": Path(gene).name, **kw})
+        return {}
+
+    monkeypatch.setattr(importlib.import_module("safegene.calibrate"), "calibrate", fake_calibrate)
+    monkeypatch.setattr(importlib.import_module("safegene.select"), "select", lambda *a, **k: {})
+    monkeypatch.setattr(pipeline, "gene_of_rank", lambda run, rank: tmp_path / f"gene-r{rank}")
+    monkeypatch.setattr(pipeline, "express", lambda gene, task, d, **kw: (Path(gene), None))
+    return seen
+
+
+def _variants(tmp_path, **setting):
+    recipe = SimpleNamespace(
+        harmful_shots=tmp_path / "h.jsonl",
+        benign_shots=None,
+        aligned=tmp_path / "aligned",
+        seed=0,
+        device="cpu",
+        dtype=None,
+        validation=False,
+        select_on=[],
+    )
+    task = TaskSpec("arith", tmp_path / "task", None, tmp_path / "shots.jsonl", tmp_path / "t")
+    base = {"rank": 1, "shots": 16, "ablations": True}
+    return list(pipeline.variants(Run(recipe, tmp_path / "keep"), task, {**base, **setting}))
+
+
+@pytest.mark.parametrize("rollback", [False, True])
+def test_rollback_reaches_calibrate_and_names_its_genes(calls, tmp_path, rollback):
+    rows = _variants(tmp_path, fit="default", rollback=rollback)
+    # the uncalibrated ablations do not depend on the rollback: once, with the plain setting
+    want = ["safegene", "gene-calibrate"] + ([] if rollback else ["gene-uniform", "gene-select"])
+    assert sorted(v.method for v in rows) == sorted(want)
+    for v in rows:
+        if v.method in ("safegene", "gene-calibrate"):
+            path, _ = v.build(tmp_path / "scratch")
+            assert path.name.endswith("-calibrated" + ("-all-layers" if "-c" in v.method else ""))
+            assert ("-rollback-" in path.name) == rollback
+    assert [c["rollback"] for c in calls] == [rollback, rollback]
+    assert calls[1].get("layers") == "all"  # the ablation: every layer, no selection
