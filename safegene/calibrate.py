@@ -20,6 +20,9 @@ an over-refusal within `over_refusal_margin` of the aligned model's (or of the t
 that is higher) is kept — never trading the task away silently, and taking the safe end of the
 trade when the fit stopped short.
 
+With `rollback` (safegene.rollback) each group also gets a coefficient on the target's own update
+rolled back toward the aligned model, fitted and chosen with α, and GENE2 holds both, baked.
+
 The result is a copy of the gene (GENE2) whose safegene.json carries the coefficients and how they
 were fitted and chosen (`calibration`), including how many harmful shots the target answered
 before (a warning when under a quarter: the refusal loss then has little to correct).

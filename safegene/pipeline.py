@@ -5,7 +5,9 @@ comparison, under the report's genes/), selected and calibrated on the task mode
 recipe's few-shot data only (harmful_shots, the task's shots), expressed as stock PEFT (an
 adapter on a full fine-tune, or task LoRA + gene combined in one adapter). With `ablations`, three
 more rows: `gene-uniform` (no selection, α = 1), `gene-select` (the selection, α = 1) and
-`gene-calibrate` (calibration over every layer, no selection).
+`gene-calibrate` (calibration over every layer, no selection). The `rollback` setting adds the
+target's per-layer rollback to the calibration (safegene.rollback), in the method and in
+`gene-calibrate`.
 The method against its paper, beside the baselines: docs/baselines.md, section "SafeGene".
 """
 
