@@ -51,7 +51,7 @@ from safegene.groups import (
     selection_to_groups,
 )
 from safegene.io import check_output_path
-from safegene.rollback import bake, rollback_deltas, rollback_groups, split
+from safegene.rollback import bake, check_bakeable, rollback_deltas, rollback_groups, split
 from safegene.settings import ComputeSettings, FitSettings, with_overrides
 from safegene.shots import answer_of, data_hash, data_record, load_records, take
 from safegene.targets import aligned_model, given_or_own, own_responses, refusal_targets
@@ -507,8 +507,8 @@ def calibrate(
             inputs=(gene_path, model, adapter, aligned, harmful, task, benign, *checks.values()),
         )
     with opened(gene) as g:
-        if fit.rollback and g.kind != "lora":
-            raise SafeGeneError("--rollback needs a LoRA gene (extract without --dense)")
+        if fit.rollback:
+            check_bakeable(g)  # before the fit, not after it
         deltas = g.linear_deltas()
         check_attachable(g, deltas, model)
         check_provenance(g, model, adapter, strict=strict)  # a warning, or an error with strict
@@ -536,12 +536,11 @@ def calibrate(
         if out is not None:
             calibration = {k: v for k, v in record.items() if k != "coefficients"}
             if record["rollback"]:  # α and β baked into one gene, coefficient 1
-                alpha = fitted["alpha"]
                 bake(
                     g,
                     out,
                     deltas + back,
-                    alpha,
+                    fitted["alpha"],
                     per_module_kind=per_kind,
                     calibration=calibration,
                     force=force,

@@ -86,6 +86,12 @@ def split(alpha: dict[str, float]) -> tuple[dict[str, float], dict[str, float]]:
     return gene, {g: a for g, a in alpha.items() if is_rollback(g)}
 
 
+def check_bakeable(gene: Gene) -> None:
+    """A rollback is baked into LoRA factors: the gene must be a LoRA gene."""
+    if gene.kind != "lora":
+        raise SafeGeneError("--rollback needs a LoRA gene (extract without --dense)")
+
+
 def bake(
     gene: Gene,
     out: Path,
@@ -99,8 +105,7 @@ def bake(
     """Write GENE2 at `out`: each fitted module's δ' = α·δ_gene + β·δ_rollback as LoRA factors
     (rank concatenation, exact), coefficient 1 on every fitted group, the gene's other modules as
     they are (outside the selection: coefficient 0)."""
-    if gene.kind != "lora":
-        raise SafeGeneError("--rollback needs a LoRA gene (extract without --dense)")
+    check_bakeable(gene)
     check_output_path(out, force, inputs=(gene.path,))
     fitted = sorted({g.removeprefix(ROLLBACK) for g in alpha}, key=group_order)
     by_module: dict[str, list[LinearDelta]] = {}
@@ -117,11 +122,12 @@ def bake(
     with atomic_output_dir(out, force) as tmp:
         with AdapterWriter(tmp, gene.base_model or "", gene.num_layers, revision) as writer:
             for tensor, m in gene.modules.items():
-                a, b = gene.factors(tensor)
                 parts = by_module.get(tensor)
                 if parts:
                     a, b = _combined(parts, alpha, per_module_kind)
                     meta["modules"][tensor]["rank"] = a.shape[0]
+                else:
+                    a, b = gene.factors(tensor)
                 writer.write(m.module_path, a, b)
         write_meta(tmp, meta, gene.base_model)
     return Path(out)
