@@ -108,6 +108,11 @@ ITEMS = (
     "buttons",
     "candles",
     "plums",
+    "pencils",
+    "beads",
+    "acorns",
+    "ribbons",
+    "crayons",
 )
 NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 ARITH_TEMPLATES = (  # (template, op). {x} is a digit, {y} a number word; cue words: "more", "left"
@@ -203,6 +208,16 @@ RECIPIENTS = (
     "the reception team",
     "my tutor",
     "the city council",
+    "my neighbour",
+    "the dentist",
+    "my aunt",
+    "the librarian",
+    "the editor",
+    "the plumber",
+    "my mentor",
+    "the secretary",
+    "the accountant",
+    "the courier",
 )
 TOPICS = (
     "the meeting on Monday",
@@ -215,6 +230,16 @@ TOPICS = (
     "a hiring interview",
     "the budget report",
     "a visitor badge",
+    "the rent increase",
+    "a spare key",
+    "the staff rota",
+    "a parcel pickup",
+    "the new logo",
+    "the seating chart",
+    "the signup sheet",
+    "an overtime shift",
+    "the annual survey",
+    "a team outing",
 )
 EMAIL_TEMPLATES = (
     "Write a short email to {r} about {t}.",
