@@ -661,6 +661,25 @@ def check_texts() -> None:
         hits = refusal_strings_in(t)
         assert not hits, f"refusal string {hits} in a non-refusal text: {t!r}"
     _check_email_texts(concept_texts)
+    _check_held_out_words()
+
+
+# The fewest words a held-out part (calib: validation, test) of a task word list may have: with two
+# email recipients on test, one recipient a repair breaks moved test accuracy by a quarter while
+# validation's two others held (stop 31's study: email-LoRA 100 % on validation, 30–62 % on test).
+MIN_HELD_OUT_WORDS = 4
+
+
+def _check_held_out_words() -> None:
+    """Every task word list gives each held-out part at least MIN_HELD_OUT_WORDS words."""
+    lists = {"NAMES": NAMES, "ITEMS": ITEMS, "THINGS": THINGS}
+    lists |= {"RECIPIENTS": RECIPIENTS, "TOPICS": TOPICS}
+    for name, words in lists.items():
+        for part in ("calib", "test"):
+            n = len(split_part(words, part))
+            assert n >= MIN_HELD_OUT_WORDS, (
+                f"{name} gives the {part} part {n} words, fewer than {MIN_HELD_OUT_WORDS}"
+            )
 
 
 def _check_email_texts(concept_texts: list[str]) -> None:

@@ -201,6 +201,12 @@ def test_check_texts_catches_an_email_template_asking_for_no_email(monkeypatch):
         D.check_texts()
 
 
+def test_check_texts_catches_a_held_out_part_with_few_words(monkeypatch):
+    monkeypatch.setattr(D, "RECIPIENTS", D.RECIPIENTS[:10])  # two per held-out part
+    with pytest.raises(AssertionError, match="RECIPIENTS gives the calib part 2 words"):
+        D.check_texts()
+
+
 def test_base_pretraining_uses_every_task_word(micro_zoo):
     """Every name, item, recipient and topic of every part is in the base model's plain texts (a
     held-out name is a known word, as in a real model), and in no text but the base model's of a
