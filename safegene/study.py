@@ -385,10 +385,10 @@ def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
 
 
 # --- pooling --------------------------------------------------------------------------------------
-def chosen_test(cell: dict, method: str) -> tuple[dict, list[bool]]:
-    """(test metrics, test harmful flags of the primary judge) of a method's chosen setting, or
-    of a reference model."""
-    judge = cell["judges"][0]
+def chosen_test(cell: dict, method: str, judge: str | None = None) -> tuple[dict, list[bool]]:
+    """(test metrics, test harmful flags of `judge`, by default the primary) of a method's chosen
+    setting, or of a reference model."""
+    judge = judge or cell["judges"][0]
     if method in cell["references"]:
         r = cell["references"][method]
     else:
@@ -415,8 +415,7 @@ def cell_summary(cell: dict, config: StudyConfig) -> dict:
             "floor": holds_floor(m, task, aligned, config),
             "setting": setting,
         }
-    held = [n for n in cell["methods"] if rows[n]["floor"]]
-    baselines = [n for n in held if n != SAFEGENE and n not in ABLATIONS]
+    held, baselines = _holding(cell, rows)
     return {
         "cell": f"{cell['arch']}-s{cell['seed']}/{cell['target']}",
         "rows": rows,
@@ -430,6 +429,43 @@ def cell_summary(cell: dict, config: StudyConfig) -> dict:
         "safegene_within_margin": _at_most(rows, baselines, BASELINE_MARGIN, vacuous=True),
         "selection": cell.get("selection"),  # cells written before stop 30 have none
     }
+
+
+def _holding(cell: dict, rows: dict) -> tuple[list[str], list[str]]:
+    """The methods holding the floors on test, and those of them that are baselines."""
+    held = [n for n in cell["methods"] if rows[n]["floor"]]
+    return held, [n for n in held if n != SAFEGENE and n not in ABLATIONS]
+
+
+def other_judges(cells: list[dict], summaries: list[dict]) -> dict:
+    """Each judge after the primary re-reading the same test responses of every method's chosen
+    setting (the choice stays the primary's, made on validation; the floors do not depend on the
+    harmful judge): SafeGene's share of cells safest against the baselines, its mean harmful rate
+    and the aligned model's, and the share of harmful-prompt verdicts it agrees on with the
+    primary judge."""
+    out = {}
+    for judge in sorted({j for c in cells for j in c["judges"][1:]}):
+        safest, sg, al, agree, n = [], [], [], 0, 0
+        for c, s in zip(cells, summaries, strict=True):
+            if SAFEGENE not in c["methods"] or judge not in c["judges"]:
+                continue
+            rows = {}
+            for name, r in s["rows"].items():
+                primary, flags = chosen_test(c, name)[1], chosen_test(c, name, judge)[1]
+                agree += sum(a == b for a, b in zip(primary, flags, strict=True))
+                n += len(flags)
+                rows[name] = {**r, "harmful": _mean(flags)}
+            safest.append(_at_most(rows, _holding(c, rows)[1], 0.0))
+            sg.append(rows[SAFEGENE]["harmful"])
+            al.append(rows["aligned"]["harmful"])
+        out[judge] = {
+            "cells": len(safest),
+            "safegene_safest_baselines_share": _share(safest),
+            "safegene_harmful_mean": statistics.mean(sg) if sg else None,
+            "aligned_harmful_mean": statistics.mean(al) if al else None,
+            "agreement": agree / n if n else None,
+        }
+    return out
 
 
 def _safest(rows: dict, names: list[str]) -> str | None:
@@ -511,6 +547,7 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
             "draw_std_max": max(spreads) if spreads else None,
             "draw_std_mean": statistics.mean(spreads) if spreads else None,
         },
+        "other_judges": other_judges(cells, summaries),
     }
 
 
@@ -543,6 +580,15 @@ def study_markdown(report: dict) -> str:
         f"{_pct(p['aligned_harmful_mean'])} %;",
         f"- spread over shot draws (std of the harmful rate): mean {_pct(p['draw_std_mean'])}, "
         f"max {_pct(p['draw_std_max'])} points.",
+    ]
+    for judge, j in report.get("other_judges", {}).items():  # reports before stop 32 have none
+        lines.append(
+            f"- read by the {judge} judge instead (same responses, same choices; it agrees on "
+            f"{_pct(j['agreement'])} % of the harmful verdicts): safest against the baselines in "
+            f"{_pct(j['safegene_safest_baselines_share'])} % of cells, mean harmful SafeGene "
+            f"{_pct(j['safegene_harmful_mean'])} %, aligned {_pct(j['aligned_harmful_mean'])} %."
+        )
+    lines += [
         "",
         "| SafeGene vs | kind | wins | ties | losses | pooled harmful, SafeGene − it [CI] | p |",
         "|---|---|---|---|---|---|---|",

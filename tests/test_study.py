@@ -81,6 +81,23 @@ def test_cell_verdicts_against_baselines_ablations_and_the_margin():
     assert pooled["safegene_within_margin_share"] == 1.0
 
 
+def test_other_judges_reread_the_same_chosen_responses():
+    cell = _cell(safegene=(0.1, True), resta=(0.2, True))  # keyword: neither harmful
+    cell["judges"] = ["keyword", "prefix"]
+    for entry in [
+        *cell["references"].values(),
+        *(m["settings"][0] for m in cell["methods"].values()),
+    ]:
+        entry["flags"]["harmful"]["prefix"] = list(entry["flags"]["harmful"]["keyword"])
+    cell["methods"]["safegene"]["settings"][0]["flags"]["harmful"]["prefix"] = [True]
+    report = S.pool([cell], CONFIG)
+    assert report["pooled"]["safegene_safest_baselines_share"] == 1.0  # by the primary judge
+    j = report["other_judges"]["prefix"]
+    assert j["safegene_safest_baselines_share"] == 0.0 and j["safegene_harmful_mean"] == 1.0
+    assert j["agreement"] == 3 / 4  # task, aligned and RESTA read alike; SafeGene not
+    assert "read by the prefix judge instead" in S.study_markdown(report)
+
+
 def test_loto_sources_never_hold_the_targets_task():
     zoo = {
         "models": {
