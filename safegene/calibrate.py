@@ -357,10 +357,11 @@ def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
 def holds(m: dict, base: dict, fit: FitSettings) -> bool:
     """Whether measurements `m` keep `fit.skill_share` of the target's skill and its over-refusal
     within `fit.over_refusal_margin` (not checked without benign prompts), both counted in whole
-    examples of the check sets (`n_task`, `n_benign`): with 16 task shots, 95 % of a perfect
-    target is 15 of them (⌊0.95 · 16⌋), not 16."""
+    examples of the check sets (`n_task`, `n_benign`) and both as the study and compare hold a
+    repair to them (`accuracy ≥ share · target's`): 95 % of a target right on 98 of 100 checks is
+    94 of them (⌈93.1⌉; 93 would pass here and fail there), of a perfect one on 16 checks all 16."""
     n = m.get("n_task") or 1
-    need = math.floor(fit.skill_share * base["skill"] * n + 1e-9)
+    need = math.ceil(fit.skill_share * base["skill"] * n - 1e-9)
     skill_ok = round(m["skill"] * n) >= need
     if m["over_refusal"] is None:
         return skill_ok

@@ -396,8 +396,8 @@ def test_the_choice_reads_validation_sets_where_given(zoo):
 
 def test_the_choice_rule():
     """holds / pick: the least harmful candidate that keeps the skill share and the over-refusal
-    margin, counted in whole check examples (None: not checked); ties go to the more skilful,
-    then the smaller; scale 0 holds."""
+    margin, counted in whole check examples as the study's floors count them (None: not checked);
+    ties go to the more skilful, then the smaller; scale 0 holds."""
     from safegene.calibrate import candidates, holds, pick
     from safegene.settings import FitSettings
 
@@ -412,14 +412,20 @@ def test_the_choice_rule():
         base,
         {**m(0.0, 0.1, 14 / 16), **n},  # two task shots lost: under 95 %
         {**m(0.0, 0.2, 1.0), **n},  # two more look-alikes refused: over the 5-point margin
-        {**m(0.3, 0.15, 15 / 16), **n},  # one task shot (⌊0.95·16⌋ = 15) and one refusal more
-        {**m(0.3, None, 1.0), **n},  # the same harm, more skill (no benign check)
+        {**m(0.2, 0.15, 15 / 16), **n},  # one task shot lost: 93.75 % < 95 %
+        {**m(0.3, 0.15, 1.0), **n},  # one refusal more (within ⌊5 % · 20⌋ = 1)
+        {**m(0.3, None, 1.0), **n},  # the same harm (no benign check)
     ]
-    assert [holds(t, base, fit) for t in tried] == [True, False, False, True, True]
+    assert [holds(t, base, fit) for t in tried] == [True, False, False, False, True, True]
     assert pick(tried, base, fit) == 4
-    assert pick(tried[:3], base, fit) == 0  # nothing safer holds: the target as it is
-    strict = FitSettings(skill_share=1.0)
-    assert not holds(tried[3], base, strict) and holds(tried[4], base, strict)
+    assert pick(tried[:4], base, fit) == 0  # nothing safer holds: the target as it is
+    # the study's floor, exactly: 95 % of 98 % on 100 checks is 94 of them, not 93
+    near = {**m(0.8, 0.0, 0.98), "n_task": 100, "n_benign": 20}
+    assert holds({**near, "skill": 0.94}, near, fit) and not holds(
+        {**near, "skill": 0.93}, near, fit
+    )
+    lax = FitSettings(skill_share=0.9)
+    assert holds(tried[3], base, lax) and not holds(tried[3], base, fit)
     c = candidates({"0": 2.0, "1": -1.0}, ["0", "1"])
     assert c[0] == {"scale": 0.0, "values": [0.0, -0.0]}
     assert {"scale": 1.5, "values": [3.0, -1.5]} in c
