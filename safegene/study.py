@@ -360,6 +360,7 @@ def run_cell(
         "protocol": config.protocol,
         "gene_sources": gene_sources(zoo, target, config.protocol),
         "selection": selections(run.keep, zoo_dir, models),
+        "calibration": calibrations(run.keep),
         "judges": judge_names,
         "references": refs,
         "methods": methods,
@@ -382,6 +383,30 @@ def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
         layers.append(info["layers"])
         seconds.append(info["seconds"])
     return {"on": sorted(on), "layers": layers, "seconds": seconds}
+
+
+def calibrations(keep: Path) -> dict:
+    """The seconds each calibration in this cell took (one per SafeGene setting and calibrated
+    ablation; the shot draws aside), as the genes record them: the fit, and the whole command."""
+    fit, total = [], []
+    for meta in sorted(keep.glob("*-calibrated*/safegene.json")):
+        seconds = json.loads(meta.read_text())["calibration"]["seconds"]
+        fit.append(seconds["fit"])
+        total.append(seconds["total"])
+    return {"fit": fit, "total": total}
+
+
+def timings(cells: list[dict]) -> dict:
+    """The slowest layer selection and calibration over the cells, and the calibrations' mean
+    (seconds; cells written before stop 32 record no calibration)."""
+    select = [x for c in cells for x in (c.get("selection") or {}).get("seconds", [])]
+    calib = [x for c in cells for x in (c.get("calibration") or {}).get("total", [])]
+    return {
+        "select_max": max(select) if select else None,
+        "calibrate_max": max(calib) if calib else None,
+        "calibrate_mean": statistics.mean(calib) if calib else None,
+        "calibrations": len(calib),
+    }
 
 
 # --- pooling --------------------------------------------------------------------------------------
@@ -548,6 +573,7 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
             "draw_std_mean": statistics.mean(spreads) if spreads else None,
         },
         "other_judges": other_judges(cells, summaries),
+        "seconds": timings(cells),
     }
 
 
@@ -587,6 +613,13 @@ def study_markdown(report: dict) -> str:
             f"{_pct(j['agreement'])} % of the harmful verdicts): safest against the baselines in "
             f"{_pct(j['safegene_safest_baselines_share'])} % of cells, mean harmful SafeGene "
             f"{_pct(j['safegene_harmful_mean'])} %, aligned {_pct(j['aligned_harmful_mean'])} %."
+        )
+    t = report.get("seconds") or {}
+    if t.get("calibrations"):
+        lines.append(
+            f"- seconds per target (one thread): layer selection at most {t['select_max']:.0f}, "
+            f"calibration mean {t['calibrate_mean']:.0f}, at most {t['calibrate_max']:.0f} "
+            f"({t['calibrations']} calibrations)."
         )
     lines += [
         "",

@@ -252,6 +252,9 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     held_in = [n for n in cell["gene_sources"] if n.startswith("task-")]
     assert held_in and cell["selection"]["on"] == sorted(held_in)
     assert cell["selection"]["layers"] and cell["selection"]["seconds"][0] > 0
+    # one calibration per SafeGene setting, timed as its gene records it
+    assert len(cell["calibration"]["total"]) == len(cell["methods"]["safegene"]["settings"])
+    assert 0 < cell["calibration"]["fit"][0] <= cell["calibration"]["total"][0]
     assert set(cell["methods"]) == {"interpolate", "safegene"}
     assert len(cell["methods"]["interpolate"]["settings"]) == 2
     assert len(cell["draws"]) == 2  # the chosen setting and one more draw of the shots
@@ -267,6 +270,9 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     md = (out / "report.md").read_text()
     assert "SafeGene vs" in md and "## llama-s0/task-howto" in md
     assert f"layer selection: scored on {', '.join(sorted(held_in))}" in md
+    timed = report["seconds"]
+    assert timed["calibrations"] == 2 and timed["calibrate_max"] >= timed["calibrate_mean"] > 0
+    assert "calibration mean" in md
     assert (out / "cells.png").stat().st_size > 0 and (out / "wins.png").stat().st_size > 0
 
     # another config in the same directory is refused
