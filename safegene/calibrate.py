@@ -543,6 +543,7 @@ def calibrate(
                     deltas + back,
                     fitted["alpha"],
                     per_module_kind=per_kind,
+                    coefficients=record["coefficients"],
                     calibration=calibration,
                     force=force,
                 )

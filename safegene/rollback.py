@@ -30,7 +30,6 @@ from safegene.groups import (
     ROLLBACK,
     group_key,
     group_order,
-    groups_to_coefficients,
     groups_to_selection,
     is_rollback,
 )
@@ -99,12 +98,13 @@ def bake(
     alpha: dict[str, float],
     *,
     per_module_kind: bool,
+    coefficients: dict,
     calibration: dict,
     force: bool = False,
 ) -> Path:
     """Write GENE2 at `out`: each fitted module's δ' = α·δ_gene + β·δ_rollback as LoRA factors
-    (rank concatenation, exact), coefficient 1 on every fitted group, the gene's other modules as
-    they are (outside the selection: coefficient 0)."""
+    (rank concatenation, exact), with `coefficients` (the calibration record's: 1 on every fitted
+    group), the gene's other modules as they are (outside the selection: coefficient 0)."""
     check_bakeable(gene)
     check_output_path(out, force, inputs=(gene.path,))
     fitted = sorted({g.removeprefix(ROLLBACK) for g in alpha}, key=group_order)
@@ -115,7 +115,7 @@ def bake(
     meta = {**gene.meta, "modules": {t: dict(m) for t, m in gene.meta["modules"].items()}}
     meta.update(
         selection=groups_to_selection(fitted),
-        coefficients=groups_to_coefficients(dict.fromkeys(fitted, 1.0)),
+        coefficients=coefficients,
         calibration=calibration,
     )
     revision = ((gene.meta.get("sources") or {}).get("aligned") or {}).get("revision")

@@ -11,6 +11,7 @@ import torch
 
 from safegene.calibrate import calibrate
 from safegene.gene import load_gene
+from safegene.groups import groups_to_coefficients
 from safegene.io.lora import read_adapter
 from safegene.rollback import bake, rollback_deltas, rollback_groups
 
@@ -83,7 +84,16 @@ def test_a_full_rollback_applied_gives_back_the_aligned_model(tiny, merged_targe
     deltas = gene.linear_deltas()
     back = rollback_deltas(deltas, merged_target, None, tiny.model, rank=2)
     alpha = {**dict.fromkeys(["0", "1", "2"], 0.0), **dict.fromkeys(["r0", "r1", "r2"], 1.0)}
-    bake(gene, tmp_path / "g2", deltas + back, alpha, per_module_kind=False, calibration={})
+    ones = groups_to_coefficients(dict.fromkeys(["0", "1", "2"], 1.0))
+    bake(
+        gene,
+        tmp_path / "g2",
+        deltas + back,
+        alpha,
+        per_module_kind=False,
+        coefficients=ones,
+        calibration={},
+    )
     gene.close()
     apply_gene(tmp_path / "g2", merged_target, tmp_path / "out", form="merged", progress=False)
     (out, tok), (aligned, _) = load_model(tmp_path / "out"), load_model(tiny.model)
