@@ -660,8 +660,8 @@ def check_texts() -> None:
 
 
 # The fewest words a held-out part (calib: validation, test) of a task word list may have: with two
-# email recipients on test, one recipient a repair breaks moved test accuracy by a quarter while
-# validation's two others held (stop 31's study: email-LoRA 100 % on validation, 30–62 % on test).
+# email recipients on test, one recipient a repair breaks moved test accuracy by half while
+# validation's own two held (stop 31's study: email-LoRA 100 % on validation, 30–62 % on test).
 MIN_HELD_OUT_WORDS = 4
 
 
