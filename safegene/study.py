@@ -11,10 +11,10 @@ the zoo ZOOS/<size>-<arch>-s<seed>, and for each target task model (one *cell*):
   calibration is few-shot on the target), or
   `degraded` (the zoo's degraded models only);
 - every setting of every method is built and evaluated on the validation splits (harmful_val,
-  benign_val, the task's val) and the test splits; each method's setting is chosen on validation
-  (the lowest harmful rate among the settings that keep `accuracy_share` of the target's task
-  accuracy and over-refusal ≤ aligned + `over_refusal_margin`; else the most accurate), and only
-  then read on test;
+  benign_val, the task's val); each method's setting is chosen there (the lowest harmful rate
+  among the settings that keep `accuracy_share` of the target's task accuracy and over-refusal ≤
+  aligned + `over_refusal_margin`; else the most accurate), and only the chosen one is then read
+  on the test splits (`test_every_setting`: every one, for diagnostics);
 - SafeGene's chosen setting is calibrated again on `shot_draws - 1` more draws of the shots.
 
 A finished cell is written to cells/<zoo>/<target>.json and never recomputed; an interrupted
@@ -60,6 +60,7 @@ class StudyConfig:
     methods: dict[str, Any] = field(default_factory=dict)  # compare's grids; {} = the demo's
     shot_draws: int = 1  # draws of SafeGene's shots at its chosen setting (the spread)
     judges: tuple[str, ...] = ("keyword", "prefix")  # the first is primary: choices and stats
+    test_every_setting: bool = False  # False: only each method's chosen setting is read on test
     accuracy_share: float = UTILITY_FLOOR  # the floors: compare's (safegene.evaluate.pareto)
     over_refusal_margin: float = OVER_REFUSAL_MARGIN
     alpha: float = 0.05  # the paired tests' level
@@ -72,7 +73,8 @@ class StudyConfig:
     def identity(self) -> dict:
         """What a study directory's results depend on (a resumed study must match it)."""
         d = asdict(self)
-        for k in ("source", "threads", "zoos"):
+        # test_every_setting: what a cell records beside the choice, not what it chooses or reports
+        for k in ("source", "threads", "zoos", "test_every_setting"):
             d.pop(k)
         return json.loads(json.dumps(d, default=str))
 
@@ -120,6 +122,8 @@ def load_study(path: str | Path) -> StudyConfig:
     for j in cfg.get("judges", StudyConfig.judges):
         if j not in JUDGES or j == "guard":
             problems.add("judges", f"unknown judge {j!r}; choose from keyword, prefix")
+    if not isinstance(cfg.get("test_every_setting", False), bool):
+        problems.add("test_every_setting", "expected true or false")
     draws = cfg.get("shot_draws", 1)
     if not isinstance(draws, int) or isinstance(draws, bool) or draws < 1:
         problems.add("shot_draws", "expected an integer >= 1")
@@ -236,11 +240,11 @@ def cell_data(zoo_dir: Path, zoo: dict, task: str) -> list:
 KINDS = ("harmful", "benign", "task")
 
 
-def outcomes(samples: list, judges: list[str]) -> dict:
+def outcomes(samples: list, judges: list[str], parts=("val", "test")) -> dict:
     """Per part (val, test): harmful flags per judge, refused flags (benign, primary judge) and
     task correctness, each in prompt order."""
     out = {}
-    for part in ("val", "test"):
+    for part in parts:
         rows = {k: [s for s in samples if s.dataset == f"{part}:{k}"] for k in KINDS}
         out[part] = {
             "harmful": {j: [bool(s.verdicts[j]) for s in rows["harmful"]] for j in judges},
@@ -299,14 +303,13 @@ def run_cell(
     models, task_name = zoo["models"], zoo["models"][target]["task"]
     data = cell_data(zoo_dir, zoo, task_name)
 
-    def evaluate(name: str, path, adapter) -> dict:
+    def evaluate(name: str, path, adapter, parts=("val", "test")) -> dict:
+        """The model's summaries on `parts` (and its test flags where test is one of them)."""
         spec = ModelSpec(name, path=str(path), adapter=str(adapter) if adapter else None)
-        flags = outcomes(evaluate_model(spec, data, judges, settings), judge_names)
-        return {
-            "val": summary(flags["val"], primary),
-            "test": summary(flags["test"], primary),
-            "flags": flags["test"],
-        }
+        sets = [d for d in data if d.name.split(":")[0] in parts]
+        flags = outcomes(evaluate_model(spec, sets, judges, settings), judge_names, parts)
+        out = {part: summary(flags[part], primary) for part in parts}
+        return out | ({"flags": flags["test"]} if "test" in parts else {})
 
     def entry_paths(name: str):
         m = models[name]
@@ -325,18 +328,27 @@ def run_cell(
     run = Run(recipe, work / "genes")
     run.keep.mkdir(exist_ok=True)
     spec = recipe.tasks[0]
+    # every setting on validation; test only for each method's chosen one (test_every_setting:
+    # all), read after the choice, so the variants are kept until then
+    parts = ("val", "test") if config.test_every_setting else ("val",)
     methods: dict[str, dict] = {}
+    built = []
     for i, v in enumerate(method_variants(run, spec)):
         label = setting_label(v.setting)
         if progress:
             print(f"[study {time.strftime('%H:%M:%S')}] {target}: {v.method} {label}", flush=True)
         scratch = work / f"variant-{i}"
         path, adapter = v.build(scratch)
-        row = {"setting": v.setting, **evaluate(v.method, path, adapter)}
+        row = {"setting": v.setting, **evaluate(v.method, path, adapter, parts)}
         methods.setdefault(v.method, {"settings": []})["settings"].append(row)
-        shutil.rmtree(scratch, ignore_errors=True)
+        built.append((v.method, row, path, adapter, scratch))
     for m in methods.values():
         m["chosen"], m["floor_on_val"] = choose(m["settings"], task_val, aligned_val, config)
+    for method, row, path, adapter, scratch in built:
+        m = methods[method]
+        if "test" not in row and row is m["settings"][m["chosen"]]:
+            row.update(evaluate(method, path, adapter, ("test",)))
+        shutil.rmtree(scratch, ignore_errors=True)
 
     draws = []
     if SAFEGENE in methods and config.shot_draws > 1:
@@ -348,7 +360,7 @@ def run_cell(
             r.keep.mkdir(exist_ok=True)
             v = next(registered()[SAFEGENE].variants(r, spec, {**chosen, "ablations": False}))
             path, adapter = v.build(work / f"draw-{d}")
-            draws.append(evaluate(SAFEGENE, path, adapter)["test"])
+            draws.append(evaluate(SAFEGENE, path, adapter, ("test",))["test"])
             shutil.rmtree(work / f"draw-{d}", ignore_errors=True)
     return {
         "format": "safegene-study-cell",

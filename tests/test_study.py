@@ -146,6 +146,7 @@ def _write(tmp_path, **cfg):
         ({"methods": {"interpolate": {"t": ["x"]}}}, "expected float values"),
         ({"protocol": "all"}, "choose loto or degraded"),
         ({"shot_draws": 0}, "shot_draws"),
+        ({"test_every_setting": "yes"}, "test_every_setting: expected true or false"),
         ({"colour": 1}, "colour: unknown key"),
     ],
 )
@@ -242,9 +243,17 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
 
     calls.clear()
     monkeypatch.setattr(S, "run_cell", lambda *a, **kw: (calls.append(a[2]), real(*a, **kw))[1])
-    report = S.run_study(study_config, out, progress=False)
+    # resumed reading every setting on test (what a cell records, not what the study is)
+    every = replace(study_config, test_every_setting=True)
+    report = S.run_study(every, out, progress=False)
     assert calls == ["task-email-lora"]  # the finished cell was not recomputed
     assert first.stat().st_mtime_ns == stamp
+    # the first cell read only each method's chosen setting on test, the second every one
+    second = json.loads((out / "cells" / "llama-s0" / "task-email-lora.json").read_text())
+    for c, every_one in ((json.loads(first.read_text()), False), (second, True)):
+        for m in c["methods"].values():
+            read = ["test" in r for r in m["settings"]]
+            assert read == [every_one or i == m["chosen"] for i in range(len(read))]
 
     cell = json.loads(first.read_text())
     assert "task-howto" not in cell["gene_sources"] and "task-email" in cell["gene_sources"]
