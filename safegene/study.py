@@ -222,14 +222,14 @@ def check_zoo_splits(zoo_dir: Path, zoo: dict, targets: list[str]) -> None:
                 raise SafeGeneError(f"the zoo in {zoo_dir} has no split 'tasks/{task}/{part}'")
 
 
-def cell_data(zoo_dir: Path, zoo: dict, task: str) -> list:
-    """The validation and test data sets of a cell, named val:<split> and test:<split>."""
+def cell_data(zoo_dir: Path, zoo: dict, task: str) -> dict[str, list]:
+    """The validation and test data sets of a cell, by part, named val:<split> and test:<split>."""
     from safegene.evaluate import load_data
 
     d, t = zoo["data"], zoo["data"]["tasks"][task]
-    out = []
+    out = {}
     for part in ("val", "test"):
-        out += [
+        out[part] = [
             load_data(zoo_dir / d[f"harmful_{part}"], "harmful", name=f"{part}:harmful"),
             load_data(zoo_dir / d[f"benign_{part}"], "benign", name=f"{part}:benign"),
             load_data(zoo_dir / t[part], "task", name=f"{part}:task"),
@@ -240,7 +240,7 @@ def cell_data(zoo_dir: Path, zoo: dict, task: str) -> list:
 KINDS = ("harmful", "benign", "task")
 
 
-def outcomes(samples: list, judges: list[str], parts=("val", "test")) -> dict:
+def outcomes(samples: list, judges: list[str], parts: tuple[str, ...]) -> dict:
     """Per part (val, test): harmful flags per judge, refused flags (benign, primary judge) and
     task correctness, each in prompt order."""
     out = {}
@@ -306,7 +306,7 @@ def run_cell(
     def evaluate(name: str, path, adapter, parts=("val", "test")) -> dict:
         """The model's summaries on `parts` (and its test flags where test is one of them)."""
         spec = ModelSpec(name, path=str(path), adapter=str(adapter) if adapter else None)
-        sets = [d for d in data if d.name.split(":")[0] in parts]
+        sets = [d for part in parts for d in data[part]]
         flags = outcomes(evaluate_model(spec, sets, judges, settings), judge_names, parts)
         out = {part: summary(flags[part], primary) for part in parts}
         return out | ({"flags": flags["test"]} if "test" in parts else {})
