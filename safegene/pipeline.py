@@ -118,19 +118,28 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
         preset = ("" if fit == "default" else f"-{fit}") + ("-rollback" if back else "")
         out = run.keep / f"{tag}{preset}-calibrated{suffix}"
-        calibrate(
-            source(),
-            task.model,
-            shots=s["shots"],
-            rollback=back,
-            out=out,
-            benign=r.benign_shots,  # None: no helpfulness check (select gets none)
-            **checks,
-            **kw,
-            **FIT_PRESETS[fit],
-            **data,
-        )
+        if not out.exists():  # (written whole or not at all: safegene.io.atomic)
+            calibrate(
+                source(),
+                task.model,
+                shots=s["shots"],
+                rollback=back,
+                out=out,
+                benign=r.benign_shots,  # None: no helpfulness check (select gets none)
+                **checks,
+                **kw,
+                **FIT_PRESETS[fit],
+                **data,
+            )
         return express(out, task, d)
+
+    def all_layers(d: Path) -> tuple[Path, Path]:
+        """gene-calibrate: every layer calibrated. Where the selection kept every layer, that is
+        SafeGene's own calibration (the same groups, shots, seed and checks give the same α), so
+        its gene is expressed instead of being fitted a second time."""
+        if keeps_every_layer(selected()):
+            return calibrated(d)
+        return calibrated(d, lambda: gene, "-all-layers", layers="all")
 
     yield Variant("safegene", shown, calibrated)
     if s["ablations"] and fit == "default" and not back:  # the uncalibrated ablations: once
@@ -142,5 +151,14 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
         yield Variant(
             "gene-calibrate",
             shown,
-            lambda d: calibrated(d, lambda: gene, "-all-layers", layers="all"),
+            all_layers,
         )
+
+
+def keeps_every_layer(gene: Path) -> bool:
+    """Whether the gene's selection is every one of its layers, whole (not per module kind)."""
+    from safegene.gene import opened
+    from safegene.groups import selection_to_groups
+
+    with opened(gene) as g:
+        return set(selection_to_groups(g.selection) or ()) == {str(layer) for layer in g.layers()}

@@ -89,6 +89,23 @@ def test_all_layers_without_selection(tiny):
     assert list(rec["groups"]) == ["0", "1", "2"]
 
 
+def test_a_selection_of_every_layer_calibrates_as_all_layers(tiny):
+    """What lets the study's gene-calibrate ablation reuse SafeGene's own calibration where the
+    selection kept every layer (safegene.pipeline): the same α, loss curve and choice."""
+    every = tinygene.with_selection(tiny, tiny.root / "gene-every", groups=("0", "1", "2"))
+    kw = dict(harmful=tiny.harmful, task=tiny.task, out=None, shots=4, steps=10)
+    a = calibrate(every, tiny.model, **kw)
+    b = calibrate(tiny.gene, tiny.model, layers="all", **kw)
+    assert a["groups"] == b["groups"] and a["fit"]["loss_curve"] == b["fit"]["loss_curve"]
+    assert a["coefficients"] == b["coefficients"] and a["fit"]["choice"] == b["fit"]["choice"]
+    from safegene.pipeline import keeps_every_layer
+
+    assert keeps_every_layer(every) and not keeps_every_layer(tiny.selected)
+    kinds = tuple(f"{i}.{k}" for i in "012" for k in ("attn", "mlp"))
+    per_kind = tinygene.with_selection(tiny, tiny.root / "gene-kinds", groups=kinds)
+    assert not keeps_every_layer(per_kind)  # per module kind: calibrated per kind, finer
+
+
 def test_model_stays_frozen(tiny):
     from safegene.models import load_model
 

@@ -20,12 +20,14 @@ def calls(monkeypatch, tmp_path):
 
     def fake_calibrate(gene, model, **kw):
         seen.append({"gene": Path(gene).name, **kw})
+        Path(kw["out"]).mkdir(parents=True)  # as calibrate writes GENE2: whole
         return {}
 
     monkeypatch.setattr(importlib.import_module("safegene.calibrate"), "calibrate", fake_calibrate)
     monkeypatch.setattr(importlib.import_module("safegene.select"), "select", lambda *a, **k: {})
     monkeypatch.setattr(pipeline, "gene_of_rank", lambda run, rank: tmp_path / f"gene-r{rank}")
     monkeypatch.setattr(pipeline, "express", lambda gene, task, d, **kw: (Path(gene), None))
+    monkeypatch.setattr(pipeline, "keeps_every_layer", lambda gene: False)
     return seen
 
 
@@ -58,3 +60,21 @@ def test_rollback_reaches_calibrate_and_names_its_genes(calls, tmp_path, rollbac
             assert ("-rollback-" in path.name) == rollback
     assert [c["rollback"] for c in calls] == [rollback, rollback]
     assert calls[1].get("layers") == "all"  # the ablation: every layer, no selection
+
+
+def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
+    calls, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(pipeline, "keeps_every_layer", lambda gene: True)
+    rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
+    own, _ = rows["safegene"].build(tmp_path / "a")
+    ablation, _ = rows["gene-calibrate"].build(tmp_path / "b")
+    assert ablation == own and len(calls) == 1  # one fit: the same groups give the same α
+    assert calls[0].get("layers") is None
+
+
+def test_a_written_calibration_is_not_fitted_again(calls, tmp_path):
+    rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
+    first, _ = rows["safegene"].build(tmp_path / "a")
+    again, _ = rows["safegene"].build(tmp_path / "b")
+    assert again == first and len(calls) == 1
