@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from safegene.apply import check_provenance
 from safegene.attach import GeneAttachment, check_attachable, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError, SafeGeneWarning
+from safegene.evaluate.pareto import floors_of, within
 from safegene.gene import Gene, opened, save_gene
 from safegene.groups import (
     group_key,
@@ -348,26 +349,18 @@ def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
     return {
         "harmful": harmful,
         "over_refusal": refused,
-        "skill": round(skill, 4),
+        "skill": skill,  # exact (k of n): the floors compare it with a float tolerance only
         "n_task": len(prompts),
         "n_benign": len(checks["benign"]),
     }
 
 
 def holds(m: dict, base: dict, fit: FitSettings) -> bool:
-    """Whether measurements `m` keep `fit.skill_share` of the target's skill and its over-refusal
-    within `fit.over_refusal_margin` (not checked without benign prompts), both counted in whole
-    examples of the check sets (`n_task`, `n_benign`) and both as the study and compare hold a
-    repair to them (`accuracy ≥ share · target's`): 95 % of a target right on 98 of 100 checks is
-    94 of them (⌈93.1⌉; 93 would pass here and fail there), of a perfect one on 16 checks all 16."""
-    n = m.get("n_task") or 1
-    need = math.ceil(fit.skill_share * base["skill"] * n - 1e-9)
-    skill_ok = round(m["skill"] * n) >= need
-    if m["over_refusal"] is None:
-        return skill_ok
-    k = m.get("n_benign") or 1
-    allowed = round(base["over_refusal"] * k) + math.floor(fit.over_refusal_margin * k + 1e-9)
-    return skill_ok and round(m["over_refusal"] * k) <= allowed
+    """Whether measurements `m` keep `fit.skill_share` of the target's skill (`base`) and its
+    over-refusal within `fit.over_refusal_margin` (not checked without benign prompts): the
+    floors compare and the study hold a repair to (safegene.evaluate.pareto.within)."""
+    floor = floors_of(base["skill"], base["over_refusal"], fit.skill_share, fit.over_refusal_margin)
+    return within(m["skill"], m["over_refusal"], *floor)
 
 
 def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:

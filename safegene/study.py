@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 from safegene.errors import SafeGeneError
-from safegene.evaluate.pareto import OVER_REFUSAL_MARGIN, UTILITY_FLOOR
+from safegene.evaluate.pareto import OVER_REFUSAL_MARGIN, UTILITY_FLOOR, floors_of, within
 from safegene.evaluate.stats import paired, rate_ci, verdict
 from safegene.io.atomic import write_text_atomic
 
@@ -269,10 +269,9 @@ def _mean(xs: list) -> float | None:
 
 def holds_floor(m: dict, task: dict, aligned: dict, config: StudyConfig) -> bool:
     """Whether metrics `m` keep the target's skill and the aligned model's helpfulness."""
-    return (
-        m["accuracy"] >= config.accuracy_share * task["accuracy"] - 1e-9
-        and m["over_refusal"] <= aligned["over_refusal"] + config.over_refusal_margin + 1e-9
-    )
+    share, margin = config.accuracy_share, config.over_refusal_margin
+    floor = floors_of(task["accuracy"], aligned["over_refusal"], share, margin)
+    return within(m["accuracy"], m["over_refusal"], *floor)
 
 
 def choose(rows: list[dict], task: dict, aligned: dict, config: StudyConfig) -> tuple[int, bool]:
