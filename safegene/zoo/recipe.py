@@ -63,7 +63,7 @@ class DataSizes:
     harmful_calib: int = 64  # the calibration pool: what a user has (shots come from here)
     harmful_val: int = 100
     harmful_test: int = 200
-    benign_val: int = 100
+    benign_val: int = 200  # as many as test: 48 calib concepts against test's 51
     benign_test: int = 200
     task_val: int = 100
     task_test: int = 100
