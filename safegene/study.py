@@ -398,13 +398,15 @@ def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
 
 def calibrations(keep: Path) -> dict:
     """The seconds each calibration in this cell took (one per SafeGene setting and calibrated
-    ablation; the shot draws aside), as the genes record them: the fit, and the whole command."""
-    fit, total = [], []
+    ablation; the shot draws aside), as the genes record them: the fit, the choice (genes written
+    before stop 33 counted it in the fit) and the whole command."""
+    out = {"fit": [], "choice": [], "total": []}
     for meta in sorted(keep.glob("*-calibrated*/safegene.json")):
         seconds = json.loads(meta.read_text())["calibration"]["seconds"]
-        fit.append(seconds["fit"])
-        total.append(seconds["total"])
-    return {"fit": fit, "total": total}
+        for k, xs in out.items():
+            if k in seconds:
+                xs.append(seconds[k])
+    return out
 
 
 def timings(cells: list[dict]) -> dict:
