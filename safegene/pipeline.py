@@ -115,10 +115,12 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
             select(gene, first.model, top_k=s.get("top_k"), out=out, **kw)
         return out
 
+    fitted: set[Path] = set()
+
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
         preset = ("" if fit == "default" else f"-{fit}") + ("-rollback" if back else "")
         out = run.keep / f"{tag}{preset}-calibrated{suffix}"
-        if not out.exists():  # (written whole or not at all: safegene.io.atomic)
+        if out not in fitted:  # once per setting, whichever of its rows asks first
             calibrate(
                 source(),
                 task.model,
@@ -131,6 +133,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
                 **FIT_PRESETS[fit],
                 **data,
             )
+            fitted.add(out)
         return express(out, task, d)
 
     def all_layers(d: Path) -> tuple[Path, Path]:

@@ -20,7 +20,6 @@ def calls(monkeypatch, tmp_path):
 
     def fake_calibrate(gene, model, **kw):
         seen.append({"gene": Path(gene).name, **kw})
-        Path(kw["out"]).mkdir(parents=True)  # as calibrate writes GENE2: whole
         return {}
 
     monkeypatch.setattr(importlib.import_module("safegene.calibrate"), "calibrate", fake_calibrate)
@@ -73,7 +72,7 @@ def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
     assert calls[0].get("layers") is None
 
 
-def test_a_written_calibration_is_not_fitted_again(calls, tmp_path):
+def test_a_calibration_is_fitted_once_per_setting(calls, tmp_path):
     rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
     first, _ = rows["safegene"].build(tmp_path / "a")
     again, _ = rows["safegene"].build(tmp_path / "b")
