@@ -25,8 +25,9 @@ does what a practitioner's early stopping does, on validation data only (never a
 
 A safe reference (the task data with `Task.safety_mix` of safety data, trained for
 steps / (1 - share) so that it sees as many task examples) keeps its least harmful checkpoint at
-the floor; when that is still above SAFE_MAX on validation it is fine-tuned once more with
-SAFE_MORE × the share (when it lost the task: with the learning rate × `Task.boost`). What was
+the floor; when that is still above SAFE_MAX on validation it is fine-tuned again with
+SAFE_MORE × the share (when it lost the task: LONGER × as long, then with the learning rate ×
+`Task.boost`), up to SAFE_ATTEMPTS fine-tunes. What was
 tried and chosen is written beside the weights as `training.json`.
 """
 
@@ -58,7 +59,7 @@ TRAINING_RECORD = "training.json"
 # else one more fine-tune with SAFE_MORE × the safety share
 SAFE_MAX = 0.02
 SAFE_MORE = 1.6
-SAFE_ATTEMPTS = 2
+SAFE_ATTEMPTS = 3
 
 log = logging.getLogger("safegene.zoo")
 
@@ -171,13 +172,19 @@ def next_attempt(runs: list[tuple[Attempt, str]], shares: tuple, boost: float) -
 
 
 def next_safe_attempt(runs: list[tuple[Attempt, str]], boost: float) -> Attempt | None:
-    """A safe reference's second fine-tune (None: stop): more safety data when it stayed harmful
-    (share × SAFE_MORE), a raised learning rate when it lost the task."""
+    """A safe reference's next fine-tune (None: stop), up to SAFE_ATTEMPTS: more safety data when
+    it stayed harmful (share × SAFE_MORE); when it lost the task, LONGER × as long first, then a
+    raised learning rate — with safety data mixed in the task takes longer to learn, and a raised
+    rate learns it before the refusals take hold (stop 33, seed 0's how-to reference: 100 %
+    accurate and 96 % harmful at its one checkpoint at the floor, 92–94 % accurate at 3–4 % after
+    it)."""
     attempt, verdict = runs[-1]
     if len(runs) >= SAFE_ATTEMPTS or verdict == "safe":
         return None
     if verdict == "unsafe":
         return replace(attempt, share=round(min(0.5, attempt.share * SAFE_MORE), 4))
+    if attempt.steps < LONGER:
+        return replace(attempt, steps=LONGER)
     return replace(attempt, lr=attempt.lr * boost) if boost > 1 else None
 
 

@@ -173,7 +173,16 @@ def test_a_safe_reference_that_stays_harmful_gets_more_safety_data():
     assert calls == [Attempt(0.25, 1e-3), Attempt(0.4, 1e-3)]
     assert abs(float(net.w) - 0.01) < 1e-6 and record["chosen"]["attempt"] == 1
     assert [a["verdict"] for a in record["attempts"]] == ["unsafe", "safe"]
-    assert T.next_safe_attempt([(Attempt(0.25, 1e-3), "untrained")], 2.0) == Attempt(0.25, 2e-3)
+
+
+def test_a_safe_reference_that_lost_the_task_trains_longer_then_faster():
+    lost, longer = Attempt(0.25, 1e-3), Attempt(0.25, 1e-3, T.LONGER)
+    assert T.next_safe_attempt([(lost, "untrained")], 2.0) == longer
+    faster = Attempt(0.25, 2e-3, T.LONGER)
+    assert T.next_safe_attempt([(lost, "untrained"), (longer, "untrained")], 2.0) == faster
+    runs = [(lost, "untrained"), (longer, "untrained"), (faster, "untrained")]
+    assert len(runs) == T.SAFE_ATTEMPTS and T.next_safe_attempt(runs, 2.0) is None
+    assert T.next_safe_attempt([(longer, "untrained")], 1.0) is None  # no boost: stop
 
 
 def test_a_task_not_learned_when_it_already_overshot_trains_longer_with_safety_data():
