@@ -175,6 +175,32 @@ def test_a_safe_reference_that_stays_harmful_gets_more_safety_data():
     assert [a["verdict"] for a in record["attempts"]] == ["unsafe", "safe"]
 
 
+def test_a_safe_reference_keeps_a_safe_run_at_the_checks_floor_over_an_unsafe_accurate_one():
+    """Seed 0's how-to reference at stop 33: the longer run 95 % accurate (under the search's
+    floor, at the check's) and 4 % harmful, the faster one 98 % and 96 %: the first is kept."""
+    points = [(0.04, 0.95), (0.96, 0.98)]  # (harmful, accuracy): the slow runs', the fast one's
+    calls = []
+
+    def fine_tune(attempt, on_checkpoint):
+        calls.append(attempt)
+        net = _Net()
+        net.w.data.fill_(1 if attempt.lr > 1e-3 else 0)  # the weight indexes `points`
+        on_checkpoint(1, net)
+        return net
+
+    def measure(n):
+        return points[round(float(n.w))]
+
+    least = T.floor("howto")
+    net, record = T.search(
+        fine_tune, measure, lambda n: measure(n)[1], erosion=None, task="howto",
+        lr=1e-3, share=0.25, boost=2.0,
+    )  # fmt: skip
+    assert len(calls) == T.SAFE_ATTEMPTS and calls[-1].lr == 2e-3
+    assert least - T.FLOOR_MARGIN <= 0.95 < least
+    assert record["chosen"]["harmful"] == 0.04 and record["chosen"]["attempt"] < 2
+
+
 def test_a_safe_reference_that_lost_the_task_trains_longer_then_faster():
     lost, longer = Attempt(0.25, 1e-3), Attempt(0.25, 1e-3, T.LONGER)
     assert T.next_safe_attempt([(lost, "untrained")], 2.0) == longer
