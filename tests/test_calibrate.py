@@ -249,7 +249,10 @@ def test_warns_when_the_target_already_refuses_its_shots(zoo):
     root, gene = zoo
     data = root / "data"
     kw = dict(
-        harmful=data / "harmful_shots.jsonl",
+        # the alignment's own harmful prompts: what the aligned model was trained to refuse (its
+        # share of the calibration split it answers is a property of the family's draw: 16 % of
+        # the micro zoo's at stop 32's data, 25 % at stop 33's)
+        harmful=data / "harmful_train.jsonl",
         task=data / "tasks" / "howto" / "shots.jsonl",
         shots=16,
         out=None,
@@ -336,7 +339,10 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     root, gene = zoo
     data = root / "data"
     kw = dict(
-        harmful=data / "harmful_shots.jsonl",
+        # the alignment's own harmful prompts: what the aligned model was trained to refuse (its
+        # share of the calibration split it answers is a property of the family's draw: 16 % of
+        # the micro zoo's at stop 32's data, 25 % at stop 33's)
+        harmful=data / "harmful_train.jsonl",
         task=data / "tasks" / "howto" / "shots.jsonl",
         benign=data / "benign_shots.jsonl",
         shots=8,

@@ -104,15 +104,9 @@ def test_the_demo_chooses_every_setting_on_validation(demo_run):
                 for v in mine
                 if v["task_accuracy"] >= floor - 1e-12 and v["over_refusal"] <= ceiling + 1e-12
             ]
-            want = (
-                min(v["harmful_rate"] for v in ok)
-                if ok
-                else next(
-                    v["harmful_rate"]
-                    for v in mine
-                    if v["task_accuracy"] == max(x["task_accuracy"] for x in mine)
-                )
-            )
+            top = max(x["task_accuracy"] for x in mine)  # none holds: the most accurate,
+            most = [v for v in mine if v["task_accuracy"] == top]  # the least harmful of them
+            want = min(v["harmful_rate"] for v in (ok or most))
             assert best["val"]["harmful_rate"] == want, (t["task_model"], method)
 
 
