@@ -81,7 +81,7 @@ def within(accuracy: float | None, over_refusal: float | None, floor: float, cei
 
 def holds(r: dict, floor: float, over_refusal: float | None) -> bool:
     """`within` for a report row's rates."""
-    return within(r["task_accuracy"], r["over_refusal"] or 0.0, floor, over_refusal)
+    return within(r["task_accuracy"], r["over_refusal"], floor, over_refusal)
 
 
 def floors(rows: list[dict], reference: str, share: float, val: bool) -> tuple[float, float | None]:
