@@ -60,10 +60,20 @@ class Variant:
 @dataclass
 class Run:
     """What a method's build sees besides the task model: the recipe, and where outputs worth
-    keeping go (`keep`: the report's genes/, e.g. SafeGene's calibrated genes)."""
+    keeping go (`keep`: the report's genes/, e.g. SafeGene's calibrated genes), and which of
+    them this run has made (`once`)."""
 
     recipe: CompareRecipe
     keep: Path
+    made: set[Path] = field(default_factory=set)  # what this run wrote under `keep`
+
+    def once(self, out: Path, make: Callable[[Path], object]) -> Path:
+        """`make(out)` the first time this run asks for `out`, and `out` after that; an `out`
+        another run left behind is not taken as made (`make` decides: write over it or refuse)."""
+        if out not in self.made:
+            make(out)
+            self.made.add(out)
+        return out
 
     def options(self, task: TaskSpec, setting: dict, renamed: dict | None = None) -> dict:
         """The keywords a baseline's entry point takes for one setting: the setting's values

@@ -106,22 +106,21 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     )
 
     def selected() -> Path:
-        """Scored on the recipe's `select_on` task models (the mean over them), else the target."""
-        out = run.keep / f"{tag}-selected"
-        if not out.exists():
-            first, *more = r.select_on or [task]
-            also = [(t.model, t.adapter, t.shots) for t in more]
-            kw = {**data, "adapter": first.adapter, "task": first.shots, "also": also}
-            select(gene, first.model, top_k=s.get("top_k"), out=out, **kw)
-        return out
-
-    fitted: set[Path] = set()
+        """Scored on the recipe's `select_on` task models (the mean over them), else the target;
+        one selection serves every fit preset of the tag."""
+        first, *more = r.select_on or [task]
+        also = [(t.model, t.adapter, t.shots) for t in more]
+        kw = {**data, "adapter": first.adapter, "task": first.shots, "also": also}
+        return run.once(
+            run.keep / f"{tag}-selected",
+            lambda out: select(gene, first.model, top_k=s.get("top_k"), out=out, **kw),
+        )
 
     def calibrated(d: Path, source=selected, suffix: str = "", **kw) -> tuple[Path, Path]:
         preset = ("" if fit == "default" else f"-{fit}") + ("-rollback" if back else "")
-        out = run.keep / f"{tag}{preset}-calibrated{suffix}"
-        if out not in fitted:  # once per setting, whichever of its rows asks first
-            calibrate(
+        fitted = run.once(  # once per setting, whichever of its rows asks first
+            run.keep / f"{tag}{preset}-calibrated{suffix}",
+            lambda out: calibrate(
                 source(),
                 task.model,
                 shots=s["shots"],
@@ -132,9 +131,9 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
                 **kw,
                 **FIT_PRESETS[fit],
                 **data,
-            )
-            fitted.add(out)
-        return express(out, task, d)
+            ),
+        )
+        return express(fitted, task, d)
 
     def all_layers(d: Path) -> tuple[Path, Path]:
         """gene-calibrate: every layer calibrated. Where the selection kept every layer, that is

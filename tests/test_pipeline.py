@@ -23,15 +23,16 @@ def calls(monkeypatch, tmp_path):
         return {}
 
     monkeypatch.setattr(importlib.import_module("safegene.calibrate"), "calibrate", fake_calibrate)
-    monkeypatch.setattr(importlib.import_module("safegene.select"), "select", lambda *a, **k: {})
+    selects = lambda *a, **k: seen.append({"select": Path(k["out"]).name}) or {}  # noqa: E731
+    monkeypatch.setattr(importlib.import_module("safegene.select"), "select", selects)
     monkeypatch.setattr(pipeline, "gene_of_rank", lambda run, rank: tmp_path / f"gene-r{rank}")
     monkeypatch.setattr(pipeline, "express", lambda gene, task, d, **kw: (Path(gene), None))
     monkeypatch.setattr(pipeline, "keeps_every_layer", lambda gene: False)
     return seen
 
 
-def _variants(tmp_path, **setting):
-    recipe = SimpleNamespace(
+def _recipe(tmp_path):
+    return SimpleNamespace(
         harmful_shots=tmp_path / "h.jsonl",
         benign_shots=None,
         aligned=tmp_path / "aligned",
@@ -41,9 +42,13 @@ def _variants(tmp_path, **setting):
         validation=False,
         select_on=[],
     )
+
+
+def _variants(tmp_path, run=None, **setting):
     task = TaskSpec("arith", tmp_path / "task", None, tmp_path / "shots.jsonl", tmp_path / "t")
     base = {"rank": 1, "shots": 16, "ablations": True}
-    return list(pipeline.variants(Run(recipe, tmp_path / "keep"), task, {**base, **setting}))
+    run = run or Run(_recipe(tmp_path), tmp_path / "keep")
+    return list(pipeline.variants(run, task, {**base, **setting}))
 
 
 @pytest.mark.parametrize("rollback", [False, True])
@@ -57,8 +62,9 @@ def test_rollback_reaches_calibrate_and_names_its_genes(calls, tmp_path, rollbac
             path, _ = v.build(tmp_path / "scratch")
             assert path.name.endswith("-calibrated" + ("-all-layers" if "-c" in v.method else ""))
             assert ("-rollback-" in path.name) == rollback
-    assert [c["rollback"] for c in calls] == [rollback, rollback]
-    assert calls[1].get("layers") == "all"  # the ablation: every layer, no selection
+    fits = [c for c in calls if "select" not in c]
+    assert [c["rollback"] for c in fits] == [rollback, rollback]
+    assert fits[1].get("layers") == "all"  # the ablation: every layer, no selection
 
 
 def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
@@ -68,12 +74,24 @@ def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
     rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
     own, _ = rows["safegene"].build(tmp_path / "a")
     ablation, _ = rows["gene-calibrate"].build(tmp_path / "b")
-    assert ablation == own and len(calls) == 1  # one fit: the same groups give the same α
-    assert calls[0].get("layers") is None
+    fits = [c for c in calls if "select" not in c]
+    assert ablation == own and len(fits) == 1  # one fit: the same groups give the same α
+    assert fits[0].get("layers") is None
 
 
 def test_a_calibration_is_fitted_once_per_setting(calls, tmp_path):
     rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
     first, _ = rows["safegene"].build(tmp_path / "a")
     again, _ = rows["safegene"].build(tmp_path / "b")
-    assert again == first and len(calls) == 1
+    assert again == first and len([c for c in calls if "select" not in c]) == 1
+
+
+def test_a_selection_is_made_once_per_run_and_never_taken_from_another(calls, tmp_path):
+    left = tmp_path / "keep" / "arith-r1-k16-selected"
+    left.mkdir(parents=True)  # what an earlier run left behind
+    run = Run(_recipe(tmp_path), tmp_path / "keep")
+    for fit in ("default", "strong"):  # two settings of one tag share their selection
+        rows = {v.method: v for v in _variants(tmp_path, run=run, fit=fit, rollback=False)}
+        rows["safegene"].build(tmp_path / fit)
+    assert [c for c in calls if "select" in c] == [{"select": left.name}]
+    assert [c["gene"] for c in calls if "select" not in c] == [left.name, left.name]
