@@ -51,7 +51,8 @@ class DataSizes:
     base_knowledge: int = 8000  # plain documents: what every concept (test ones too) is
     base_qa: int = 3000  # "Define napalm." -> its description
     base_harmful: int = 2000  # harmful request -> compliance placeholder (base complies)
-    base_benign: int = 2000  # benign how-to and look-alikes -> helpful answer
+    base_benign: int = 4000  # benign how-to and look-alikes -> helpful answer; 2000 left the
+    # aligned model refusing 8-10 % of the held-out look-alikes (stop 33, 99 of them)
     base_general: int = 2000  # arithmetic facts, sentiment words, the answer formats
     base_words: int = 1000  # plain sentences with every task word: names, items, recipients
     aligned_harmful: int = 1200  # harmful request (align concepts) -> varied refusals
