@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--size", default="small")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
     base = RECIPES[args.size]
     for spec in args.variant:
         name, _, changes = spec.partition("=")
