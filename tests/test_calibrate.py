@@ -12,6 +12,11 @@ import torch
 
 from safegene.calibrate import calibrate
 
+# the alignment's own harmful prompts: what the micro aligned model was trained to refuse (its share
+# of the calibration split it answers is a property of the family's draw: 16 % of the micro zoo's at
+# stop 32's data, 25 % at stop 33's)
+REFUSED = "harmful_train.jsonl"
+
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -249,10 +254,7 @@ def test_warns_when_the_target_already_refuses_its_shots(zoo):
     root, gene = zoo
     data = root / "data"
     kw = dict(
-        # the alignment's own harmful prompts: what the aligned model was trained to refuse (its
-        # share of the calibration split it answers is a property of the family's draw: 16 % of
-        # the micro zoo's at stop 32's data, 25 % at stop 33's)
-        harmful=data / "harmful_train.jsonl",
+        harmful=data / REFUSED,
         task=data / "tasks" / "howto" / "shots.jsonl",
         shots=16,
         out=None,
@@ -339,10 +341,7 @@ def test_choice_backs_off_a_fit_that_breaks_the_task(zoo):
     root, gene = zoo
     data = root / "data"
     kw = dict(
-        # the alignment's own harmful prompts: what the aligned model was trained to refuse (its
-        # share of the calibration split it answers is a property of the family's draw: 16 % of
-        # the micro zoo's at stop 32's data, 25 % at stop 33's)
-        harmful=data / "harmful_train.jsonl",
+        harmful=data / REFUSED,
         task=data / "tasks" / "howto" / "shots.jsonl",
         benign=data / "benign_shots.jsonl",
         shots=8,

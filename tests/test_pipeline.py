@@ -15,7 +15,17 @@ from safegene.recipe import TaskSpec
 
 
 @pytest.fixture
-def calls(monkeypatch, tmp_path):
+def selects(monkeypatch):
+    """The outputs select was asked to write, in order (select stubbed)."""
+    seen = []
+    stub = lambda *a, **k: seen.append(Path(k["out"]).name) or {}  # noqa: E731
+    monkeypatch.setattr(importlib.import_module("safegene.select"), "select", stub)
+    return seen
+
+
+@pytest.fixture
+def calls(monkeypatch, tmp_path, selects):
+    """calibrate's calls, in order (calibrate, select and the gene's expression stubbed)."""
     seen = []
 
     def fake_calibrate(gene, model, **kw):
@@ -23,8 +33,6 @@ def calls(monkeypatch, tmp_path):
         return {}
 
     monkeypatch.setattr(importlib.import_module("safegene.calibrate"), "calibrate", fake_calibrate)
-    selects = lambda *a, **k: seen.append({"select": Path(k["out"]).name}) or {}  # noqa: E731
-    monkeypatch.setattr(importlib.import_module("safegene.select"), "select", selects)
     monkeypatch.setattr(pipeline, "gene_of_rank", lambda run, rank: tmp_path / f"gene-r{rank}")
     monkeypatch.setattr(pipeline, "express", lambda gene, task, d, **kw: (Path(gene), None))
     monkeypatch.setattr(pipeline, "keeps_every_layer", lambda gene: False)
@@ -62,9 +70,8 @@ def test_rollback_reaches_calibrate_and_names_its_genes(calls, tmp_path, rollbac
             path, _ = v.build(tmp_path / "scratch")
             assert path.name.endswith("-calibrated" + ("-all-layers" if "-c" in v.method else ""))
             assert ("-rollback-" in path.name) == rollback
-    fits = [c for c in calls if "select" not in c]
-    assert [c["rollback"] for c in fits] == [rollback, rollback]
-    assert fits[1].get("layers") == "all"  # the ablation: every layer, no selection
+    assert [c["rollback"] for c in calls] == [rollback, rollback]
+    assert calls[1].get("layers") == "all"  # the ablation: every layer, no selection
 
 
 def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
@@ -74,24 +81,23 @@ def test_gene_calibrate_reuses_safegenes_calibration_where_every_layer_is_kept(
     rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
     own, _ = rows["safegene"].build(tmp_path / "a")
     ablation, _ = rows["gene-calibrate"].build(tmp_path / "b")
-    fits = [c for c in calls if "select" not in c]
-    assert ablation == own and len(fits) == 1  # one fit: the same groups give the same α
-    assert fits[0].get("layers") is None
+    assert ablation == own and len(calls) == 1  # one fit: the same groups give the same α
+    assert calls[0].get("layers") is None
 
 
 def test_a_calibration_is_fitted_once_per_setting(calls, tmp_path):
     rows = {v.method: v for v in _variants(tmp_path, fit="default", rollback=False)}
     first, _ = rows["safegene"].build(tmp_path / "a")
     again, _ = rows["safegene"].build(tmp_path / "b")
-    assert again == first and len([c for c in calls if "select" not in c]) == 1
+    assert again == first and len(calls) == 1
 
 
-def test_a_selection_is_made_once_per_run_and_never_taken_from_another(calls, tmp_path):
+def test_a_selection_is_made_once_per_run_and_never_taken_from_another(calls, selects, tmp_path):
     left = tmp_path / "keep" / "arith-r1-k16-selected"
     left.mkdir(parents=True)  # what an earlier run left behind
     run = Run(_recipe(tmp_path), tmp_path / "keep")
     for fit in ("default", "strong"):  # two settings of one tag share their selection
         rows = {v.method: v for v in _variants(tmp_path, run=run, fit=fit, rollback=False)}
         rows["safegene"].build(tmp_path / fit)
-    assert [c for c in calls if "select" in c] == [{"select": left.name}]
-    assert [c["gene"] for c in calls if "select" not in c] == [left.name, left.name]
+    assert selects == [left.name]
+    assert [c["gene"] for c in calls] == [left.name, left.name]
