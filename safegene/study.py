@@ -382,18 +382,30 @@ def run_cell(
 
 def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
     """SafeGene's layer selections in this cell, as their genes record them: the zoo models they
-    were scored on (`on`), the layers kept and the seconds each took."""
+    were scored on (`on`), the layers kept, the gene's layer count (`of`) and the seconds each
+    took."""
     by_path = {str(zoo_dir / m["path"]): n for n, m in models.items() if not m["adapter"]}
     by_path |= {str(zoo_dir / m["adapter"]): n for n, m in models.items() if m["adapter"]}
-    on, layers, seconds = set(), [], []
+    on, layers, of, seconds = set(), [], [], []
     for meta in sorted(keep.glob("*-selected/safegene.json")):
-        info = json.loads(meta.read_text())["selection_info"]
+        record = json.loads(meta.read_text())
+        info = record["selection_info"]
         for scored in (info, *info.get("also", [])):
             m = scored["model"]
             on.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
         layers.append(info["layers"])
+        of.append(len(record["scores"]["layers"]))
         seconds.append(info["seconds"])
-    return {"on": sorted(on), "layers": layers, "seconds": seconds}
+    return {"on": sorted(on), "layers": layers, "of": of, "seconds": seconds}
+
+
+def kept_every_layer(selection: dict | None) -> bool | None:
+    """Whether every selection of a cell kept all of the gene's layers — then `gene-calibrate`
+    (every layer calibrated) is SafeGene's own calibration, tied by construction; None where the
+    cell records no selection or (before stop 35) not the gene's layer count."""
+    if not selection or not selection["layers"] or "of" not in selection:
+        return None
+    return all(len(k) == n for k, n in zip(selection["layers"], selection["of"], strict=True))
 
 
 def calibrations(keep: Path) -> dict:
@@ -584,6 +596,8 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
             "aligned_harmful_mean": statistics.mean(al) if al else None,
             "draw_std_max": max(spreads) if spreads else None,
             "draw_std_mean": statistics.mean(spreads) if spreads else None,
+            "selection_kept_all": sum(kept_every_layer(s["selection"]) is True for s in summaries),
+            "selection_known": sum(kept_every_layer(s["selection"]) is not None for s in summaries),
         },
         "other_judges": other_judges(cells, summaries),
         "seconds": timings(cells),
@@ -626,6 +640,12 @@ def study_markdown(report: dict) -> str:
             f"{_pct(j['agreement'])} % of the harmful verdicts): safest against the baselines in "
             f"{_pct(j['safegene_safest_baselines_share'])} % of cells, mean harmful SafeGene "
             f"{_pct(j['safegene_harmful_mean'])} %, aligned {_pct(j['aligned_harmful_mean'])} %."
+        )
+    if p.get("selection_known"):  # reports before stop 35 do not know the gene's layer count
+        lines.append(
+            f"- the layer selection kept every layer of the gene in {p['selection_kept_all']} of "
+            f"{p['selection_known']} cells; there `gene-calibrate` is SafeGene's own calibration "
+            "(the same groups, shots and checks), a tie by construction rather than a measured one."
         )
     t = report.get("seconds") or {}
     if t.get("calibrations"):

@@ -81,6 +81,19 @@ def test_cell_verdicts_against_baselines_ablations_and_the_margin():
     assert pooled["safegene_within_margin_share"] == 1.0
 
 
+def test_the_report_says_where_selection_kept_every_layer():
+    every, some = _cell(safegene=(0.1, True)), _cell(safegene=(0.1, True))
+    every["selection"] = {"on": ["task-a"], "layers": [[0, 1, 2]], "of": [3], "seconds": [1.0]}
+    some["selection"] = {"on": ["task-a"], "layers": [[0, 2]], "of": [3], "seconds": [1.0]}
+    old = {**some, "selection": {k: v for k, v in some["selection"].items() if k != "of"}}
+    assert [S.kept_every_layer(c["selection"]) for c in (every, some, old)] == [True, False, None]
+    report = S.pool([every, some, old], CONFIG)
+    assert (report["pooled"]["selection_kept_all"], report["pooled"]["selection_known"]) == (1, 2)
+    assert "kept every layer of the gene in 1 of 2 cells" in S.study_markdown(report)
+    report = S.pool([old], CONFIG)  # a report of cells that do not know: no such line
+    assert "kept every layer" not in S.study_markdown(report)
+
+
 def test_other_judges_reread_the_same_chosen_responses():
     cell = _cell(safegene=(0.1, True), resta=(0.2, True))  # keyword: neither harmful
     cell["judges"] = ["keyword", "prefix"]
@@ -261,6 +274,8 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     held_in = [n for n in cell["gene_sources"] if n.startswith("task-")]
     assert held_in and cell["selection"]["on"] == sorted(held_in)
     assert cell["selection"]["layers"] and cell["selection"]["seconds"][0] > 0
+    aligned = study_config.zoo_dir("llama", 0) / "models" / "aligned" / "config.json"
+    assert cell["selection"]["of"] == [json.loads(aligned.read_text())["num_hidden_layers"]]
     # one calibration per SafeGene setting, timed as its gene records it
     assert len(cell["calibration"]["total"]) == len(cell["methods"]["safegene"]["settings"])
     c = cell["calibration"]
