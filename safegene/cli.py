@@ -462,8 +462,8 @@ def _add_zoo(sub) -> None:
         "--size",
         default="small",
         choices=["micro", "small"],
-        help="small: the default family (about 25 min on 2 cores with --jobs 2, measured); micro: "
-        "for tests (about 5 min)",
+        help="small: the default family (measured with --jobs 2 on 2 cores: Llama 9-11 min wall "
+        "idle, Qwen2 13 min beside another job; docs/zoo.md); micro: the tests' family, minutes",
     )
     b.add_argument(
         "--arch",
