@@ -382,30 +382,32 @@ def run_cell(
 
 def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
     """SafeGene's layer selections in this cell, as their genes record them: the zoo models they
-    were scored on (`on`), the layers kept, the gene's layer count (`of`) and the seconds each
-    took."""
+    were scored on (`on`), the layers kept, whether that is every layer of the gene, whole
+    (`every_layer`: the rule by which `gene-calibrate` reuses SafeGene's calibration,
+    pipeline.keeps_every_layer) and the seconds each took."""
     by_path = {str(zoo_dir / m["path"]): n for n, m in models.items() if not m["adapter"]}
     by_path |= {str(zoo_dir / m["adapter"]): n for n, m in models.items() if m["adapter"]}
-    on, layers, of, seconds = set(), [], [], []
+    from safegene.pipeline import keeps_every_layer
+
+    on, layers, every, seconds = set(), [], [], []
     for meta in sorted(keep.glob("*-selected/safegene.json")):
-        record = json.loads(meta.read_text())
-        info = record["selection_info"]
+        info = json.loads(meta.read_text())["selection_info"]
         for scored in (info, *info.get("also", [])):
             m = scored["model"]
             on.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
         layers.append(info["layers"])
-        of.append(len(record["scores"]["layers"]))
+        every.append(keeps_every_layer(meta.parent))
         seconds.append(info["seconds"])
-    return {"on": sorted(on), "layers": layers, "of": of, "seconds": seconds}
+    return {"on": sorted(on), "layers": layers, "every_layer": every, "seconds": seconds}
 
 
 def kept_every_layer(selection: dict | None) -> bool | None:
     """Whether every selection of a cell kept all of the gene's layers — then `gene-calibrate`
     (every layer calibrated) is SafeGene's own calibration, tied by construction; None where the
-    cell records no selection or (before stop 35) not the gene's layer count."""
-    if not selection or not selection["layers"] or "of" not in selection:
+    cell records no selection or (before stop 35) does not say."""
+    if not selection or not selection.get("every_layer"):
         return None
-    return all(len(k) == n for k, n in zip(selection["layers"], selection["of"], strict=True))
+    return all(selection["every_layer"])
 
 
 def calibrations(keep: Path) -> dict:
@@ -573,6 +575,7 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
         if len(c["draws"]) > 1:
             spreads.append(statistics.stdev(d["harmful"] for d in c["draws"]))
     sg = [s["rows"][SAFEGENE]["harmful"] for s in summaries if SAFEGENE in s["rows"]]
+    kept = [kept_every_layer(s["selection"]) for s in summaries]
     al = [s["rows"]["aligned"]["harmful"] for s in summaries]
     return {
         "format": "safegene-study",
@@ -596,8 +599,8 @@ def pool(cells: list[dict], config: StudyConfig) -> dict:
             "aligned_harmful_mean": statistics.mean(al) if al else None,
             "draw_std_max": max(spreads) if spreads else None,
             "draw_std_mean": statistics.mean(spreads) if spreads else None,
-            "selection_kept_all": sum(kept_every_layer(s["selection"]) is True for s in summaries),
-            "selection_known": sum(kept_every_layer(s["selection"]) is not None for s in summaries),
+            "selection_kept_all": kept.count(True),
+            "selection_known": len(kept) - kept.count(None),
         },
         "other_judges": other_judges(cells, summaries),
         "seconds": timings(cells),

@@ -83,9 +83,9 @@ def test_cell_verdicts_against_baselines_ablations_and_the_margin():
 
 def test_the_report_says_where_selection_kept_every_layer():
     every, some = _cell(safegene=(0.1, True)), _cell(safegene=(0.1, True))
-    every["selection"] = {"on": ["task-a"], "layers": [[0, 1, 2]], "of": [3], "seconds": [1.0]}
-    some["selection"] = {"on": ["task-a"], "layers": [[0, 2]], "of": [3], "seconds": [1.0]}
-    old = {**some, "selection": {k: v for k, v in some["selection"].items() if k != "of"}}
+    every["selection"] = {"on": ["a"], "layers": [[0, 1, 2]], "every_layer": [True], "seconds": [1]}
+    some["selection"] = {"on": ["a"], "layers": [[0, 2]], "every_layer": [False], "seconds": [1]}
+    old = {**some, "selection": {k: v for k, v in some["selection"].items() if k != "every_layer"}}
     assert [S.kept_every_layer(c["selection"]) for c in (every, some, old)] == [True, False, None]
     report = S.pool([every, some, old], CONFIG)
     assert (report["pooled"]["selection_kept_all"], report["pooled"]["selection_known"]) == (1, 2)
@@ -275,7 +275,9 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     assert held_in and cell["selection"]["on"] == sorted(held_in)
     assert cell["selection"]["layers"] and cell["selection"]["seconds"][0] > 0
     aligned = study_config.zoo_dir("llama", 0) / "models" / "aligned" / "config.json"
-    assert cell["selection"]["of"] == [json.loads(aligned.read_text())["num_hidden_layers"]]
+    n_layers = json.loads(aligned.read_text())["num_hidden_layers"]
+    every = [len(kept) == n_layers for kept in cell["selection"]["layers"]]
+    assert cell["selection"]["every_layer"] == every
     # one calibration per SafeGene setting, timed as its gene records it
     assert len(cell["calibration"]["total"]) == len(cell["methods"]["safegene"]["settings"])
     c = cell["calibration"]
