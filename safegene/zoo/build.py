@@ -42,6 +42,7 @@ from safegene.zoo import target
 from safegene.zoo.recipe import RECIPES, Recipe, Stage
 from safegene.zoo.train import (
     ARCHS,
+    check_reloads,
     encode_pairs,
     encode_texts,
     new_model,
@@ -574,7 +575,9 @@ def _run_stages(root: Path, recipe: Recipe, seed: int, only, jobs: int, threads:
             ]
         texts += D.word_list()
         seed_everything(_stage_seed(seed, "tokenizer"))
-        train_tokenizer(texts, recipe.model.vocab_size, recipe.arch).save_pretrained(str(d))
+        tok = train_tokenizer(texts, recipe.model.vocab_size, recipe.arch)
+        check_reloads(tok, recipe.arch, texts)
+        tok.save_pretrained(str(d))
 
     _stage(root, "tokenizer", tokenizer_stage, timings)
     _record_timings(root, timings)
