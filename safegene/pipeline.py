@@ -106,7 +106,7 @@ def variants(run: Run, task: TaskSpec, setting: dict) -> Iterator[Variant]:
     )
 
     def selected() -> Path:
-        """Scored on the recipe's `select_on` task models (the mean over them), else the target;
+        """Scored on the recipe's `select_on` task models (combined by `across`), else the target;
         one selection serves every fit preset of the tag."""
         first, *more = r.select_on or [task]
         also = [(t.model, t.adapter, t.shots) for t in more]

@@ -222,17 +222,18 @@ def _draw(path, split: str, settings: SelectSettings) -> list[dict]:
     return take(records, k, seed=settings.seed, name=split)
 
 
-def _keep(scores: dict, deltas, settings: SelectSettings) -> tuple[dict, dict]:
-    """(the module-kind scores to store, the selection: its layers, groups and share of the
-    gene's parameters)."""
-    layers = per_layer(scores)
+def _keep(runs: list[dict], deltas, settings: SelectSettings) -> tuple[dict, dict, dict]:
+    """(the module-kind scores and the layer scores to store, the selection: its layers, groups
+    and share of the gene's parameters) from each scored model's group scores (`runs`)."""
+    scores = combine(runs, settings.across)
+    layers = combine([per_layer(r) for r in runs], settings.across)
     if settings.method == "ablation" and not settings.per_module_kind:
         scores = {}  # scored per layer: there are no module-kind scores
     pool = scores if settings.per_module_kind else layers
     groups = choose(pool, **{k: getattr(settings, k) for k in ("top_k", "threshold", "budget")})
     kept = sum(pool[g]["n_params"] for g in groups) / max(sum(d.n_params for d in deltas), 1)
     layers_kept = sorted({parse_group(g)[0] for g in groups})
-    return scores, {"layers": layers_kept, "groups": groups, "param_fraction": kept}
+    return scores, layers, {"layers": layers_kept, "groups": groups, "param_fraction": kept}
 
 
 def _store(gene: Gene, out, force: bool, record: dict, layers: dict, module_kinds: dict) -> None:
@@ -269,9 +270,10 @@ def select(
     """Score the gene's layers on `model` (a degraded or task model, plus its `adapter`) and
     store the selection: in a copy of the gene at `out`, or in the gene's own safegene.json when
     `out` is None. `also`: more (model, adapter, task examples) to score on, with the same harmful
-    and benign prompts; each group's scores are then the mean over every model scored, so the
-    layers kept are those whose gain outweighs their interference across models (on held-in task
-    models: the layers whose safety transfers to a task none of them is). `overrides`: fields of
+    and benign prompts; each group's scores are then combined over every model scored
+    (`settings.across`: by default the model where it scores highest, so the layers kept are
+    those whose gain outweighs their interference on some model; on held-in task models: the
+    layers whose safety transfers to another task). `overrides`: fields of
     SelectSettings / ComputeSettings by name (top_k=2). Returns the selection record (the gene's
     `selection_info`)."""
     t0 = time.perf_counter()
@@ -300,9 +302,7 @@ def select(
             paths = {"harmful": harmful, "benign": benign, "task": t}
             scored_on = {**_provenance(m, a, paths, data), "base_loss": scores.pop("_base_loss")}
             runs.append((scores, scored_on))
-        scores = mean_scores([r for r, _ in runs])
-        layers = per_layer(scores)
-        module_kinds, kept = _keep(scores, deltas, settings)
+        module_kinds, layers, kept = _keep([r for r, _ in runs], deltas, settings)
         record = {
             **kept,
             **runs[0][1],
@@ -315,15 +315,21 @@ def select(
     return record
 
 
-def mean_scores(runs: list[dict]) -> dict:
-    """The mean over several models' group scores (`score_groups` without "_base_loss"), group
-    by group; one model's are returned as they are."""
+def combine(runs: list[dict], across: str = "best") -> dict:
+    """Several models' group scores (`score_groups` without "_base_loss") as one, group by group:
+    `best`, the scores of the model where the group scores highest (a layer whose δ restores
+    safety in any of them; a weakly eroded model sits at its refusal optimum, where every δ
+    scores at or below zero, and outvoted the eroded ones in a mean: benchmarks/RESULTS.md);
+    `mean`, their mean. One model's are returned as they are."""
     if len(runs) == 1:
         return runs[0]
     out = {}
     for g in runs[0]:
-        out[g] = {k: sum(r[g][k] for r in runs) / len(runs) for k in SCORE_KEYS}
-        out[g]["n_params"] = runs[0][g]["n_params"]
+        if across == "best":
+            out[g] = dict(max((r[g] for r in runs), key=lambda s: s["score"]))
+        else:
+            out[g] = {k: sum(r[g][k] for r in runs) / len(runs) for k in SCORE_KEYS}
+            out[g]["n_params"] = runs[0][g]["n_params"]
     return out
 
 

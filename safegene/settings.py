@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from safegene.errors import SafeGeneError
 
 SCORING_METHODS = ("attribution", "ablation")
+ACROSS_MODELS = ("best", "mean")  # how `select` combines the scores of several models
 
 
 def option(default, help: str, **flag):
@@ -106,9 +107,19 @@ class SelectSettings:
     )
     examples: int | None = option(32, "at most this many prompts per data set", metavar="N")
     seed: int = option(0, "seed of the prompts drawn")
+    across: str = option(
+        "best",
+        "scored on several models: best — a layer's score on the model where it scores highest "
+        "(kept if its safety transfers to any of them); mean — its mean over them",
+        choices=ACROSS_MODELS,
+    )
 
     def __post_init__(self):
         check_method(self.method)
+        if self.across not in ACROSS_MODELS:
+            raise SafeGeneError(
+                f"unknown --across {self.across!r}; choose one of {', '.join(ACROSS_MODELS)}"
+            )
         check_policy(self.top_k, self.threshold, self.budget)
         _at_least(self, "examples", 1, optional=True)
         _finite(self, "threshold")

@@ -7,8 +7,8 @@ the zoo ZOOS/<size>-<arch>-s<seed>, and for each target task model (one *cell*):
 - the gene's sources follow the protocol: `loto` (leave one task out: the zoo's degraded models
   and the full task models of every *other* task, so the gene never saw the target's task; the
   target is a new fine-tune the gene was written before; the layer selection is scored on those
-  held-in task models (the mean score: layers whose safety transfers across tasks), and only the
-  calibration is few-shot on the target), or
+  held-in task models (a layer's best score over them: layers whose safety transfers to another
+  task), and only the calibration is few-shot on the target), or
   `degraded` (the zoo's degraded models only);
 - every setting of every method is built and evaluated on the validation splits (harmful_val,
   benign_val, the task's val); each method's setting is chosen there (the lowest harmful rate

@@ -12,7 +12,7 @@ import torch
 from safegene.attach import GeneAttachment, encode_chat_pairs, pairs_loss
 from safegene.errors import SafeGeneError
 from safegene.models import load_model
-from safegene.select import choose, score_groups, select
+from safegene.select import choose, combine, score_groups, select
 
 
 @pytest.fixture(scope="module")
@@ -192,29 +192,59 @@ def test_select_with_benign_and_task_in_place(tiny, tmp_path):
         assert s[g]["gain"] > 0 and s[g]["score"] > 0
 
 
-def test_select_across_models_keeps_the_mean_score(tiny, tmp_path):
+@pytest.mark.parametrize("across", ["best", "mean"])
+def test_select_across_models_combines_their_scores(tiny, tmp_path, across):
     """Scored on two models (the model, and the model under a LoRA adapter), each layer's scores
-    are the mean of its scores on each alone, and the record names both."""
+    are those of the model where it scores higher (`best`) or the mean of both (`mean`), and the
+    record names both."""
     kw = dict(harmful=tiny.harmful, benign=tiny.benign, task=tiny.task)
     select(tiny.gene, tiny.model, out=tmp_path / "a", **kw)
     select(tiny.gene, tiny.model, adapter=tiny.adapter, out=tmp_path / "b", **kw)
     rec = select(
         tiny.gene, tiny.model, also=[(tiny.model, tiny.adapter, tiny.task)], out=tmp_path / "ab",
-        **kw,
+        across=across, **kw,
     )  # fmt: skip
 
     def layers(d):
         return json.loads((tmp_path / d / "safegene.json").read_text())["scores"]["layers"]
 
     a, b, ab = layers("a"), layers("b"), layers("ab")
-    assert a != b  # the adapter changes the scores, so the mean is a real test
+    assert a != b  # the adapter changes the scores, so the combination is a real test
     for layer, s in ab.items():
         for k in ("gain", "interference", "task", "score"):
-            assert s[k] == pytest.approx((a[layer][k] + b[layer][k]) / 2, abs=1e-6)
+            if across == "mean":
+                want = (a[layer][k] + b[layer][k]) / 2
+            else:
+                want = max(a[layer], b[layer], key=lambda x: x["score"])[k]
+            assert s[k] == pytest.approx(want, abs=1e-6)
     assert rec["groups"] == [g for g, s in ab.items() if s["gain"] > 0 and s["score"] > 0]
+    assert rec["settings"]["across"] == across
     assert rec["model"]["adapter"] is None and rec["also"][0]["model"]["adapter"] == str(
         tiny.adapter
     )
+
+
+def test_best_keeps_a_layer_that_one_eroded_model_gains_from():
+    """Two weakly eroded models at their refusal optimum (every gain below zero) outvote an eroded
+    one in the mean; `best` keeps the layer the eroded one gains from."""
+
+    def run(g0, g1):
+        return {
+            "0": {"gain": g0, "interference": 0.0, "task": 0.0, "score": g0, "n_params": 4},
+            "1": {"gain": g1, "interference": 0.0, "task": 0.0, "score": g1, "n_params": 4},
+        }
+
+    runs = [run(0.02, 0.04), run(-0.05, 0.01), run(-0.06, 0.03)]
+    assert choose(combine(runs, "mean")) == ["1"]
+    assert choose(combine(runs, "best")) == ["0", "1"]
+    assert combine(runs, "best")["0"] == runs[0]["0"]
+    assert combine(runs[:1], "mean") is runs[0]
+
+
+def test_an_unknown_way_of_combining_models_is_refused(tiny, tmp_path):
+    with pytest.raises(SafeGeneError, match="unknown --across 'max'"):
+        select(tiny.gene, tiny.model, harmful=tiny.harmful, out=tmp_path / "x", across="max")
+    assert not (tmp_path / "x").exists()
 
 
 # --- on the micro zoo: a real gene, a real degradation --------------------------------------------
