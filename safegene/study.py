@@ -382,23 +382,31 @@ def run_cell(
 
 def selections(keep: Path, zoo_dir: Path, models: dict) -> dict:
     """SafeGene's layer selections in this cell, as their genes record them: the zoo models they
-    were scored on (`on`), the layers kept, whether that is every layer of the gene, whole
-    (`every_layer`: the rule by which `gene-calibrate` reuses SafeGene's calibration,
+    were scored on (`on`) and how their scores were combined (`across`, select's setting; genes
+    before stop 36 record none: the mean), the layers kept, whether that is every layer of the
+    gene, whole (`every_layer`: the rule by which `gene-calibrate` reuses SafeGene's calibration,
     pipeline.keeps_every_layer) and the seconds each took."""
     by_path = {str(zoo_dir / m["path"]): n for n, m in models.items() if not m["adapter"]}
     by_path |= {str(zoo_dir / m["adapter"]): n for n, m in models.items() if m["adapter"]}
     from safegene.pipeline import keeps_every_layer
 
-    on, layers, every, seconds = set(), [], [], []
+    on, across, layers, every, seconds = set(), set(), [], [], []
     for meta in sorted(keep.glob("*-selected/safegene.json")):
         info = json.loads(meta.read_text())["selection_info"]
+        across.add(info["settings"].get("across", "mean"))
         for scored in (info, *info.get("also", [])):
             m = scored["model"]
             on.add(by_path.get(m["adapter"] or m["path"], m["adapter"] or m["path"]))
         layers.append(info["layers"])
         every.append(keeps_every_layer(meta.parent))
         seconds.append(info["seconds"])
-    return {"on": sorted(on), "layers": layers, "every_layer": every, "seconds": seconds}
+    return {
+        "on": sorted(on),
+        "across": sorted(across),
+        "layers": layers,
+        "every_layer": every,
+        "seconds": seconds,
+    }
 
 
 def kept_every_layer(selection: dict | None) -> bool | None:
@@ -692,7 +700,8 @@ def study_markdown(report: dict) -> str:
             sel = s["selection"]
             kept = "; ".join(",".join(map(str, layers)) for layers in sel["layers"])
             on = ", ".join(sel["on"])
-            lines += ["", f"SafeGene's layer selection: scored on {on}; kept layers {kept}."]
+            how = f" ({'/'.join(sel['across'])} score)" if sel.get("across") else ""
+            lines += ["", f"SafeGene's layer selection: scored on {on}{how}; kept layers {kept}."]
     return "\n".join(lines) + "\n"
 
 

@@ -273,6 +273,7 @@ def test_study_end_to_end_and_resume_after_a_kill(study_config, tmp_path, monkey
     # the layer selection was scored on the held-in task models, as the gene records it
     held_in = [n for n in cell["gene_sources"] if n.startswith("task-")]
     assert held_in and cell["selection"]["on"] == sorted(held_in)
+    assert cell["selection"]["across"] == ["best"]  # select's default: a layer's best model
     assert cell["selection"]["layers"] and cell["selection"]["seconds"][0] > 0
     aligned = study_config.zoo_dir("llama", 0) / "models" / "aligned" / "config.json"
     n_layers = json.loads(aligned.read_text())["num_hidden_layers"]
