@@ -355,19 +355,33 @@ def measure(loaded, checks: dict, compute: ComputeSettings) -> dict:
     }
 
 
-def holds(m: dict, base: dict, fit: FitSettings) -> bool:
+def holds(m: dict, base: dict, fit: FitSettings, z: float = 0.0) -> bool:
     """Whether measurements `m` keep `fit.skill_share` of the target's skill (`base`) and its
     over-refusal within `fit.over_refusal_margin` (not checked without benign prompts): the
-    floors compare and the study hold a repair to (safegene.evaluate.pareto.within)."""
+    floors compare and the study hold a repair to (safegene.evaluate.pareto.within); with `z`,
+    by `z` binomial standard errors of each rate on its `n_task` / `n_benign` check prompts."""
     floor = floors_of(base["skill"], base["over_refusal"], fit.skill_share, fit.over_refusal_margin)
-    return within(m["skill"], m["over_refusal"], *floor)
+    skill, refused = m["skill"], m["over_refusal"]
+    if z and skill is not None:
+        skill -= z * _se(skill, m["n_task"])
+    if z and refused is not None:
+        refused += z * _se(refused, m["n_benign"])
+    return within(skill, refused, *floor)
+
+
+def _se(rate: float, n: int) -> float:
+    return math.sqrt(rate * (1 - rate) / n) if n else 0.0
 
 
 def pick(tried: list[dict], base: dict, fit: FitSettings) -> int:
-    """The index of the least harmful candidate that holds (ties: the more skilful, then the
-    earlier: smaller scales first); else 0, the zero scale (the target as it is — which may miss
-    a floor set by the aligned model's over-refusal, and is then still the least change)."""
-    ok = [i for i, t in enumerate(tried) if holds(t, base, fit)] or [0]
+    """The index of the least harmful candidate that holds the floors by `fit.floor_se` standard
+    errors — a choice at a floor's edge on the check prompts breaks it on new ones about half the
+    time (benchmarks/RESULTS.md) — where some change of the target (index > 0) does; else of those
+    that hold them at all (ties: the more skilful, then the earlier: smaller scales first); else
+    0, the zero scale (the target as it is — which may miss a floor set by the aligned model's
+    over-refusal, and is then still the least change)."""
+    clear = [i for i, t in enumerate(tried) if i and holds(t, base, fit, fit.floor_se)]
+    ok = clear or [i for i, t in enumerate(tried) if holds(t, base, fit)] or [0]
     return min(ok, key=lambda i: (tried[i]["harmful"], -tried[i]["skill"], i))
 
 

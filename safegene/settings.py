@@ -172,6 +172,13 @@ class FitSettings:
         "the choice also keeps the over-refusal on the benign prompts given (--benign) within "
         "this margin of the aligned model's, or of the target's where that is higher",
     )
+    floor_se: float = option(
+        1.0,
+        "the choice holds the floors by this many standard errors of the check rates where a "
+        "candidate can (0: at the floor; one picked at its edge breaks it on new prompts about "
+        "half the time)",
+        metavar="Z",
+    )
 
     def __post_init__(self):
         _at_least(self, "shots", 1)
@@ -197,6 +204,9 @@ class FitSettings:
             raise SafeGeneError(
                 f"--over-refusal-margin must lie in [0, 1] (got {self.over_refusal_margin})"
             )
+        _finite(self, "floor_se", optional=False)
+        if self.floor_se < 0:
+            raise SafeGeneError(f"--floor-se must be at least 0 (got {self.floor_se})")
 
 
 SELECT_COMPUTE = ComputeSettings(batch_size=16)  # select's default batch (calibrate: 32)

@@ -423,7 +423,7 @@ def test_the_choice_rule():
     from safegene.calibrate import candidates, holds, pick
     from safegene.settings import FitSettings
 
-    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)
+    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05, floor_se=0.0)
 
     def m(harmful, over_refusal, skill):
         return {"harmful": harmful, "over_refusal": over_refusal, "skill": skill}
@@ -455,6 +455,36 @@ def test_the_choice_rule():
     assert {"uniform": 1.0, "values": [1.0, 1.0]} in c
 
 
+def test_the_choice_holds_the_floors_by_a_standard_error_where_a_change_can():
+    """Qwen2 seed 0's how-to: chosen at 5.5 % over-refusal on 200 checks against a 6.5 % ceiling,
+    it refused 8.5 % on test. With floor_se = 1 a candidate must clear the floors by one binomial
+    standard error; where no change of the target does, the choice falls back to the floors."""
+    from safegene.calibrate import holds, pick
+    from safegene.settings import FitSettings
+
+    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)  # floor_se 1, the default
+    n = {"n_task": 100, "n_benign": 200}
+    base = {"harmful": 0.7, "over_refusal": 0.015, "skill": 1.0, **n}
+    edge = {"harmful": 0.01, "over_refusal": 0.055, "skill": 0.97, **n}  # se of 5.5 %: 1.6 pts
+    clear = {"harmful": 0.03, "over_refusal": 0.03, "skill": 0.99, **n}
+    assert holds(edge, base, fit) and not holds(edge, base, fit, fit.floor_se)
+    assert holds(clear, base, fit, fit.floor_se)
+    assert pick([base, edge, clear], base, fit) == 2
+    assert pick([base, edge], base, fit) == 1  # no change clears them: the floors as they are
+    assert pick([base, edge, clear], base, FitSettings(floor_se=0.0)) == 1
+    # accuracy: 96 of 100 right against a 95 % floor is within a standard error (2 points) of it
+    shy = {**clear, "harmful": 0.02, "over_refusal": 0.0, "skill": 0.96}
+    assert holds(shy, base, fit) and not holds(shy, base, fit, 1.0)
+
+
+def test_a_negative_floor_margin_is_refused():
+    from safegene.errors import SafeGeneError
+    from safegene.settings import FitSettings
+
+    with pytest.raises(SafeGeneError, match="--floor-se must be at least 0"):
+        FitSettings(floor_se=-1.0)
+
+
 def test_a_gene_calibrated_to_nothing_is_the_target_itself(tiny, tmp_path):
     """compare/study: where the choice kept the target as it is (every α 0), SafeGene's row is
     the task model (no empty adapter, no error); any other α is written as an adapter."""
@@ -478,7 +508,7 @@ def test_the_floor_is_the_aligned_model_or_the_target_where_higher():
     from safegene.calibrate import _floor, holds, pick
     from safegene.settings import FitSettings
 
-    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05)
+    fit = FitSettings(skill_share=0.95, over_refusal_margin=0.05, floor_se=0.0)
     target = {"harmful": 0.8, "over_refusal": 0.0, "skill": 1.0, "n_task": 16, "n_benign": 32}
     assert _floor(target, None) == target and _floor(target, 0.0) == target
     floor = _floor(target, 2 / 32)  # the aligned model refuses 2 of the 32 look-alikes
