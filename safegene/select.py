@@ -315,7 +315,7 @@ def select(
     return record
 
 
-def combine(runs: list[dict], across: str = "best") -> dict:
+def combine(runs: list[dict], across: str) -> dict:
     """Several models' group scores (`score_groups` without "_base_loss") as one, group by group:
     `best`, the scores of the model where the group scores highest (a layer whose δ restores
     safety in any of them; a weakly eroded model sits at its refusal optimum, where every δ
