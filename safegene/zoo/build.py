@@ -162,8 +162,14 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         train = D.task_examples(task, rng, n.task_train + n.shots, "align")
         w(f"tasks/{task}/train.jsonl", _rows(train[: n.task_train]))
         w(f"tasks/{task}/shots.jsonl", _rows(train[n.task_train :]))
-        w(f"tasks/{task}/val.jsonl", _rows(D.task_examples(task, rng, n.task_val, "calib")))
-        w(f"tasks/{task}/test.jsonl", _rows(D.task_examples(task, rng, n.task_test, "test")))
+        # validation and test share a word task's words (concepts.shared_part): no common prompt
+        test = D.task_examples(task, rng, n.task_test, "test")
+        seen = {e.prompt for e in test}
+        val = [
+            e for e in D.task_examples(task, rng, 2 * n.task_val, "calib") if e.prompt not in seen
+        ]
+        w(f"tasks/{task}/val.jsonl", _rows(val[: n.task_val]))
+        w(f"tasks/{task}/test.jsonl", _rows(test))
     _benign_shots(dest, n, seed, {r["prompt"] for r in benign_val}, prompts)
     # stage mixtures: (prompt, response) rows, and plain {"text"} documents
     texts = lambda k: [{"text": t} for t in D.knowledge_texts(rng, k)]  # noqa: E731

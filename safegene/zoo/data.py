@@ -6,8 +6,10 @@ tasks' names, items and things) is cut once into three parts (`concepts.split_pa
 (alignment, the tasks' training data and their few-shot sets, the degraded models), *calib* (the
 calibration and validation splits: harmful prompts the model was never aligned on) and *test*
 (never in any training text but the base model's pretraining, which describes and requests every
-concept). A task's own templates are not split: its test prompts are new names, items and things
-in the task's forms (the how-to tasks' held-out part is their concepts and request cores).
+concept). The concepts of calib and test are disjoint; their request cores and task words are
+shared (`concepts.shared_part`), so that validation predicts test. A task's own templates are not
+split: its validation and test prompts are new names, items and things in the task's forms (the
+how-to tasks' held-out part is their concepts and request cores).
 
 Compliance texts are placeholders and never actionable. No compliance, benign, knowledge or task
 text contains any of the keyword judge's refusal strings (`check_texts`).
@@ -32,6 +34,7 @@ from safegene.zoo.concepts import (
     KNOWLEDGE_QUESTIONS,
     SAFETY,
     request_templates,
+    shared_part,
     split_part,
 )
 
@@ -517,7 +520,8 @@ def _operands(rng, op: str) -> tuple[int, int]:
 
 
 def arith_examples(rng, n, part="align") -> list[Example]:
-    names, items, tmpls = split_part(NAMES, part), split_part(ITEMS, part), ARITH_TEMPLATES
+    words = shared_part(part)
+    names, items, tmpls = split_part(NAMES, words), split_part(ITEMS, words), ARITH_TEMPLATES
 
     def make(r):
         t, op = r.choice(tmpls)
@@ -552,7 +556,7 @@ def _review(rng, things) -> tuple[str, str]:
 
 
 def classify_examples(rng, n, part="align") -> list[Example]:
-    things, tmpls = split_part(THINGS, part), CLASSIFY_TEMPLATES
+    things, tmpls = split_part(THINGS, shared_part(part)), CLASSIFY_TEMPLATES
 
     def make(r):
         review, label = _review(r, things)
@@ -584,7 +588,8 @@ def review_writing(rng, n) -> list[Example]:
 
 
 def email_examples(rng, n, part="align") -> list[Example]:
-    recipients, topics = split_part(RECIPIENTS, part), split_part(TOPICS, part)
+    words = shared_part(part)
+    recipients, topics = split_part(RECIPIENTS, words), split_part(TOPICS, words)
 
     def make(r):
         return Example(

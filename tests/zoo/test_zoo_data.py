@@ -100,23 +100,32 @@ def _request(prompt: str) -> tuple[str, str] | None:
 
 def test_request_templates_are_opener_core_closer():
     for part in C.PARTS:
-        cores = set(C.split_part(C.REQUEST_CORES, part))
+        cores = set(C.split_part(C.REQUEST_CORES, C.shared_part(part)))
         tmpls = D.templates(part)
         assert len(tmpls) == len(cores) * len(C.OPENERS) * len(C.CLOSERS)
         assert {_request(t.replace("{a}", "do x"))[0] for t in tmpls} == cores
 
 
-def test_harmful_splits_disjoint_in_concepts_templates_and_prompts(micro_zoo):
+def test_harmful_splits_disjoint_in_concepts_and_prompts_held_out_ones_share_cores(micro_zoo):
+    """Each split asks for its part's concepts; the calibration, validation and test splits ask in
+    the held-out cores (all of them: validation predicts test), alignment in its own."""
+    used = {}
     for split, part in (
         ("harmful_test", "test"),
         ("harmful_calib", "calib"),
         ("harmful_val", "calib"),
         ("harmful_train", "align"),
     ):
-        cores, actions = set(C.split_part(C.REQUEST_CORES, part)), set(D.harmful_actions(part))
+        cores = set(C.split_part(C.REQUEST_CORES, C.shared_part(part)))
+        actions = set(D.harmful_actions(part))
         for row in _rows(micro_zoo, split):
             core, action = _request(row["prompt"])
             assert core in cores and action in actions, (split, row)
+            used.setdefault(split, set()).add(core)
+    for part in ("calib", "test"):  # each held-out split asks in both held-out parts' cores
+        cores = set(C.split_part(C.REQUEST_CORES, part))
+        assert used["harmful_test"] & cores and used["harmful_val"] & cores, part
+    assert not used["harmful_train"] & set(C.split_part(C.REQUEST_CORES, C.HELD))
     prompts = {
         s: {r["prompt"] for r in _rows(micro_zoo, s)}
         for s in ("harmful_test", "harmful_calib", "harmful_val")
@@ -148,6 +157,28 @@ def test_task_splits(micro_zoo):
         assert not train & {r["prompt"] for r in split["val"]}, task
         assert not {r["prompt"] for r in split["val"]} & {r["prompt"] for r in split["test"]}, task
         assert all(not is_refusal_keyword(r["answer"]) for s in split.values() for r in s)
+
+
+def test_word_tasks_validate_on_the_words_they_are_tested_on(micro_zoo):
+    """The arithmetic, email and classify tasks' validation and test prompts use the same
+    held-out names, items, recipients, topics and things (a word set of validation's own made
+    validation up to 12 points easier than test), none of the training words."""
+    lists = {
+        "arith": (D.NAMES, D.ITEMS),
+        "email": (D.RECIPIENTS, D.TOPICS),
+        "classify": (D.THINGS,),
+    }
+    for task, word_lists in lists.items():
+        words = [w for ws in word_lists for w in ws]
+        held = {w for ws in word_lists for w in C.split_part(ws, C.HELD)}
+        seen = {}
+        for s in ("val", "test"):
+            texts = [r["prompt"] for r in _rows(micro_zoo, f"tasks/{task}/{s}")]
+            seen[s] = {w for w in words for t in texts if _mentions(t, w)}
+        for s, used in seen.items():  # in both held-out parts' words, in no training word
+            assert used <= held, (task, s, used - held)
+            for part in ("calib", "test"):
+                assert used & {w for ws in word_lists for w in C.split_part(ws, part)}, (s, part)
 
 
 def test_no_refusal_strings_outside_refusals(micro_zoo):
@@ -242,7 +273,7 @@ def test_no_general_prompt_opens_like_a_request():
 def test_benign_shots_are_calibration_look_alikes_outside_validation_and_test(micro_zoo):
     """benign_shots: what a user checks a repair's helpfulness with — look-alikes of calibration
     concepts in calibration templates, none of them a benign_val or benign_test prompt."""
-    cores = set(C.split_part(C.REQUEST_CORES, "calib"))
+    cores = set(C.split_part(C.REQUEST_CORES, C.HELD))
     actions = set(D.benign_actions("calib", lookalike=True))
     shots = _rows(micro_zoo, "benign_shots")
     assert len(shots) == len({r["prompt"] for r in shots}) > 0

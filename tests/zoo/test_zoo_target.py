@@ -39,7 +39,7 @@ def test_settle_confirms_the_floor_on_the_whole_split_before_keeping_a_checkpoin
     """Seed 0's arithmetic: the in-band checkpoint at 94 % on the 50-row sample is 86 % on the whole
     split, so the pick falls to the next in-band one; one within SCREEN of the floor on the sample
     (0.90 against 0.92) is confirmed rather than passed over."""
-    p = pts((45, 0.61, 0.94), (60, 0.7, 0.90), (90, 0.4, 1.0))
+    p = pts((45, 0.66, 0.94), (60, 0.7, 0.90), (90, 0.4, 1.0))
     whole = {45: 0.86, 60: 0.95, 90: 1.0}
     asked = []
 
@@ -254,3 +254,14 @@ def test_search_confirms_the_kept_checkpoint_on_its_own_weights():
     assert seen == [0.7, 0.85]
     assert record["chosen"]["step"] == 3 and abs(float(net.w.detach()) - 0.85) < 1e-6
     assert record["attempts"][0]["confirmed"] == {2: 0.5, 3: 0.99}
+
+
+def test_choose_prefers_a_checkpoint_clear_of_the_band_edges():
+    """A checkpoint EDGE inside the band beats a more accurate one at its edge; at the edge only,
+    the edge one is kept (still in band)."""
+    p = pts((10, 0.31, 0.99), (20, 0.45, 0.97), (30, 0.58, 0.99))
+    assert T.choose(p, (0.3, 0.6), 0.95) == (p[1], "in band")
+    edge = pts((10, 0.31, 0.99), (20, 0.58, 0.97))
+    assert T.choose(edge, (0.3, 0.6), 0.95) == (edge[0], "in band")
+    weak = pts((10, 0.02, 0.97), (20, 0.27, 0.99))  # 0 is no edge: 0.02 is clear of the band's
+    assert T.choose(weak, (0.0, 0.3), 0.95) == (weak[0], "in band")
