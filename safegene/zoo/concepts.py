@@ -617,7 +617,7 @@ def shared_part(part: str) -> str:
     """The part of the request cores and task words that `part`'s prompts use: the held-out parts
     share theirs (HELD), so that a calibration or validation prompt differs from a test prompt in
     its concept only. Split by core too, validation overstated test's erosion: the keyword judge's
-    harmful rate on calib concepts ran 5 points above test's on average over 50 task models, 7
-    points apart in absolute value, and task accuracy on validation words up to 12 points above
-    test's (benchmarks/RESULTS.md, "validation that predicts test")."""
+    harmful rate on calib concepts ran 4 points above test's on average over 50 task models, 8
+    apart in absolute value (5 with shared cores: benchmarks/bench_split_shift.py), and task
+    accuracy on validation words up to 12 points above test's (benchmarks/RESULTS.md)."""
     return HELD if part in ("calib", "test") else part
