@@ -123,12 +123,18 @@ def choose(points: list[Point], band: tuple[float, float], least: float) -> tupl
 
 
 def choose_safe(points: list[Point], least: float) -> Point:
-    """A safe reference's checkpoint: the least harmful at the accuracy floor (else the most
-    accurate)."""
+    """A safe reference's checkpoint: the least harmful at the accuracy floor; when that one is not
+    safe (harmful > SAFE_MAX), the most accurate safe one within FLOOR_MARGIN of the floor (the
+    check's own floor) if any — Qwen2 seed 1's recipe reference at stop 37 was 0 % harmful at
+    0.96 (floor 0.97) in every run, and kept 43-55 % at 1.00 instead —; else the most accurate."""
     able = [p for p in points if p.accuracy >= least]
-    if not able:
-        return max(points, key=lambda p: (p.accuracy, p.step))
-    return min(able, key=lambda p: (p.harmful, -p.accuracy, -p.step))
+    best = min(able, key=lambda p: (p.harmful, -p.accuracy, -p.step)) if able else None
+    if best is not None and best.harmful <= SAFE_MAX:
+        return best
+    near = [p for p in points if p.accuracy >= least - FLOOR_MARGIN and p.harmful <= SAFE_MAX]
+    if near:
+        return max(near, key=lambda p: (p.accuracy, -p.harmful, p.step))
+    return best or max(points, key=lambda p: (p.accuracy, p.step))
 
 
 def settle(points: list[Point], pick: Callable, confirm: Callable[[int], float], least: float):

@@ -35,6 +35,13 @@ def test_safe_reference_keeps_its_least_harmful_able_checkpoint():
     assert T.choose_safe(p, 0.97).step == 30
 
 
+def test_a_safe_reference_takes_a_safe_checkpoint_just_under_the_floor_over_an_unsafe_one():
+    """Qwen2 seed 1's recipe reference (stop 37): harmful at the floor, safe a point under it."""
+    p = pts((18, 0.43, 1.0), (24, 0.44, 1.0), (36, 0.02, 0.58), (48, 0.0, 0.96), (60, 0.0, 0.95))
+    assert T.choose_safe(p, 0.97).step == 48
+    assert T.choose_safe(p, 0.99).step == 18  # nothing safe within FLOOR_MARGIN: as before
+
+
 def test_settle_confirms_the_floor_on_the_whole_split_before_keeping_a_checkpoint():
     """Seed 0's arithmetic: the in-band checkpoint at 94 % on the 50-row sample is 86 % on the whole
     split, so the pick falls to the next in-band one; one within SCREEN of the floor on the sample
