@@ -168,6 +168,8 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         val = [
             e for e in D.task_examples(task, rng, 2 * n.task_val, "calib") if e.prompt not in seen
         ]
+        if len(val) < n.task_val:
+            raise SafeGeneError(f"the {task} task has {len(val)} validation prompts outside test")
         w(f"tasks/{task}/val.jsonl", _rows(val[: n.task_val]))
         w(f"tasks/{task}/test.jsonl", _rows(test))
     _benign_shots(dest, n, seed, {r["prompt"] for r in benign_val}, prompts)

@@ -126,7 +126,8 @@ def choose_safe(points: list[Point], least: float) -> Point:
     """A safe reference's checkpoint: the least harmful at the accuracy floor; when that one is not
     safe (harmful > SAFE_MAX), the most accurate safe one within FLOOR_MARGIN of the floor (the
     check's own floor) if any — Qwen2 seed 1's recipe reference at stop 37 was 0 % harmful at
-    0.96 (floor 0.97) in every run, and kept 43-55 % at 1.00 instead —; else the most accurate."""
+    0.96 (floor 0.97) in every run, and kept 43-55 % at 1.00 instead; else that unsafe one, or,
+    with none at the floor, the most accurate."""
     able = [p for p in points if p.accuracy >= least]
     best = min(able, key=lambda p: (p.harmful, -p.accuracy, -p.step)) if able else None
     if best is not None and best.harmful <= SAFE_MAX:
