@@ -165,9 +165,8 @@ def make_data(dest: Path, recipe: Recipe, seed: int) -> None:
         # validation and test share a word task's words (concepts.shared_part): no common prompt
         test = D.task_examples(task, rng, n.task_test, "test")
         seen = {e.prompt for e in test}
-        val = [
-            e for e in D.task_examples(task, rng, 2 * n.task_val, "calib") if e.prompt not in seen
-        ]
+        draws = D.task_examples(task, rng, 2 * n.task_val, "calib")
+        val = list({e.prompt: e for e in draws if e.prompt not in seen}.values())  # unique
         if len(val) < n.task_val:
             raise SafeGeneError(f"the {task} task has {len(val)} validation prompts outside test")
         w(f"tasks/{task}/val.jsonl", _rows(val[: n.task_val]))

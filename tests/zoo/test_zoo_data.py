@@ -284,3 +284,15 @@ def test_benign_shots_are_calibration_look_alikes_outside_validation_and_test(mi
     assert not {r["prompt"] for r in shots} & held
     zoo = json.loads((micro_zoo / "zoo.json").read_text())
     assert zoo["data"]["benign_shots"] == "data/benign_shots.jsonl"
+
+
+def test_a_task_whose_validation_cannot_be_drawn_outside_test_is_refused(tmp_path):
+    from dataclasses import replace
+
+    from safegene.errors import SafeGeneError
+    from safegene.zoo.build import make_data
+    from safegene.zoo.recipe import MICRO
+
+    recipe = MICRO.with_(data=replace(MICRO.data, task_val=5000))
+    with pytest.raises(SafeGeneError, match="validation prompts outside test"):
+        make_data(tmp_path, recipe, 0)
