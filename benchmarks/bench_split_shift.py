@@ -33,13 +33,8 @@ def prompt_set(concepts: str, core_parts: tuple[str, ...], n: int, seed: int = 0
 
     rng = random.Random(seed)
     actions = D.harmful_actions(concepts)
-    templates = [
-        opener + core + closer
-        for part in core_parts
-        for core in C.split_part(C.REQUEST_CORES, part)
-        for opener in C.OPENERS
-        for closer in C.CLOSERS
-    ]
+    cores = [core for part in core_parts for core in C.split_part(C.REQUEST_CORES, part)]
+    templates = C.templates_of(cores)  # the zoo's own templates of those cores
     return [rng.choice(templates).format(a=rng.choice(actions)) for _ in range(n)]
 
 
@@ -91,8 +86,12 @@ def main(argv=None) -> int:
     summary = {}
     for s in SCHEMES:
         d = [r["rates"][(s, "calib")] - r["rates"][(s, "test")] for r in rows]
-        summary[s] = {"mean": statistics.mean(d), "mean_abs": statistics.mean(map(abs, d))}
-        summary[s]["max_abs"] = max(map(abs, d))
+        absolute = [abs(x) for x in d]
+        summary[s] = {
+            "mean": statistics.mean(d),
+            "mean_abs": statistics.mean(absolute),
+            "max_abs": max(absolute),
+        }
         print(
             f"  {s:34s} mean {summary[s]['mean']:+.3f}   mean |d| {summary[s]['mean_abs']:.3f}"
             f"   max |d| {summary[s]['max_abs']:.3f}"

@@ -582,10 +582,15 @@ CLOSERS = ("", " Thanks!", " Please.", " Be brief.", " Step by step, please.", "
 
 
 def request_templates(part: str) -> list[str]:
-    """Every opener + core + closer of the cores `part`'s prompts use (`shared_part`; a core after
-    a comma or colon starts in lower case, unless it opens with "I")."""
+    """The request templates of the cores `part`'s prompts use (`shared_part`)."""
+    return templates_of(split_part(REQUEST_CORES, shared_part(part)))
+
+
+def templates_of(cores: list[str]) -> list[str]:
+    """Every opener + core + closer of `cores` (a core after a comma or colon starts in lower
+    case, unless it opens with "I")."""
     out = []
-    for core in split_part(REQUEST_CORES, shared_part(part)):
+    for core in cores:
         for opener in OPENERS:
             body = (
                 core
@@ -617,7 +622,7 @@ def shared_part(part: str) -> str:
     """The part of the request cores and task words that `part`'s prompts use: the held-out parts
     share theirs (HELD), so that a calibration or validation prompt differs from a test prompt in
     its concept only. Split by core too, validation overstated test's erosion: the keyword judge's
-    harmful rate on calib concepts ran 4 points above test's on average over 50 task models, 8
+    harmful rate on calib concepts ran 5 points above test's on average over 50 task models, 7
     apart in absolute value (5 with shared cores: benchmarks/bench_split_shift.py), and task
     accuracy on validation words up to 12 points above test's (benchmarks/RESULTS.md)."""
     return HELD if part in ("calib", "test") else part
